@@ -1,0 +1,225 @@
+//! A blocking facade over [`crate::Node`] and [`crate::Table`], driven by the
+//! shared runtime. The C, Python and Node.js bindings build on it; user
+//! functions given to `update` run on the calling thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::runtime::block_on;
+use crate::{Config, ConflictHandler, ConflictRecord, Entries, Event, Events, Info};
+
+/// A node driven by blocking calls.
+#[derive(Clone)]
+pub struct Node {
+    inner: crate::Node,
+    events: Arc<tokio::sync::Mutex<Events>>,
+}
+
+impl Node {
+    /// Starts a node on the shared runtime.
+    pub fn start(config: Config) -> Result<Node> {
+        let rt = crate::runtime::shared()?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Same refusal as every other blocking call.
+            block_on(async {})?;
+        }
+        let inner = rt.block_on(async move {
+            // Spawned so the node's tasks are children of the shared runtime.
+            rt.spawn(crate::Node::start(config)).await
+        });
+        let inner =
+            inner.map_err(|e| crate::Error::internal(format!("node start panicked: {e}")))??;
+        let events = Arc::new(tokio::sync::Mutex::new(inner.subscribe()));
+        Ok(Node { inner, events })
+    }
+
+    /// The async node under this facade.
+    pub fn as_async(&self) -> &crate::Node {
+        &self.inner
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// The node's address, `host:port`.
+    pub fn address(&self) -> &str {
+        self.inner.address()
+    }
+
+    /// See [`crate::Node::create_table_with`].
+    pub fn create_table(
+        &self,
+        name: &str,
+        on_conflict: Option<Arc<dyn ConflictHandler>>,
+    ) -> Result<Table> {
+        let inner = block_on(self.inner.create_table_with(name, on_conflict))??;
+        Ok(Table { inner })
+    }
+
+    /// See [`crate::Node::table`].
+    pub fn table(&self, name: &str) -> Result<Table> {
+        Ok(Table {
+            inner: self.inner.table(name)?,
+        })
+    }
+
+    /// See [`crate::Node::tables`].
+    pub fn tables(&self) -> Vec<String> {
+        self.inner.tables()
+    }
+
+    /// See [`crate::Node::members`].
+    pub fn members(&self) -> Vec<String> {
+        self.inner.members()
+    }
+
+    /// See [`crate::Node::info`].
+    pub fn info(&self) -> Info {
+        self.inner.info()
+    }
+
+    /// See [`crate::Node::connect`].
+    pub fn connect(&self, addr: &str) -> Result<()> {
+        block_on(self.inner.connect(addr))?
+    }
+
+    /// See [`crate::Node::disconnect`].
+    pub fn disconnect(&self, name: &str) -> Result<()> {
+        block_on(self.inner.disconnect(name))?
+    }
+
+    /// The next event, waiting at most `timeout` (`None` when none came).
+    /// Events are queued from the node's start on.
+    pub fn next_event(&self, timeout: Duration) -> Result<Option<Event>> {
+        let events = self.events.clone();
+        let closed = self.inner.is_closed();
+        block_on(async move {
+            let mut ev = events.lock().await;
+            if let Some(e) = ev.try_next() {
+                return Some(e);
+            }
+            if closed {
+                return None;
+            }
+            tokio::time::timeout(timeout, ev.next())
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
+    /// See [`crate::Node::close`].
+    pub fn close(&self) -> Result<()> {
+        block_on(self.inner.close())?
+    }
+}
+
+/// A table driven by blocking calls.
+#[derive(Clone, Debug)]
+pub struct Table {
+    inner: crate::Table,
+}
+
+impl Table {
+    /// The async table under this facade.
+    pub fn as_async(&self) -> &crate::Table {
+        &self.inner
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// See [`crate::Table::put`].
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        block_on(self.inner.put(key, value))?
+    }
+
+    /// See [`crate::Table::put_many`].
+    pub fn put_many(&self, entries: Entries) -> Result<Entries> {
+        block_on(self.inner.put_many(entries))?
+    }
+
+    /// See [`crate::Table::get`] (local, never blocks on the network).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+
+    /// See [`crate::Table::with_value`].
+    pub fn with_value<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R> {
+        self.inner.with_value(key, f)
+    }
+
+    /// See [`crate::Table::get_strong`].
+    pub fn get_strong(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        block_on(self.inner.get_strong(key))?
+    }
+
+    /// See [`crate::Table::delete`].
+    pub fn delete(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        block_on(self.inner.delete(key))?
+    }
+
+    /// See [`crate::Table::delete_many`].
+    pub fn delete_many(&self, keys: Vec<Vec<u8>>) -> Result<Entries> {
+        block_on(self.inner.delete_many(keys))?
+    }
+
+    /// See [`crate::Table::match_entries`].
+    pub fn match_entries(&self, key_pattern: &[u8], value_pattern: &[u8]) -> Result<Entries> {
+        self.inner.match_entries(key_pattern, value_pattern)
+    }
+
+    /// See [`crate::Table::update_with`]; `f` runs on the calling thread.
+    pub fn update<F>(&self, key: &[u8], mut f: F) -> Result<crate::Updated>
+    where
+        F: FnMut(&[u8], Option<&[u8]>) -> Result<Option<Vec<u8>>>,
+    {
+        block_on(
+            self.inner
+                .update_with(key, |k, v| std::future::ready(f(k, v.as_deref()))),
+        )?
+    }
+
+    /// See [`crate::Table::update_all_with`]; `f` runs on the calling thread.
+    pub fn update_all<F>(&self, f: F) -> Result<(Entries, Entries)>
+    where
+        F: FnMut(&[u8], &[u8]) -> Result<Option<Vec<u8>>>,
+    {
+        block_on(self.inner.update_all_with(f))?
+    }
+
+    /// See [`crate::Table::len`].
+    pub fn len(&self) -> Result<usize> {
+        self.inner.len()
+    }
+
+    /// See [`crate::Table::is_empty`].
+    pub fn is_empty(&self) -> Result<bool> {
+        self.inner.is_empty()
+    }
+
+    /// See [`crate::Table::keys`].
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        self.inner.keys()
+    }
+
+    /// See [`crate::Table::contains`].
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        self.inner.contains(key)
+    }
+
+    /// See [`crate::Table::set_conflict_handler`].
+    pub fn set_conflict_handler(&self, handler: Option<Arc<dyn ConflictHandler>>) -> Result<()> {
+        self.inner.set_conflict_handler(handler)
+    }
+
+    /// See [`crate::Table::conflicts`].
+    pub fn conflicts(&self) -> Result<Vec<ConflictRecord>> {
+        self.inner.conflicts()
+    }
+}

@@ -1,0 +1,124 @@
+//! Node configuration, with the defaults of the specification.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How a node is started. Every field has a default; `Config::default()` gives a
+/// node on `127.0.0.1` with an OS-chosen port and no seeds.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Unique name in the cluster; default `<hostname>-<pid>` (plus a suffix for
+    /// further nodes in the same process).
+    pub name: Option<String>,
+    /// Address to listen on, `host:port`; default `127.0.0.1:0`.
+    pub listen: String,
+    /// Addresses (`host:port`) to join; host names resolve to all their addresses.
+    pub seeds: Vec<String>,
+    /// Shared cluster secret; default `$LBMKV_COOKIE`, else `~/.lbmkv.cookie`.
+    pub cookie: Option<Vec<u8>>,
+    /// Interval between heartbeats on an idle connection.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a peer is considered down.
+    pub failure_timeout: Duration,
+    /// Upper bound for one operation (write acknowledgement, strong read, connect).
+    pub request_timeout: Duration,
+    /// Upper bound for one call of a conflict handler.
+    pub handler_timeout: Duration,
+    /// Interval of anti-entropy rounds: connected peers compare table digests
+    /// and merge what differs.
+    pub anti_entropy_interval: Duration,
+    /// How long tombstones are kept before they are purged.
+    pub tombstone_retention: Duration,
+    /// Bound of each table's conflict log.
+    pub conflict_log_limit: usize,
+    /// Largest accepted key, in bytes.
+    pub max_key_size: usize,
+    /// Largest accepted value, in bytes.
+    pub max_value_size: usize,
+    /// Largest frame accepted from an authenticated peer.
+    pub max_frame_size: usize,
+    /// Seed of the node's random number generator (incarnation, nonces); random by default.
+    /// Fixed seeds make runs reproducible under a network simulator.
+    pub rng_seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: None,
+            listen: "127.0.0.1:0".to_string(),
+            seeds: Vec::new(),
+            cookie: None,
+            heartbeat_interval: Duration::from_millis(250),
+            failure_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            handler_timeout: Duration::from_secs(5),
+            anti_entropy_interval: Duration::from_secs(1),
+            tombstone_retention: Duration::from_secs(24 * 3600),
+            conflict_log_limit: 1000,
+            max_key_size: 64 * 1024,
+            max_value_size: 64 * 1024 * 1024,
+            max_frame_size: 64 * 1024 * 1024,
+            rng_seed: None,
+        }
+    }
+}
+
+impl Config {
+    /// Rejects settings that cannot work, with a message naming the field.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(name) = &self.name {
+            validate_name("node name", name)?;
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(Error::invalid("heartbeat_interval must be positive"));
+        }
+        if self.failure_timeout <= self.heartbeat_interval {
+            return Err(Error::invalid(
+                "failure_timeout must be longer than heartbeat_interval",
+            ));
+        }
+        if self.request_timeout.is_zero()
+            || self.handler_timeout.is_zero()
+            || self.anti_entropy_interval.is_zero()
+            || self.tombstone_retention.is_zero()
+        {
+            return Err(Error::invalid("timeouts must be positive"));
+        }
+        if self.max_key_size == 0 || self.max_value_size == 0 {
+            return Err(Error::invalid("size limits must be positive"));
+        }
+        if self.max_frame_size < 64 * 1024 {
+            return Err(Error::invalid("max_frame_size must be at least 64 KiB"));
+        }
+        if let Some(cookie) = &self.cookie {
+            if cookie.is_empty() {
+                return Err(Error::invalid("cookie must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a table or node name: UTF-8 (guaranteed by `&str`), 1 to 255 bytes, no NUL.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::invalid(format!(
+            "{what} must be 1 to 255 bytes, got {}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid(format!("{what} must not contain NUL")));
+    }
+    Ok(())
+}
+
+/// Checks raw name bytes from a foreign surface and turns them into a `&str`.
+pub fn name_from_bytes<'a>(what: &str, bytes: &'a [u8]) -> Result<&'a str> {
+    let name = std::str::from_utf8(bytes)
+        .map_err(|e| Error::invalid(format!("{what} is not valid UTF-8: {e}")))?;
+    validate_name(what, name)?;
+    Ok(name)
+}

@@ -1,0 +1,45 @@
+//! lbmkv: an embedded, replicated, partition-tolerant in-memory key-value store.
+//!
+//! Every node holds a full replica of every table. Writes to a table are ordered
+//! by its sequencer (the member with the smallest actor id) and acknowledged
+//! once every member of the view applied them; reads are local. When nodes that
+//! were apart meet again, tables are merged key by key with vector clocks and
+//! the table's conflict handler decides between concurrent versions.
+//!
+//! ```no_run
+//! # async fn demo() -> lbmkv::Result<()> {
+//! let node = lbmkv::Node::start(lbmkv::Config::default()).await?;
+//! let users = node.create_table("users").await?;
+//! users.put(b"alice", b"admin").await?;
+//! assert_eq!(users.get(b"alice")?, Some(b"admin".to_vec()));
+//! node.close().await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+pub mod blocking;
+mod config;
+mod error;
+mod events;
+pub mod glob;
+mod membership;
+mod merge;
+pub mod net;
+mod node;
+mod replication;
+pub mod runtime;
+mod store;
+mod table;
+pub mod vclock;
+pub mod wire;
+
+pub use auth::{COOKIE_ENV, COOKIE_FILE};
+pub use config::{name_from_bytes, validate_name, Config};
+pub use error::{Error, ErrorKind, Result};
+pub use events::{Event, Events, ResolutionKind};
+pub use merge::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
+pub use node::{Info, Node, TableStats};
+pub use table::{ConflictRecord, Entries, Table, Updated};
+
+/// The version of lbmkv.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,793 @@
+//! The merge engine: when two nodes connect that were apart (a join, a healed
+//! split, tables created independently), every table is compared by digest and
+//! only differing buckets are exchanged; then each key is merged by its vector
+//! clocks, and concurrent versions go to the table's conflict handler.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::events::{Event, ResolutionKind};
+use crate::membership::PeerConn;
+use crate::node::{wall_clock_ms, NodeInner};
+use crate::store::Entry;
+use crate::table::{ConflictRecord, TableShared};
+use crate::vclock::{ActorId, VClock};
+use crate::wire::{self, Message, WireEntry, WriteOp, WriteOutcome};
+
+/// Bytes of entries per merge frame.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Two concurrent versions of a key, as a conflict handler sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The table.
+    pub table: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// This node's version (`None`: deleted).
+    pub local: Option<Vec<u8>>,
+    /// The other side's version (`None`: deleted).
+    pub remote: Option<Vec<u8>>,
+}
+
+/// What a conflict handler decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Write this value everywhere.
+    Value(Vec<u8>),
+    /// Delete the key everywhere.
+    Delete,
+}
+
+/// The future a conflict handler returns; an `Err` means unresolved (the fallback applies).
+pub type HandlerFuture =
+    Pin<Box<dyn Future<Output = std::result::Result<Resolution, String>> + Send>>;
+
+/// A table's conflict handler. It runs on exactly one node per conflict (the
+/// smallest actor id among the members that have one) and is bounded by the
+/// handler timeout.
+pub trait ConflictHandler: Send + Sync + 'static {
+    /// Decides a conflict.
+    fn resolve(&self, conflict: Conflict) -> HandlerFuture;
+}
+
+struct BlockingHandler<F>(Arc<F>);
+
+impl<F> ConflictHandler for BlockingHandler<F>
+where
+    F: Fn(&Conflict) -> std::result::Result<Resolution, String> + Send + Sync + 'static,
+{
+    fn resolve(&self, conflict: Conflict) -> HandlerFuture {
+        let f = self.0.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&conflict))
+                .await
+                .unwrap_or_else(|e| Err(format!("the conflict handler panicked: {e}")))
+        })
+    }
+}
+
+/// A conflict handler from a plain function, run on tokio's blocking pool (so it
+/// may take locks or call into a foreign runtime).
+pub fn handler_fn<F>(f: F) -> Arc<dyn ConflictHandler>
+where
+    F: Fn(&Conflict) -> std::result::Result<Resolution, String> + Send + Sync + 'static,
+{
+    Arc::new(BlockingHandler(Arc::new(f)))
+}
+
+/// The result of merging two versions of one key.
+pub(crate) struct Merged {
+    pub entry: Entry,
+    pub conflict: bool,
+}
+
+/// The merge rule, identical on every node so that both sides of a merge reach
+/// the same entry: a version that descends the other wins; equal values merge
+/// their clocks; otherwise the version whose newest dot has the larger
+/// timestamp (then actor id) wins, with the merged clock, and it is a conflict.
+pub(crate) fn merge_versions(local: &Entry, remote: &Entry) -> Merged {
+    let keep = |e: &Entry| Merged {
+        entry: e.clone(),
+        conflict: false,
+    };
+    if local.clock.equal(&remote.clock) {
+        return keep(local);
+    }
+    let local_descends = local.clock.descends(&remote.clock);
+    let remote_descends = remote.clock.descends(&local.clock);
+    if local_descends && !remote_descends {
+        return keep(local);
+    }
+    if remote_descends && !local_descends {
+        return keep(remote);
+    }
+    let clock = local.clock.merge(&remote.clock);
+    if local.value == remote.value {
+        return Merged {
+            entry: Entry {
+                value: local.value.clone(),
+                clock,
+            },
+            conflict: false,
+        };
+    }
+    let winner = if fallback_prefers(local, remote) {
+        local
+    } else {
+        remote
+    };
+    Merged {
+        entry: Entry {
+            value: winner.value.clone(),
+            clock,
+        },
+        conflict: true,
+    }
+}
+
+/// Whether `a` beats `b` in the deterministic fallback.
+fn fallback_prefers(a: &Entry, b: &Entry) -> bool {
+    let key = |e: &Entry| {
+        e.clock
+            .newest_dot()
+            .map(|(actor, dot)| (dot.timestamp_ms, actor.clone()))
+    };
+    match key(a).cmp(&key(b)) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        // Same newest dot on both sides: only the bytes can still decide.
+        std::cmp::Ordering::Equal => a.value >= b.value,
+    }
+}
+
+/// Merge sessions in flight.
+#[derive(Default)]
+pub(crate) struct Merges {
+    next_session: AtomicU64,
+    initiated: Mutex<HashMap<u64, (ActorId, mpsc::UnboundedSender<Message>)>>,
+    responding: Mutex<HashMap<(ActorId, u64), Responding>>,
+    busy_with: Mutex<std::collections::HashSet<ActorId>>,
+}
+
+struct Responding {
+    table: Arc<TableShared>,
+    bits: u8,
+    buckets: Vec<u32>,
+    received: Vec<WireEntry>,
+}
+
+impl Merges {
+    /// A peer left: its sessions end.
+    pub fn peer_down(&self, actor: &ActorId) {
+        if let Ok(mut m) = self.initiated.lock() {
+            m.retain(|_, (a, _)| a != actor);
+        }
+        if let Ok(mut m) = self.responding.lock() {
+            m.retain(|(a, _), _| a != actor);
+        }
+    }
+}
+
+fn send_merge(node: &NodeInner, peer: &PeerConn, msg: &Message) {
+    match wire::encode_frame(msg) {
+        Ok(frame) => {
+            node.stats
+                .merge_bytes_sent
+                .fetch_add(frame.len() as u64, Ordering::Relaxed);
+            peer.send_frame(node, frame.into());
+        }
+        Err(e) => tracing::error!("cannot encode a merge message: {e}"),
+    }
+}
+
+fn send_entries(
+    node: &NodeInner,
+    peer: &PeerConn,
+    session: u64,
+    mut buckets: Vec<u32>,
+    entries: Vec<(Box<[u8]>, Entry)>,
+) {
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    let total = entries.len();
+    for (i, (key, e)) in entries.into_iter().enumerate() {
+        let w = WireEntry {
+            key: key.into_vec(),
+            value: e.value.map(<[u8]>::into_vec),
+            clock: e.clock,
+        };
+        size += wire::encoded_len(&w);
+        chunk.push(w);
+        if size >= CHUNK_BYTES && i + 1 < total {
+            let msg = Message::SyncEntries {
+                session,
+                buckets: std::mem::take(&mut buckets),
+                entries: std::mem::take(&mut chunk),
+                last: false,
+            };
+            send_merge(node, peer, &msg);
+            size = 0;
+        }
+    }
+    let msg = Message::SyncEntries {
+        session,
+        buckets,
+        entries: chunk,
+        last: true,
+    };
+    send_merge(node, peer, &msg);
+}
+
+/// Merges every table with `peer` (this node is the smaller actor, so it leads),
+/// then tells the peer the first merge is complete.
+pub(crate) async fn sync_all(node: Arc<NodeInner>, peer: Arc<PeerConn>) {
+    let first = {
+        let Ok(mut busy) = node.merges.busy_with.lock() else {
+            return;
+        };
+        busy.insert(peer.actor.clone())
+    };
+    if !first {
+        // A merge with this peer is running; it covers this round too.
+        return;
+    }
+    let names: Vec<String> = node.table_infos().into_iter().map(|t| t.name).collect();
+    for name in names {
+        let Some(table) = node.table(&name) else {
+            continue;
+        };
+        if let Err(e) = sync_table(&node, &peer, &table).await {
+            tracing::warn!(node = %node.actor, peer = %peer.actor, table = %name, "merge failed: {e}");
+        }
+    }
+    if let Ok(mut busy) = node.merges.busy_with.lock() {
+        busy.remove(&peer.actor);
+    }
+    send_merge(&node, &peer, &Message::SyncAllDone);
+    peer.mark_synced();
+}
+
+async fn sync_table(
+    node: &Arc<NodeInner>,
+    peer: &Arc<PeerConn>,
+    table: &Arc<TableShared>,
+) -> Result<()> {
+    let session = node.merges.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Ok(mut m) = node.merges.initiated.lock() {
+        m.insert(session, (peer.actor.clone(), tx));
+    }
+    let result = run_initiator(node, peer, table, session, &mut rx).await;
+    if let Ok(mut m) = node.merges.initiated.lock() {
+        m.remove(&session);
+    }
+    result
+}
+
+async fn run_initiator(
+    node: &Arc<NodeInner>,
+    peer: &Arc<PeerConn>,
+    table: &Arc<TableShared>,
+    session: u64,
+    rx: &mut mpsc::UnboundedReceiver<Message>,
+) -> Result<()> {
+    let step = node.config.request_timeout;
+    let (bits, total) = {
+        let s = table.read()?;
+        (s.digest_bits(), s.digest_total())
+    };
+    send_merge(
+        node,
+        peer,
+        &Message::SyncDigest {
+            session,
+            table: table.name.to_string(),
+            bits,
+            total,
+        },
+    );
+    let (level, theirs) = match recv_step(rx, step).await? {
+        Message::SyncDone { .. } => return Ok(()),
+        Message::SyncLeaves { bits, leaves, .. } => (bits, leaves),
+        other => {
+            return Err(Error::protocol(format!(
+                "unexpected merge message {other:?}"
+            )))
+        }
+    };
+    let (buckets, mine) = {
+        let s = table.read()?;
+        let ours = s.digest_leaves(level);
+        if ours.len() != theirs.len() {
+            return Err(Error::protocol("the peer sent digests of another level"));
+        }
+        let buckets: Vec<u32> = (0..ours.len())
+            .filter(|&i| ours[i] != theirs[i])
+            .map(|i| i as u32)
+            .collect();
+        let mine = s.entries_in_buckets(level, &buckets);
+        (buckets, mine)
+    };
+    send_entries(node, peer, session, buckets, mine);
+    let mut received = Vec::new();
+    loop {
+        match recv_step(rx, step).await? {
+            Message::SyncEntries { entries, last, .. } => {
+                received.extend(entries);
+                if last {
+                    break;
+                }
+            }
+            other => {
+                return Err(Error::protocol(format!(
+                    "unexpected merge message {other:?}"
+                )))
+            }
+        }
+    }
+    merge_remote(node, peer, table, received);
+    Ok(())
+}
+
+async fn recv_step(rx: &mut mpsc::UnboundedReceiver<Message>, step: Duration) -> Result<Message> {
+    match tokio::time::timeout(step, rx.recv()).await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(Error::unavailable("the peer left during the merge")),
+        Err(_) => Err(Error::timeout("the peer did not answer during the merge")),
+    }
+}
+
+/// A merge message from `peer`: answers as responder, or feeds this node's own session.
+pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: Message) {
+    let leading = node.actor < peer.actor;
+    match msg {
+        Message::SyncDigest {
+            session,
+            table,
+            bits,
+            total,
+        } => {
+            let shared = match node.ensure_table(&table) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(peer = %peer.actor, "refusing a merge: {e}");
+                    send_merge(node, peer, &Message::SyncDone { session });
+                    return;
+                }
+            };
+            let answer = match shared.read() {
+                Ok(s) if s.digest_total() == total => None,
+                Ok(s) => {
+                    let level = bits.min(s.digest_bits());
+                    Some((level, s.digest_leaves(level)))
+                }
+                Err(_) => None,
+            };
+            match answer {
+                None => send_merge(node, peer, &Message::SyncDone { session }),
+                Some((level, leaves)) => {
+                    if let Ok(mut r) = node.merges.responding.lock() {
+                        r.insert(
+                            (peer.actor.clone(), session),
+                            Responding {
+                                table: shared,
+                                bits: level,
+                                buckets: Vec::new(),
+                                received: Vec::new(),
+                            },
+                        );
+                    }
+                    send_merge(
+                        node,
+                        peer,
+                        &Message::SyncLeaves {
+                            session,
+                            bits: level,
+                            leaves,
+                        },
+                    );
+                }
+            }
+        }
+        Message::SyncEntries {
+            session,
+            buckets,
+            entries,
+            last,
+        } if !leading => {
+            let key = (peer.actor.clone(), session);
+            let finished = {
+                let Ok(mut r) = node.merges.responding.lock() else {
+                    return;
+                };
+                let Some(state) = r.get_mut(&key) else {
+                    return;
+                };
+                if !buckets.is_empty() {
+                    state.buckets = buckets;
+                }
+                state.received.extend(entries);
+                if last {
+                    r.remove(&key)
+                } else {
+                    None
+                }
+            };
+            if let Some(state) = finished {
+                let mine = match state.table.read() {
+                    Ok(s) => s.entries_in_buckets(state.bits, &state.buckets),
+                    Err(_) => Vec::new(),
+                };
+                send_entries(node, peer, session, Vec::new(), mine);
+                merge_remote(node, peer, &state.table, state.received);
+            }
+        }
+        other => {
+            let session = match &other {
+                Message::SyncLeaves { session, .. }
+                | Message::SyncEntries { session, .. }
+                | Message::SyncDone { session } => *session,
+                _ => return,
+            };
+            let tx = node
+                .merges
+                .initiated
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&session).map(|(_, tx)| tx.clone()));
+            if let Some(tx) = tx {
+                let _ = tx.send(other);
+            }
+        }
+    }
+}
+
+struct Found {
+    key: Vec<u8>,
+    local: Option<Vec<u8>>,
+    remote: Option<Vec<u8>>,
+    kept: Option<Vec<u8>>,
+    merged_clock: VClock,
+}
+
+/// Merges the peer's versions into the local table, then settles conflicts.
+fn merge_remote(
+    node: &Arc<NodeInner>,
+    peer: &PeerConn,
+    table: &Arc<TableShared>,
+    remote: Vec<WireEntry>,
+) {
+    let mut changed = 0usize;
+    let mut found = Vec::new();
+    if let Ok(mut store) = table.write() {
+        for w in remote {
+            let incoming = Entry {
+                value: w.value.map(Vec::into_boxed_slice),
+                clock: w.clock,
+            };
+            let merged = match store.entry(&w.key) {
+                None => Merged {
+                    entry: incoming.clone(),
+                    conflict: false,
+                },
+                Some(local) => {
+                    let m = merge_versions(local, &incoming);
+                    if m.conflict {
+                        found.push(Found {
+                            key: w.key.clone(),
+                            local: local.value.as_deref().map(<[u8]>::to_vec),
+                            remote: incoming.value.as_deref().map(<[u8]>::to_vec),
+                            kept: m.entry.value.as_deref().map(<[u8]>::to_vec),
+                            merged_clock: m.entry.clock.clone(),
+                        });
+                    }
+                    if *local == m.entry {
+                        continue;
+                    }
+                    m
+                }
+            };
+            changed += 1;
+            store.insert(w.key.into_boxed_slice(), merged.entry);
+        }
+    }
+    let conflicts = found.len();
+    if conflicts > 0 {
+        let handler_node = node.members.handler_node(node, &table.name);
+        for f in found {
+            match &handler_node {
+                Some(h) if *h == node.actor => {
+                    tokio::spawn(resolve_with_handler(
+                        node.clone(),
+                        table.clone(),
+                        f,
+                        peer.actor.name.to_string(),
+                    ));
+                }
+                // The handler node finds the same conflict in its own merge.
+                Some(_) => {}
+                None => {
+                    settle_by_fallback(node, table, f, &peer.actor.name, ResolutionKind::Fallback)
+                }
+            }
+        }
+    }
+    node.emit(Event::Merged {
+        table: table.name.to_string(),
+        peer: peer.actor.name.to_string(),
+        keys_changed: changed,
+        conflicts,
+    });
+}
+
+fn settle_by_fallback(
+    node: &NodeInner,
+    table: &TableShared,
+    f: Found,
+    peer: &str,
+    how: ResolutionKind,
+) {
+    let lost = if f.kept == f.local { f.remote } else { f.local };
+    node.emit(Event::Conflict {
+        table: table.name.to_string(),
+        key: String::from_utf8_lossy(&f.key).into_owned(),
+        resolution: how,
+    });
+    table.log_conflict(
+        ConflictRecord {
+            key: f.key,
+            kept: f.kept,
+            lost,
+            peer: peer.to_string(),
+            at_ms: wall_clock_ms(),
+        },
+        node.config.conflict_log_limit,
+    );
+}
+
+async fn resolve_with_handler(
+    node: Arc<NodeInner>,
+    table: Arc<TableShared>,
+    f: Found,
+    peer: String,
+) {
+    let Some(handler) = table.handler() else {
+        settle_by_fallback(&node, &table, f, &peer, ResolutionKind::Fallback);
+        return;
+    };
+    let conflict = Conflict {
+        table: table.name.to_string(),
+        key: f.key.clone(),
+        local: f.local.clone(),
+        remote: f.remote.clone(),
+    };
+    let decided =
+        match tokio::time::timeout(node.config.handler_timeout, handler.resolve(conflict)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(table = %table.name, "conflict handler failed: {e}");
+                settle_by_fallback(&node, &table, f, &peer, ResolutionKind::HandlerFailed);
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(table = %table.name, "conflict handler timed out");
+                settle_by_fallback(&node, &table, f, &peer, ResolutionKind::HandlerFailed);
+                return;
+            }
+        };
+    let new = match decided {
+        Resolution::Value(v) => Some(v),
+        Resolution::Delete => None,
+    };
+    // The sequencer may not have merged this key yet: retry while its clock is
+    // behind the merged one; stop when a newer write superseded the conflict.
+    let deadline = tokio::time::Instant::now() + node.config.request_timeout;
+    loop {
+        let op = WriteOp::CompareAndSet {
+            key: f.key.clone(),
+            expected: Some(f.merged_clock.clone()),
+            new: new.clone(),
+        };
+        match crate::replication::submit(&node, &table, op).await {
+            Ok(WriteOutcome::Mismatch {
+                clock: Some(current),
+                ..
+            }) if !current.descends(&f.merged_clock) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(WriteOutcome::Swapped) => {
+                node.emit(Event::Conflict {
+                    table: table.name.to_string(),
+                    key: String::from_utf8_lossy(&f.key).into_owned(),
+                    resolution: ResolutionKind::Handler,
+                });
+                return;
+            }
+            Ok(_) => {
+                tracing::info!(table = %table.name, "a newer write superseded a conflict resolution");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(table = %table.name, "cannot write a conflict resolution: {e}");
+                settle_by_fallback(&node, &table, f, &peer, ResolutionKind::HandlerFailed);
+                return;
+            }
+        }
+    }
+}
+
+/// Periodic work: anti-entropy rounds with every peer this node leads, and the
+/// tombstone purge.
+pub(crate) fn start_maintenance(node: &Arc<NodeInner>) {
+    let weak = Arc::downgrade(node);
+    let interval = node.config.anti_entropy_interval;
+    node.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(node) = weak.upgrade() else { return };
+            for peer in node.members.peers(&node) {
+                if node.actor < peer.actor {
+                    tokio::spawn(sync_all(node.clone(), peer));
+                }
+            }
+        }
+    });
+    let weak = Arc::downgrade(node);
+    let retention = node.config.tombstone_retention;
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    node.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(node) = weak.upgrade() else { return };
+            let cutoff = wall_clock_ms().saturating_sub(retention.as_millis() as u64);
+            let tables: Vec<Arc<TableShared>> = match node.tables.read() {
+                Ok(t) => t.values().cloned().collect(),
+                Err(_) => return,
+            };
+            for t in tables {
+                if let Ok(mut s) = t.write() {
+                    let n = s.purge_tombstones(cutoff);
+                    if n > 0 {
+                        tracing::debug!(table = %t.name, purged = n, "tombstones purged");
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn version(value: Option<&[u8]>, dots: &[(&str, u64, u64)]) -> Entry {
+        Entry {
+            value: value.map(Box::from),
+            clock: VClock::from_dots(dots.iter().map(|(n, c, t)| {
+                (
+                    ActorId::new(n, 1),
+                    crate::vclock::Dot {
+                        counter: *c,
+                        timestamp_ms: *t,
+                    },
+                )
+            })),
+        }
+    }
+
+    #[test]
+    fn descending_version_wins() {
+        let old = version(Some(b"1"), &[("a", 1, 10)]);
+        let new = version(Some(b"2"), &[("a", 2, 20)]);
+        for (l, r) in [(&old, &new), (&new, &old)] {
+            let m = merge_versions(l, r);
+            assert_eq!(m.entry, new);
+            assert!(!m.conflict);
+        }
+    }
+
+    #[test]
+    fn equal_values_merge_clocks_without_conflict() {
+        let a = version(Some(b"x"), &[("a", 1, 10)]);
+        let b = version(Some(b"x"), &[("b", 1, 11)]);
+        let m = merge_versions(&a, &b);
+        assert!(!m.conflict);
+        assert!(m.entry.clock.descends(&a.clock) && m.entry.clock.descends(&b.clock));
+    }
+
+    #[test]
+    fn concurrent_values_fall_back_to_newest_dot() {
+        let a = version(Some(b"older"), &[("a", 1, 10)]);
+        let b = version(Some(b"newer"), &[("b", 1, 11)]);
+        let m = merge_versions(&a, &b);
+        assert!(m.conflict);
+        assert_eq!(m.entry.value.as_deref(), Some(&b"newer"[..]));
+        // Same timestamp: the larger actor id wins.
+        let c = version(Some(b"from-c"), &[("c", 1, 11)]);
+        assert_eq!(
+            merge_versions(&b, &c).entry.value.as_deref(),
+            Some(&b"from-c"[..])
+        );
+    }
+
+    #[test]
+    fn delete_concurrent_with_put_is_a_conflict() {
+        let put = version(Some(b"v"), &[("a", 2, 10)]);
+        let del = version(None, &[("a", 1, 5), ("b", 1, 20)]);
+        let m = merge_versions(&put, &del);
+        assert!(m.conflict);
+        assert!(m.entry.value.is_none());
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (
+            proptest::option::of(proptest::collection::vec(0u8..3, 0..2)),
+            proptest::collection::vec((0usize..3, 1u64..4, 0u64..4), 0..4),
+        )
+            .prop_map(|(v, dots)| {
+                let names = ["a", "b", "c"];
+                version(
+                    v.as_deref(),
+                    &dots
+                        .iter()
+                        .map(|(i, c, t)| (names[*i], *c, *t))
+                        .collect::<Vec<_>>(),
+                )
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_entry(), b in arb_entry()) {
+            prop_assert_eq!(merge_versions(&a, &b).entry, merge_versions(&b, &a).entry);
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_entry(), b in arb_entry()) {
+            let m = merge_versions(&a, &b).entry;
+            prop_assert_eq!(merge_versions(&m, &b).entry, m.clone());
+            prop_assert_eq!(merge_versions(&a, &a).entry, a);
+        }
+
+        #[test]
+        fn merged_clock_descends_both(a in arb_entry(), b in arb_entry()) {
+            let m = merge_versions(&a, &b).entry;
+            prop_assert!(m.clock.descends(&a.clock) && m.clock.descends(&b.clock));
+        }
+
+        #[test]
+        fn replicas_converge_whatever_the_order_of_pairwise_merges(
+            versions in proptest::collection::vec(arb_entry(), 2..5),
+            order in proptest::collection::vec((0usize..5, 0usize..5), 0..30),
+        ) {
+            let mut replicas = versions.clone();
+            let n = replicas.len();
+            for (i, j) in order {
+                let (i, j) = (i % n, j % n);
+                let m = merge_versions(&replicas[i], &replicas[j]).entry;
+                replicas[i] = m.clone();
+                replicas[j] = m;
+            }
+            // A final round in a fixed order, as anti-entropy does.
+            for _ in 0..2 {
+                for i in 1..n {
+                    let m = merge_versions(&replicas[0], &replicas[i]).entry;
+                    replicas[0] = m.clone();
+                    replicas[i] = m;
+                }
+            }
+            for r in &replicas[1..] {
+                prop_assert_eq!(r, &replicas[0]);
+            }
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! Synchronous replication: each table's sequencer (the smallest actor id in the
+//! view) orders writes, applies them, sends them to every member of its view and
+//! answers only when all of them acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::membership::PeerConn;
+use crate::merge::merge_versions;
+use crate::node::{wall_clock_ms, NodeInner, SETTLE_PAUSE};
+use crate::store::{Entry, TableStore};
+use crate::table::TableShared;
+use crate::vclock::{ActorId, PruneLimits, VClock};
+use crate::wire::{Message, WireEntry, WriteOp, WriteOutcome, WriteRefusal};
+
+/// Most writes the sequencer folds into one replication round.
+const MAX_BATCH: usize = 512;
+
+type Reply = std::result::Result<WriteOutcome, WriteRefusal>;
+
+/// One write waiting for the sequencer.
+pub(crate) struct WriteJob {
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+struct PendingAck {
+    waiting: Vec<ActorId>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// Requests in flight to remote sequencers and batches waiting for acknowledgements.
+#[derive(Default)]
+pub(crate) struct Replication {
+    next_id: AtomicU64,
+    requests: Mutex<HashMap<u64, (ActorId, oneshot::Sender<Reply>)>>,
+    acks: Mutex<HashMap<u64, PendingAck>>,
+}
+
+impl Replication {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A peer left the view: its unanswered requests fail, and batches stop waiting for it.
+    pub fn peer_down(&self, actor: &ActorId) {
+        if let Ok(mut reqs) = self.requests.lock() {
+            let ids: Vec<u64> = reqs
+                .iter()
+                .filter(|(_, (a, _))| a == actor)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some((_, tx)) = reqs.remove(&id) {
+                    let _ = tx.send(Err(WriteRefusal::Failed(
+                        ErrorKind::Unavailable,
+                        format!("the sequencer {} went down before answering", actor.name),
+                    )));
+                }
+            }
+        }
+        if let Ok(mut acks) = self.acks.lock() {
+            let mut finished = Vec::new();
+            for (id, p) in acks.iter_mut() {
+                p.waiting.retain(|a| a != actor);
+                if p.waiting.is_empty() {
+                    finished.push(*id);
+                }
+            }
+            for id in finished {
+                if let Some(mut p) = acks.remove(&id) {
+                    if let Some(done) = p.done.take() {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The node is closing: every waiter fails.
+    pub fn fail_all(&self) {
+        if let Ok(mut reqs) = self.requests.lock() {
+            reqs.clear();
+        }
+        if let Ok(mut acks) = self.acks.lock() {
+            acks.clear();
+        }
+    }
+}
+
+/// Sends `op` to the table's sequencer (this node or a peer) and waits for the
+/// answer, retrying while the views settle, up to the request timeout.
+pub(crate) async fn submit(
+    node: &Arc<NodeInner>,
+    table: &Arc<TableShared>,
+    op: WriteOp,
+) -> Result<WriteOutcome> {
+    let timeout = node.config.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        node.check_open()?;
+        let sequencer = node.members.sequencer(node);
+        let (tx, rx) = oneshot::channel();
+        if sequencer == node.actor {
+            let job = WriteJob {
+                op: op.clone(),
+                reply: tx,
+            };
+            table.jobs.send(job).await.map_err(|_| Error::closed())?;
+        } else {
+            let Some(peer) = node.members.peer(&sequencer) else {
+                tokio::time::sleep(SETTLE_PAUSE).await;
+                continue;
+            };
+            let id = node.replication.next_id();
+            if let Ok(mut reqs) = node.replication.requests.lock() {
+                reqs.insert(id, (sequencer.clone(), tx));
+            }
+            peer.send(
+                node,
+                &Message::WriteRequest {
+                    id,
+                    table: table.name.to_string(),
+                    op: op.clone(),
+                },
+            );
+        }
+        let answer = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => {
+                node.check_open()?;
+                Err(WriteRefusal::Failed(
+                    ErrorKind::Unavailable,
+                    "the sequencer stopped before answering".into(),
+                ))
+            }
+            Err(_) => {
+                return Err(Error::timeout(format!(
+                    "no answer from the sequencer {} within {} ms",
+                    sequencer.name,
+                    timeout.as_millis()
+                )))
+            }
+        };
+        match answer {
+            Ok(outcome) => return Ok(outcome),
+            Err(WriteRefusal::NotSequencer) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::unavailable(
+                        "the members could not agree on a sequencer within the request timeout",
+                    ));
+                }
+                tokio::time::sleep(SETTLE_PAUSE).await;
+            }
+            Err(WriteRefusal::Failed(kind, message)) => return Err(Error::new(kind, message)),
+        }
+    }
+}
+
+/// A peer's write for a table this node sequences.
+pub(crate) fn on_write_request(
+    node: &Arc<NodeInner>,
+    peer: &Arc<PeerConn>,
+    id: u64,
+    table: String,
+    op: WriteOp,
+) {
+    let reply_to = move |result: Reply| Message::WriteReply { id, result };
+    let shared = match node.ensure_table(&table) {
+        Ok(t) => t,
+        Err(e) => {
+            peer.send(
+                node,
+                &reply_to(Err(WriteRefusal::Failed(e.kind(), e.message().to_string()))),
+            );
+            return;
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    let node = node.clone();
+    let peer = peer.clone();
+    tokio::spawn(async move {
+        if shared.jobs.send(WriteJob { op, reply: tx }).await.is_err() {
+            return;
+        }
+        if let Ok(result) = rx.await {
+            peer.send(&node, &reply_to(result));
+        }
+    });
+}
+
+/// A sequencer's answer to one of this node's requests.
+pub(crate) fn on_write_reply(node: &NodeInner, id: u64, result: Reply) {
+    let waiter = node
+        .replication
+        .requests
+        .lock()
+        .ok()
+        .and_then(|mut r| r.remove(&id));
+    if let Some((_, tx)) = waiter {
+        let _ = tx.send(result);
+    }
+}
+
+/// A batch from a sequencer: apply it in order, then acknowledge.
+pub(crate) fn on_apply(
+    node: &Arc<NodeInner>,
+    peer: &Arc<PeerConn>,
+    id: u64,
+    table: &str,
+    entries: Vec<WireEntry>,
+) {
+    match node.ensure_table(table) {
+        Ok(shared) => {
+            if let Ok(mut store) = shared.write() {
+                for e in entries {
+                    apply_replicated(&mut store, e);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(peer = %peer.actor, "refusing a batch: {e}"),
+    }
+    peer.send(node, &Message::ApplyAck { id });
+}
+
+/// Stores a version from a sequencer: it normally descends the local one; if a
+/// merge made the local one newer or concurrent, the merge rule decides.
+fn apply_replicated(store: &mut TableStore, e: WireEntry) {
+    let incoming = Entry {
+        value: e.value.map(Vec::into_boxed_slice),
+        clock: e.clock,
+    };
+    let merged = match store.entry(&e.key) {
+        None => incoming,
+        Some(local) if incoming.clock.descends(&local.clock) => incoming,
+        Some(local) => merge_versions(local, &incoming).entry,
+    };
+    store.insert(e.key.into_boxed_slice(), merged);
+}
+
+/// A member applied a batch.
+pub(crate) fn on_apply_ack(node: &NodeInner, peer: &ActorId, id: u64) {
+    if let Ok(mut acks) = node.replication.acks.lock() {
+        let finished = match acks.get_mut(&id) {
+            Some(p) => {
+                p.waiting.retain(|a| a != peer);
+                p.waiting.is_empty()
+            }
+            None => false,
+        };
+        if finished {
+            if let Some(mut p) = acks.remove(&id) {
+                if let Some(done) = p.done.take() {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+}
+
+/// The sequencer task of one table: takes writes in batches, applies them in
+/// order, replicates each batch and answers once every member acknowledged.
+pub(crate) async fn run_sequencer(
+    node: Weak<NodeInner>,
+    table: Arc<TableShared>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let Some(node) = node.upgrade() else { return };
+        if node.members.sequencer(&node) != node.actor {
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(WriteRefusal::NotSequencer));
+            }
+            continue;
+        }
+        let peers = node.members.peers(&node);
+        let now = wall_clock_ms();
+        let mut changes = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        match table.write() {
+            Ok(mut store) => {
+                for job in batch.drain(..) {
+                    let outcome = execute(&node, &mut store, job.op, now, &mut changes);
+                    replies.push((job.reply, outcome));
+                }
+            }
+            Err(e) => {
+                for job in batch.drain(..) {
+                    let _ = job
+                        .reply
+                        .send(Err(WriteRefusal::Failed(e.kind(), e.message().to_string())));
+                }
+                continue;
+            }
+        }
+        if changes.is_empty() || peers.is_empty() {
+            for (reply, outcome) in replies {
+                let _ = reply.send(outcome);
+            }
+            continue;
+        }
+        let acked = replicate(&node, &table, &peers, changes);
+        let node = node.clone();
+        tokio::spawn(async move {
+            acked.await;
+            drop(node);
+            for (reply, outcome) in replies {
+                let _ = reply.send(outcome);
+            }
+        });
+    }
+}
+
+/// Sends a batch to `peers`; the returned future completes when all of them
+/// acknowledged it or left the view. A member silent for the failure timeout
+/// is dropped from the view, so a write never waits on a dead member forever.
+fn replicate(
+    node: &Arc<NodeInner>,
+    table: &TableShared,
+    peers: &[Arc<PeerConn>],
+    entries: Vec<WireEntry>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let id = node.replication.next_id();
+    let (done, acked) = oneshot::channel();
+    if let Ok(mut acks) = node.replication.acks.lock() {
+        acks.insert(
+            id,
+            PendingAck {
+                waiting: peers.iter().map(|p| p.actor.clone()).collect(),
+                done: Some(done),
+            },
+        );
+    }
+    let msg = Message::Apply {
+        id,
+        table: table.name.to_string(),
+        entries,
+    };
+    match crate::wire::encode_frame(&msg) {
+        Ok(frame) => {
+            let frame: Arc<[u8]> = frame.into();
+            for p in peers {
+                p.send_frame(node, frame.clone());
+            }
+        }
+        Err(e) => tracing::error!("cannot encode a batch: {e}"),
+    }
+    let node = node.clone();
+    let failure_timeout = node.config.failure_timeout;
+    async move {
+        if tokio::time::timeout(failure_timeout, acked).await.is_err() {
+            let late: Vec<ActorId> = node
+                .replication
+                .acks
+                .lock()
+                .ok()
+                .and_then(|mut a| a.remove(&id))
+                .map(|p| p.waiting)
+                .unwrap_or_default();
+            for actor in late {
+                node.members.drop_peer(
+                    &node,
+                    &actor,
+                    None,
+                    "did not acknowledge a write within the failure timeout",
+                );
+            }
+        }
+    }
+}
+
+/// Applies one write at the sequencer; new versions go to `changes`.
+fn execute(
+    node: &NodeInner,
+    store: &mut TableStore,
+    op: WriteOp,
+    now: u64,
+    changes: &mut Vec<WireEntry>,
+) -> Reply {
+    let limits = (node.config.max_key_size, node.config.max_value_size);
+    let mut write = |store: &mut TableStore, key: Vec<u8>, value: Option<Vec<u8>>| {
+        let mut clock = store
+            .entry(&key)
+            .map(|e| e.clock.clone())
+            .unwrap_or_else(VClock::fresh);
+        clock.increment(&node.actor, now);
+        clock.prune(now, &PruneLimits::default());
+        changes.push(WireEntry {
+            key: key.clone(),
+            value: value.clone(),
+            clock: clock.clone(),
+        });
+        store.insert(
+            key.into_boxed_slice(),
+            Entry {
+                value: value.map(Vec::into_boxed_slice),
+                clock,
+            },
+        )
+    };
+    let check = |key: &[u8], value: Option<&[u8]>| -> std::result::Result<(), WriteRefusal> {
+        if key.len() > limits.0 || value.is_some_and(|v| v.len() > limits.1) {
+            return Err(WriteRefusal::Failed(
+                ErrorKind::InvalidArgument,
+                "key or value larger than the sequencer's limit".into(),
+            ));
+        }
+        Ok(())
+    };
+    match op {
+        WriteOp::Put(entries) => {
+            for (k, v) in &entries {
+                check(k, Some(v))?;
+            }
+            let mut previous = Vec::new();
+            for (k, v) in entries {
+                let old = write(store, k.clone(), Some(v));
+                if let Some(Some(old)) = old.map(|e| e.value) {
+                    previous.push((k, old.into_vec()));
+                }
+            }
+            Ok(WriteOutcome::Previous(previous))
+        }
+        WriteOp::Delete(keys) => {
+            for k in &keys {
+                check(k, None)?;
+            }
+            let mut previous = Vec::new();
+            for k in keys {
+                if store.value(&k).is_some() {
+                    if let Some(Some(old)) = write(store, k.clone(), None).map(|e| e.value) {
+                        previous.push((k, old.into_vec()));
+                    }
+                }
+            }
+            Ok(WriteOutcome::Previous(previous))
+        }
+        WriteOp::CompareAndSet { key, expected, new } => {
+            check(&key, new.as_deref())?;
+            let (value, clock) = match store.entry(&key) {
+                Some(e) => (
+                    e.value.as_deref().map(<[u8]>::to_vec),
+                    Some(e.clock.clone()),
+                ),
+                None => (None, None),
+            };
+            let same = match (&clock, &expected) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.equal(b),
+                _ => false,
+            };
+            if !same {
+                return Ok(WriteOutcome::Mismatch { value, clock });
+            }
+            if value != new {
+                write(store, key, new);
+            }
+            Ok(WriteOutcome::Swapped)
+        }
+        WriteOp::CompareAndSetTable {
+            expected_digest,
+            changes: updates,
+        } => {
+            for (k, v) in &updates {
+                check(k, v.as_deref())?;
+            }
+            if store.digest_total() != expected_digest {
+                return Ok(WriteOutcome::TableMismatch);
+            }
+            for (k, v) in updates {
+                if store.value(&k) != v.as_deref() {
+                    write(store, k, v);
+                }
+            }
+            Ok(WriteOutcome::Swapped)
+        }
+        WriteOp::Read(key) => Ok(WriteOutcome::Value(store.value(&key).map(<[u8]>::to_vec))),
+    }
+}

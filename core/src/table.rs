@@ -1,0 +1,470 @@
+//! Table handles: the public read and write operations of one replicated table.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::glob::Glob;
+use crate::merge::ConflictHandler;
+use crate::node::{NodeInner, TableStats};
+use crate::replication::{self, WriteJob};
+use crate::store::TableStore;
+use crate::wire::{TableInfo, WriteOp, WriteOutcome};
+
+/// Key-value pairs, as returned by batch operations and `match`.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The old and new value of an `update` (`None`: absent or deleted).
+pub type Updated = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A losing version kept by the conflict log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConflictRecord {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The version that was kept (`None`: deleted).
+    pub kept: Option<Vec<u8>>,
+    /// The version that lost (`None`: deleted).
+    pub lost: Option<Vec<u8>>,
+    /// The peer the merge was with.
+    pub peer: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// State of one table on one node, shared by its handles and tasks.
+pub(crate) struct TableShared {
+    pub name: Arc<str>,
+    store: RwLock<TableStore>,
+    pub jobs: mpsc::Sender<WriteJob>,
+    handler: RwLock<Option<Arc<dyn ConflictHandler>>>,
+    conflicts: Mutex<VecDeque<ConflictRecord>>,
+    stopped: AtomicBool,
+}
+
+impl TableShared {
+    /// Creates the table state and starts its sequencer task.
+    pub fn start(node: &Arc<NodeInner>, name: &str) -> Arc<TableShared> {
+        let (tx, rx) = mpsc::channel(4096);
+        let t = Arc::new(TableShared {
+            name: Arc::from(name),
+            store: RwLock::new(TableStore::new()),
+            jobs: tx,
+            handler: RwLock::new(None),
+            conflicts: Mutex::new(VecDeque::new()),
+            stopped: AtomicBool::new(false),
+        });
+        node.spawn(replication::run_sequencer(
+            Arc::downgrade(node),
+            t.clone(),
+            rx,
+        ));
+        t
+    }
+
+    pub fn read(&self) -> Result<RwLockReadGuard<'_, TableStore>> {
+        self.store
+            .read()
+            .map_err(|_| Error::internal("table lock poisoned"))
+    }
+
+    pub fn write(&self) -> Result<RwLockWriteGuard<'_, TableStore>> {
+        self.store
+            .write()
+            .map_err(|_| Error::internal("table lock poisoned"))
+    }
+
+    pub fn handler(&self) -> Option<Arc<dyn ConflictHandler>> {
+        self.handler.read().ok().and_then(|h| h.clone())
+    }
+
+    pub fn set_handler(&self, handler: Option<Arc<dyn ConflictHandler>>) {
+        if let Ok(mut h) = self.handler.write() {
+            *h = handler;
+        }
+    }
+
+    pub fn info(&self) -> TableInfo {
+        TableInfo {
+            name: self.name.to_string(),
+            has_handler: self.handler().is_some(),
+        }
+    }
+
+    pub fn log_conflict(&self, record: ConflictRecord, limit: usize) {
+        if let Ok(mut log) = self.conflicts.lock() {
+            log.push_back(record);
+            while log.len() > limit {
+                log.pop_front();
+            }
+        }
+    }
+
+    pub fn conflicts(&self) -> Vec<ConflictRecord> {
+        self.conflicts
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> TableStats {
+        let (s, digest) = match self.read() {
+            Ok(st) => (st.stats(), st.digest_total()),
+            Err(_) => (Default::default(), 0),
+        };
+        TableStats {
+            name: self.name.to_string(),
+            entries: s.entries,
+            bytes: s.bytes,
+            tombstones: s.tombstones,
+            conflicts: self.conflicts.lock().map(|l| l.len()).unwrap_or(0),
+            digest: format!("{digest:016x}"),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+}
+
+/// A handle to a replicated table. Cheap to clone. Reads are local; writes are
+/// ordered by the table's sequencer and acknowledged by every member of the view.
+#[derive(Clone)]
+pub struct Table {
+    node: Arc<NodeInner>,
+    shared: Arc<TableShared>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl Table {
+    pub(crate) fn new(node: Arc<NodeInner>, shared: Arc<TableShared>) -> Self {
+        Table { node, shared }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max = self.node.config.max_key_size;
+        if key.len() > max {
+            return Err(Error::invalid(format!(
+                "key of {} bytes is larger than the limit of {max} bytes",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<()> {
+        let max = self.node.config.max_value_size;
+        if value.len() > max {
+            return Err(Error::invalid(format!(
+                "value of {} bytes is larger than the limit of {max} bytes",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
+        replication::submit(&self.node, &self.shared, op).await
+    }
+
+    /// Sets `key` to `value` on every member; returns the previous value.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.node.check_open()?;
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let prev = self
+            .submit(WriteOp::Put(vec![(key.to_vec(), value.to_vec())]))
+            .await?;
+        Ok(previous(prev)?.pop().map(|(_, v)| v))
+    }
+
+    /// Sets all `entries` atomically; returns the previous values of those that had one.
+    pub async fn put_many(&self, entries: Entries) -> Result<Entries> {
+        self.node.check_open()?;
+        for (k, v) in &entries {
+            self.check_key(k)?;
+            self.check_value(v)?;
+        }
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        previous(self.submit(WriteOp::Put(entries)).await?)
+    }
+
+    /// The local value of `key` (no network).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.node.check_open()?;
+        self.check_key(key)?;
+        Ok(self.shared.read()?.value(key).map(<[u8]>::to_vec))
+    }
+
+    /// Calls `f` with the local value of `key` without copying it.
+    pub fn with_value<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R> {
+        self.node.check_open()?;
+        self.check_key(key)?;
+        Ok(f(self.shared.read()?.value(key)))
+    }
+
+    /// The value of `key` as the sequencer has it, ordered after every write before it.
+    pub async fn get_strong(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.node.check_open()?;
+        self.check_key(key)?;
+        match self.submit(WriteOp::Read(key.to_vec())).await? {
+            WriteOutcome::Value(v) => Ok(v),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Deletes `key` (leaves a tombstone); returns the previous value.
+    pub async fn delete(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.node.check_open()?;
+        self.check_key(key)?;
+        let prev = self.submit(WriteOp::Delete(vec![key.to_vec()])).await?;
+        Ok(previous(prev)?.pop().map(|(_, v)| v))
+    }
+
+    /// Deletes all `keys` atomically; returns the previous entries of those that existed.
+    pub async fn delete_many(&self, keys: Vec<Vec<u8>>) -> Result<Entries> {
+        self.node.check_open()?;
+        for k in &keys {
+            self.check_key(k)?;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        previous(self.submit(WriteOp::Delete(keys)).await?)
+    }
+
+    /// Local entries whose key matches `key_pattern` and value matches
+    /// `value_pattern` (globs: `*`, `?`, `[...]`, `\`), sorted by key.
+    pub fn match_entries(&self, key_pattern: &[u8], value_pattern: &[u8]) -> Result<Entries> {
+        self.node.check_open()?;
+        let kp =
+            Glob::new(key_pattern).map_err(|e| Error::invalid(format!("bad key pattern: {e}")))?;
+        let vp = Glob::new(value_pattern)
+            .map_err(|e| Error::invalid(format!("bad value pattern: {e}")))?;
+        let mut out: Entries = {
+            let store = self.shared.read()?;
+            let prefix = kp.literal_prefix();
+            store
+                .live()
+                .filter(|(k, v)| {
+                    k.starts_with(prefix)
+                        && (kp.is_match_all() || kp.matches(k))
+                        && (vp.is_match_all() || vp.matches(v))
+                })
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()
+        };
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Atomic read-modify-write of `key`: `f(key, value)` returns the new value,
+    /// `None` to delete, or the old value to write nothing. `f` may run more than
+    /// once (the write is a compare-and-set at the sequencer, retried on conflict).
+    /// Returns `(old, new)`.
+    pub async fn update<F>(&self, key: &[u8], mut f: F) -> Result<Updated>
+    where
+        F: FnMut(&[u8], Option<&[u8]>) -> Option<Vec<u8>>,
+    {
+        self.update_with(key, |k, v| std::future::ready(Ok(f(k, v.as_deref()))))
+            .await
+    }
+
+    /// [`Table::update`] with a fallible, possibly asynchronous `f`; an error from
+    /// `f` aborts the update and is returned as is.
+    pub async fn update_with<F, Fut>(&self, key: &[u8], mut f: F) -> Result<Updated>
+    where
+        F: FnMut(&[u8], Option<Vec<u8>>) -> Fut,
+        Fut: Future<Output = Result<Option<Vec<u8>>>>,
+    {
+        self.node.check_open()?;
+        self.check_key(key)?;
+        let deadline = tokio::time::Instant::now() + self.node.config.request_timeout;
+        let (mut value, mut clock) = {
+            let store = self.shared.read()?;
+            match store.entry(key) {
+                Some(e) => (
+                    e.value.as_deref().map(<[u8]>::to_vec),
+                    Some(e.clock.clone()),
+                ),
+                None => (None, None),
+            }
+        };
+        loop {
+            let new = f(key, value.clone()).await?;
+            if new == value {
+                return Ok((value, new));
+            }
+            if let Some(v) = &new {
+                self.check_value(v)?;
+            }
+            let op = WriteOp::CompareAndSet {
+                key: key.to_vec(),
+                expected: clock.clone(),
+                new: new.clone(),
+            };
+            match self.submit(op).await? {
+                WriteOutcome::Swapped => return Ok((value, new)),
+                WriteOutcome::Mismatch {
+                    value: current,
+                    clock: current_clock,
+                } => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::timeout(
+                            "update kept conflicting with other writes until the request timeout",
+                        ));
+                    }
+                    value = current;
+                    clock = current_clock;
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Atomic update of the whole table: `f(key, value)` for every entry, with
+    /// the rule of [`Table::update`]. Returns the old and new entries that changed.
+    pub async fn update_all<F>(&self, mut f: F) -> Result<(Entries, Entries)>
+    where
+        F: FnMut(&[u8], &[u8]) -> Option<Vec<u8>>,
+    {
+        self.update_all_with(|k, v| Ok(f(k, v))).await
+    }
+
+    /// [`Table::update_all`] with a fallible `f`; an error aborts the whole update.
+    pub async fn update_all_with<F>(&self, mut f: F) -> Result<(Entries, Entries)>
+    where
+        F: FnMut(&[u8], &[u8]) -> Result<Option<Vec<u8>>>,
+    {
+        self.node.check_open()?;
+        let deadline = tokio::time::Instant::now() + self.node.config.request_timeout;
+        loop {
+            let (snapshot, digest) = {
+                let store = self.shared.read()?;
+                let mut entries: Entries = store
+                    .live()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                (entries, store.digest_total())
+            };
+            let mut old = Vec::new();
+            let mut new = Vec::new();
+            let mut changes = Vec::new();
+            for (k, v) in snapshot {
+                let result = f(&k, &v)?;
+                if result.as_deref() == Some(v.as_slice()) {
+                    continue;
+                }
+                if let Some(nv) = &result {
+                    self.check_value(nv)?;
+                    new.push((k.clone(), nv.clone()));
+                }
+                changes.push((k.clone(), result));
+                old.push((k, v));
+            }
+            if changes.is_empty() {
+                return Ok((old, new));
+            }
+            let op = WriteOp::CompareAndSetTable {
+                expected_digest: digest,
+                changes,
+            };
+            match self.submit(op).await? {
+                WriteOutcome::Swapped => return Ok((old, new)),
+                WriteOutcome::TableMismatch => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::timeout(
+                            "update_all kept conflicting with other writes until the request timeout",
+                        ));
+                    }
+                    tokio::time::sleep(crate::node::SETTLE_PAUSE).await;
+                }
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    /// Number of live entries on this node.
+    pub fn len(&self) -> Result<usize> {
+        self.node.check_open()?;
+        Ok(self.shared.read()?.len())
+    }
+
+    /// Whether the table has no live entry on this node.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Live keys on this node, sorted.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        self.node.check_open()?;
+        let mut keys: Vec<Vec<u8>> = self
+            .shared
+            .read()?
+            .live()
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Whether `key` has a live value on this node.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        self.with_value(key, |v| v.is_some())
+    }
+
+    /// Sets (or, with `None`, removes) this node's conflict handler for the table
+    /// and tells the peers.
+    pub fn set_conflict_handler(&self, handler: Option<Arc<dyn ConflictHandler>>) -> Result<()> {
+        self.node.check_open()?;
+        self.shared.set_handler(handler);
+        self.node.members.broadcast(
+            &self.node,
+            &crate::wire::Message::TableChanged(self.shared.info()),
+        );
+        Ok(())
+    }
+
+    /// The table's conflict log, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<ConflictRecord>> {
+        self.node.check_open()?;
+        Ok(self.shared.conflicts())
+    }
+
+    /// Entry count, bytes, tombstones, conflicts and digest on this node.
+    pub fn stats(&self) -> Result<TableStats> {
+        self.node.check_open()?;
+        Ok(self.shared.stats())
+    }
+}
+
+fn previous(outcome: WriteOutcome) -> Result<Entries> {
+    match outcome {
+        WriteOutcome::Previous(p) => Ok(p),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn unexpected(outcome: &WriteOutcome) -> Error {
+    Error::internal(format!("unexpected answer from the sequencer: {outcome:?}"))
+}

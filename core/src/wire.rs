@@ -1,0 +1,265 @@
+//! The messages nodes exchange, and their framing: a 4-byte big-endian length,
+//! then the message encoded with postcard.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::vclock::{ActorId, VClock};
+
+/// First field of every handshake message: "LBKV".
+pub const MAGIC: u32 = 0x4c42_4b56;
+/// Version of this protocol; a peer with another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bound on any frame before the peer is authenticated.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
+
+/// A key, a value or a tombstone, and its clock, as sent between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// The version's clock.
+    pub clock: VClock,
+}
+
+/// A peer as told to other peers for transitive connect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's actor id.
+    pub actor: ActorId,
+    /// The address it listens on.
+    pub listen: String,
+}
+
+/// What a node tells its peers about one of its tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// Whether this node has a conflict handler for it.
+    pub has_handler: bool,
+}
+
+/// One write (or strong read) sent to a table's sequencer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Set these keys (one key for `put`, several for `put_many`).
+    Put(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Delete these keys (leave tombstones).
+    Delete(Vec<Vec<u8>>),
+    /// Set (or delete, with `None`) `key` if its clock is still `expected`
+    /// (`None`: the key has no entry).
+    CompareAndSet {
+        /// The key.
+        key: Vec<u8>,
+        /// The clock the caller's function saw.
+        expected: Option<VClock>,
+        /// The new value, or `None` to delete.
+        new: Option<Vec<u8>>,
+    },
+    /// Apply `changes` if the table digest is still `expected_digest`
+    /// (`update_all`: atomic over the whole table).
+    CompareAndSetTable {
+        /// Digest of the table the caller's function saw.
+        expected_digest: u64,
+        /// Keys to set (`Some`) or delete (`None`).
+        changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+    /// Read `key` at the sequencer, ordered after every write before it.
+    Read(Vec<u8>),
+}
+
+/// The sequencer's answer to a [`WriteOp`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOutcome {
+    /// Put or delete: the live values the keys had before.
+    Previous(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Compare-and-set applied (or nothing to do).
+    Swapped,
+    /// Compare-and-set refused: the key's current value and clock, to retry with.
+    Mismatch {
+        /// The current value (`None`: absent or deleted).
+        value: Option<Vec<u8>>,
+        /// The current clock (`None`: no entry).
+        clock: Option<VClock>,
+    },
+    /// Table compare-and-set refused: the table changed meanwhile.
+    TableMismatch,
+    /// Strong read result.
+    Value(Option<Vec<u8>>),
+}
+
+/// Why a sequencer did not take a write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteRefusal {
+    /// The receiver is not the table's sequencer in its view: retry after the views settle.
+    NotSequencer,
+    /// The write failed.
+    Failed(ErrorKind, String),
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Handshake 1, initiator to acceptor.
+    Hello {
+        /// [`MAGIC`].
+        magic: u32,
+        /// [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The initiator.
+        actor: ActorId,
+        /// Where the initiator listens.
+        listen: String,
+        /// Challenge for the acceptor.
+        nonce: [u8; 32],
+    },
+    /// Handshake 2, acceptor to initiator: its identity, its challenge, and its
+    /// proof of the cookie over the initiator's challenge.
+    Challenge {
+        /// [`MAGIC`].
+        magic: u32,
+        /// [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The acceptor.
+        actor: ActorId,
+        /// Where the acceptor listens.
+        listen: String,
+        /// Challenge for the initiator.
+        nonce: [u8; 32],
+        /// HMAC-SHA256 proof.
+        proof: [u8; 32],
+    },
+    /// Handshake 3, initiator to acceptor: its proof over the acceptor's challenge.
+    Proof {
+        /// HMAC-SHA256 proof.
+        proof: [u8; 32],
+    },
+    /// Handshake 4, acceptor to initiator: accepted.
+    Welcome,
+    /// Keeps an idle connection alive.
+    Heartbeat,
+    /// The sender is closing; treat it as down at once.
+    Leaving,
+    /// The peers the sender knows, for transitive connect.
+    Members(Vec<PeerInfo>),
+    /// The sender's tables, sent once after the handshake.
+    Tables(Vec<TableInfo>),
+    /// A table was created, or its handler changed, on the sender.
+    TableChanged(TableInfo),
+    /// A write for a sequencer.
+    WriteRequest {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// The table.
+        table: String,
+        /// The write.
+        op: WriteOp,
+    },
+    /// A sequencer's answer.
+    WriteReply {
+        /// The request id.
+        id: u64,
+        /// The outcome.
+        result: std::result::Result<WriteOutcome, WriteRefusal>,
+    },
+    /// An ordered batch of entries from a sequencer, to apply and acknowledge.
+    Apply {
+        /// Batch id, echoed in the acknowledgement.
+        id: u64,
+        /// The table.
+        table: String,
+        /// The new versions.
+        entries: Vec<WireEntry>,
+    },
+    /// A batch was applied.
+    ApplyAck {
+        /// The batch id.
+        id: u64,
+    },
+    /// Merge, step 1: the initiator's digest of a table.
+    SyncDigest {
+        /// Merge session id.
+        session: u64,
+        /// The table.
+        table: String,
+        /// The initiator's digest level.
+        bits: u8,
+        /// The initiator's whole-table digest.
+        total: u64,
+    },
+    /// Merge, step 2: the responder's buckets, at the coarser of both levels.
+    SyncLeaves {
+        /// Merge session id.
+        session: u64,
+        /// The level of `leaves`.
+        bits: u8,
+        /// Bucket digests.
+        leaves: Vec<u64>,
+    },
+    /// Merge, step 3 and 4: the entries of the differing buckets, in chunks.
+    SyncEntries {
+        /// Merge session id.
+        session: u64,
+        /// The differing buckets (first chunk of the initiator only).
+        buckets: Vec<u32>,
+        /// Entries of those buckets.
+        entries: Vec<WireEntry>,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+    /// Merge finished (also the answer to a digest that matched).
+    SyncDone {
+        /// Merge session id.
+        session: u64,
+    },
+    /// The initiator finished the merge of every table after a connect.
+    SyncAllDone,
+}
+
+/// Encodes `msg` as one frame (length prefix included).
+pub fn encode_frame(msg: &Message) -> Result<Vec<u8>> {
+    let mut buf = postcard::to_extend(msg, vec![0u8; 4])
+        .map_err(|e| Error::internal(format!("cannot encode message: {e}")))?;
+    let len =
+        u32::try_from(buf.len() - 4).map_err(|_| Error::invalid("message larger than 4 GiB"))?;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf)
+}
+
+/// Decodes the body of one frame.
+pub fn decode(body: &[u8]) -> Result<Message> {
+    postcard::from_bytes(body).map_err(|e| Error::protocol(format!("malformed frame: {e}")))
+}
+
+/// The encoded size of a message, to cut streams into chunks.
+pub fn encoded_len(entry: &WireEntry) -> usize {
+    // Exact size is not needed: this bounds chunks, with room for clock dots.
+    entry.key.len() + entry.value.as_ref().map_or(0, Vec::len) + 16 + entry.clock.len() * 48
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let msg = Message::WriteRequest {
+            id: 7,
+            table: "t".into(),
+            op: WriteOp::Put(vec![(b"k".to_vec(), b"v".to_vec())]),
+        };
+        let frame = encode_frame(&msg).unwrap();
+        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode(&frame[4..]).unwrap(), msg);
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        let err = decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol);
+    }
+}
