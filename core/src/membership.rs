@@ -399,6 +399,12 @@ pub(crate) async fn connect(node: &Arc<NodeInner>, addr: &str) -> Result<()> {
     if node.address.parse::<SocketAddr>().ok() == Some(target) {
         return Ok(());
     }
+    {
+        let mut st = node.members.lock();
+        if let Some(name) = st.names_by_addr.get(&target).cloned() {
+            st.banned.remove(&name);
+        }
+    }
     let already = {
         let st = node.members.lock();
         st.peers
@@ -415,7 +421,7 @@ pub(crate) async fn connect(node: &Arc<NodeInner>, addr: &str) -> Result<()> {
 }
 
 async fn dial(node: &Arc<NodeInner>, addr: SocketAddr, unban: bool) -> Result<()> {
-    let mut stream = node.net.connect(addr).await.map_err(|e| {
+    let mut stream = node.net.connect(node.source_ip, addr).await.map_err(|e| {
         Error::new(
             ErrorKind::Unavailable,
             format!("cannot connect to {addr}: {e}"),
@@ -470,6 +476,13 @@ async fn dial(node: &Arc<NodeInner>, addr: SocketAddr, unban: bool) -> Result<()
             actor.name
         )));
     }
+    {
+        let mut st = node.members.lock();
+        st.names_by_addr.insert(addr, actor.name.to_string());
+        if unban {
+            st.banned.remove(&*actor.name);
+        }
+    }
     let proof = auth::proof(
         &node.cookie,
         Role::Initiator,
@@ -486,13 +499,6 @@ async fn dial(node: &Arc<NodeInner>, addr: SocketAddr, unban: bool) -> Result<()
                 ErrorKind::Unavailable,
                 format!("{addr} refused the connection"),
             ))
-        }
-    }
-    {
-        let mut st = node.members.lock();
-        st.names_by_addr.insert(addr, actor.name.to_string());
-        if unban {
-            st.banned.remove(&*actor.name);
         }
     }
     register(node, actor, listen, stream, true);
@@ -610,6 +616,9 @@ fn register(
         let mut st = node.members.lock();
         if node.check_open().is_err() || st.banned.contains(&*actor.name) {
             return;
+        }
+        if let Ok(addr) = listen.parse::<SocketAddr>() {
+            st.names_by_addr.insert(addr, actor.name.to_string());
         }
         let same_name: Option<ActorId> = st.peers.keys().find(|a| a.name == actor.name).cloned();
         let mut is_new = true;

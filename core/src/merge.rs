@@ -99,7 +99,12 @@ pub(crate) fn merge_versions(local: &Entry, remote: &Entry) -> Merged {
         conflict: false,
     };
     if local.clock.equal(&remote.clock) {
-        return keep(local);
+        // One write has one value; should two ever differ, pick the same one everywhere.
+        return keep(if fallback_prefers(local, remote) {
+            local
+        } else {
+            remote
+        });
     }
     let local_descends = local.clock.descends(&remote.clock);
     let remote_descends = remote.clock.descends(&local.clock);

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,8 +29,14 @@ pub trait Listener: Send + Sync + 'static {
 pub trait Net: Send + Sync + 'static {
     /// Binds a listener.
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>>;
-    /// Opens a stream to `addr` (with `TCP_NODELAY`).
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxStream>>;
+    /// Opens a stream to `addr` (with `TCP_NODELAY`), from `local_ip` when given,
+    /// so that a node's traffic comes from the address it listens on (which is
+    /// what lets firewall rules cut one node off from another on one host).
+    fn connect(
+        &self,
+        local_ip: Option<IpAddr>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<BoxStream>>;
     /// Resolves `host:port` to all its addresses.
     fn resolve(&self, host_port: String) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>>;
 }
@@ -61,9 +67,21 @@ impl Net for TcpNet {
             Ok(Box::new(TcpListener(l)) as Box<dyn Listener>)
         })
     }
-    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxStream>> {
+    fn connect(
+        &self,
+        local_ip: Option<IpAddr>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<BoxStream>> {
         Box::pin(async move {
-            let s = tokio::net::TcpStream::connect(addr).await?;
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            if let Some(ip) = local_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            let s = socket.connect(addr).await?;
             s.set_nodelay(true)?;
             Ok(Box::new(s) as BoxStream)
         })

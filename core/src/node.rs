@@ -40,6 +40,9 @@ pub(crate) struct NodeInner {
     pub config: Config,
     pub actor: ActorId,
     pub address: String,
+    /// The address outgoing connections come from: the listen address, unless
+    /// that is a wildcard.
+    pub source_ip: Option<std::net::IpAddr>,
     pub cookie: Vec<u8>,
     pub net: Arc<dyn Net>,
     pub tables: RwLock<HashMap<String, Arc<TableShared>>>,
@@ -230,6 +233,7 @@ impl Node {
         let inner = Arc::new(NodeInner {
             actor: ActorId::new(&name, incarnation),
             address,
+            source_ip: Some(local.ip()).filter(|ip| !ip.is_unspecified()),
             cookie,
             net,
             tables: RwLock::new(HashMap::new()),

@@ -1,0 +1,379 @@
+//! Clusters of nodes in one process, over real loopback TCP.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{cluster, config, runtime, start, wait_until};
+use lbmkv::{ErrorKind, Event, Node, Resolution};
+
+fn b(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+/// Lifts the mutual `disconnect` of two nodes: the first `connect` is refused
+/// by the other side (which still refuses this node), the second goes through.
+async fn heal(a: &Node, b: &Node) {
+    let _ = a.connect(b.address()).await;
+    b.connect(a.address()).await.unwrap();
+}
+
+async fn digests_equal(nodes: &[Node], table: &str) -> bool {
+    let ds: HashSet<String> = nodes
+        .iter()
+        .map(|n| {
+            n.table(table)
+                .and_then(|t| t.stats())
+                .map(|s| s.digest)
+                .unwrap_or_default()
+        })
+        .collect();
+    ds.len() == 1
+}
+
+#[test]
+fn writes_are_visible_on_every_member_when_put_returns() {
+    runtime().block_on(async {
+        let nodes = cluster(3).await;
+        let t1 = nodes[0].create_table("t").await.unwrap();
+        wait_until(Duration::from_secs(5), || {
+            nodes.iter().all(|n| n.table("t").is_ok())
+        })
+        .await;
+        for (i, n) in nodes.iter().enumerate() {
+            let t = n.table("t").unwrap();
+            let key = format!("k{i}");
+            t.put(key.as_bytes(), b"v").await.unwrap();
+            for m in &nodes {
+                assert_eq!(
+                    m.table("t").unwrap().get(key.as_bytes()).unwrap(),
+                    Some(b("v"))
+                );
+            }
+        }
+        assert_eq!(t1.delete(b"k2").await.unwrap(), Some(b("v")));
+        for m in &nodes {
+            assert_eq!(m.table("t").unwrap().get(b"k2").unwrap(), None);
+            assert_eq!(m.members(), vec!["n1", "n2", "n3"]);
+        }
+        assert_eq!(
+            nodes[2]
+                .table("t")
+                .unwrap()
+                .get_strong(b"k1")
+                .await
+                .unwrap(),
+            Some(b("v"))
+        );
+    });
+}
+
+#[test]
+fn a_joining_node_receives_every_table_and_entry() {
+    runtime().block_on(async {
+        let nodes = cluster(2).await;
+        let t = nodes[0].create_table("big").await.unwrap();
+        let entries: Vec<_> = (0..5000)
+            .map(|i| (b(&format!("k{i}")), vec![1u8; 100]))
+            .collect();
+        t.put_many(entries).await.unwrap();
+        let late = Node::start(lbmkv::Config {
+            seeds: vec![nodes[1].address().to_string()],
+            ..config("late")
+        })
+        .await
+        .unwrap();
+        let lt = late.create_table("big").await.unwrap();
+        assert_eq!(lt.len().unwrap(), 5000);
+        let mut all = nodes.clone();
+        all.push(late);
+        assert!(digests_equal(&all, "big").await);
+    });
+}
+
+#[test]
+fn sequencer_counter_across_nodes_loses_no_increment() {
+    runtime().block_on(async {
+        let nodes = cluster(3).await;
+        nodes[0].create_table("seq").await.unwrap();
+        wait_until(Duration::from_secs(5), || {
+            nodes.iter().all(|n| n.table("seq").is_ok())
+        })
+        .await;
+        let mut tasks = Vec::new();
+        for n in &nodes {
+            for _ in 0..4 {
+                let t = n.table("seq").unwrap();
+                tasks.push(tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for _ in 0..50 {
+                        let (_, new) = t
+                            .update(b"ctr", |_, v| {
+                                let n: u64 =
+                                    v.map_or(0, |v| String::from_utf8_lossy(v).parse().unwrap());
+                                Some((n + 1).to_string().into_bytes())
+                            })
+                            .await
+                            .unwrap();
+                        got.push(new.unwrap());
+                    }
+                    got
+                }));
+            }
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let distinct: HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), 600);
+        assert_eq!(distinct.len(), 600);
+        for n in &nodes {
+            assert_eq!(n.table("seq").unwrap().get(b"ctr").unwrap(), Some(b("600")));
+        }
+    });
+}
+
+#[test]
+fn a_closed_node_is_seen_down_at_once_and_the_rest_keep_writing() {
+    runtime().block_on(async {
+        let nodes = cluster(3).await;
+        let t = nodes[1].create_table("t").await.unwrap();
+        let mut events = nodes[1].subscribe();
+        let started = tokio::time::Instant::now();
+        nodes[0].close().await.unwrap();
+        loop {
+            match events.next().await.unwrap() {
+                Event::NodeDown { node, .. } if node == "n1" => break,
+                _ => {}
+            }
+        }
+        assert!(started.elapsed() < Duration::from_millis(500));
+        t.put(b"after", b"close").await.unwrap();
+        assert_eq!(
+            nodes[2].table("t").unwrap().get(b"after").unwrap(),
+            Some(b("close"))
+        );
+        wait_until(Duration::from_secs(1), || {
+            nodes[2].members() == vec!["n2", "n3"]
+        })
+        .await;
+    });
+}
+
+#[test]
+fn wrong_cookie_is_refused_and_sees_no_table() {
+    runtime().block_on(async {
+        let good = start("good").await;
+        good.create_table("secret")
+            .await
+            .unwrap()
+            .put(b"k", b"v")
+            .await
+            .unwrap();
+        let bad = Node::start(lbmkv::Config {
+            cookie: Some(b"wrong".to_vec()),
+            ..config("bad")
+        })
+        .await
+        .unwrap();
+        let err = bad.connect(good.address()).await.unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::Protocol | ErrorKind::Unavailable),
+            "{err}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(bad.tables().is_empty());
+        assert_eq!(good.members(), vec!["good"]);
+    });
+}
+
+#[test]
+fn netsplit_without_handler_falls_back_and_logs_the_loser() {
+    runtime().block_on(async {
+        let nodes = cluster(3).await;
+        let t = nodes[0].create_table("t").await.unwrap();
+        wait_until(Duration::from_secs(5), || {
+            nodes.iter().all(|n| n.table("t").is_ok())
+        })
+        .await;
+        t.put(b"shared", b"before").await.unwrap();
+        t.put(b"doomed", b"x").await.unwrap();
+        // Cut n3 off from n1 and n2.
+        nodes[2].disconnect("n1").await.unwrap();
+        nodes[2].disconnect("n2").await.unwrap();
+        nodes[0].disconnect("n3").await.unwrap();
+        nodes[1].disconnect("n3").await.unwrap();
+        wait_until(Duration::from_secs(5), || nodes[2].members() == vec!["n3"]).await;
+        let t3 = nodes[2].table("t").unwrap();
+        t.put(b"left", b"1").await.unwrap();
+        t3.put(b"right", b"2").await.unwrap();
+        t.put(b"shared", b"from-left").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        t3.put(b"shared", b"from-right").await.unwrap();
+        t3.delete(b"doomed").await.unwrap();
+        // Heal.
+        heal(&nodes[2], &nodes[0]).await;
+        heal(&nodes[2], &nodes[1]).await;
+        wait_until(Duration::from_secs(10), || {
+            nodes.iter().all(|n| n.members().len() == 3)
+        })
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !digests_equal(&nodes, "t").await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replicas did not converge"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for n in &nodes {
+            let t = n.table("t").unwrap();
+            assert_eq!(t.get(b"left").unwrap(), Some(b("1")));
+            assert_eq!(t.get(b"right").unwrap(), Some(b("2")));
+            assert_eq!(
+                t.get(b"shared").unwrap(),
+                Some(b("from-right")),
+                "newest write wins"
+            );
+            assert_eq!(
+                t.get(b"doomed").unwrap(),
+                None,
+                "a delete during the split stays"
+            );
+        }
+        let logged: Vec<_> = nodes
+            .iter()
+            .flat_map(|n| n.table("t").unwrap().conflicts().unwrap())
+            .collect();
+        assert!(logged
+            .iter()
+            .any(|c| c.key == b"shared" && c.lost == Some(b("from-left"))));
+    });
+}
+
+#[test]
+fn netsplit_with_handler_writes_the_handlers_value_everywhere() {
+    runtime().block_on(async {
+        let nodes = cluster(2).await;
+        let handler = lbmkv::handler_fn(|c| {
+            let l = c.local.clone().unwrap_or_default();
+            let r = c.remote.clone().unwrap_or_default();
+            Ok(Resolution::Value([l, r].concat()))
+        });
+        let t1 = nodes[0]
+            .create_table_with("t", Some(handler))
+            .await
+            .unwrap();
+        wait_until(Duration::from_secs(5), || nodes[1].table("t").is_ok()).await;
+        let t2 = nodes[1].table("t").unwrap();
+        nodes[0].disconnect("n2").await.unwrap();
+        nodes[1].disconnect("n1").await.unwrap();
+        wait_until(Duration::from_secs(5), || {
+            nodes[0].members().len() == 1 && nodes[1].members().len() == 1
+        })
+        .await;
+        t1.put(b"k", b"A").await.unwrap();
+        t2.put(b"k", b"B").await.unwrap();
+        heal(&nodes[0], &nodes[1]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v1 = t1.get(b"k").unwrap();
+            let v2 = t2.get(b"k").unwrap();
+            if v1 == v2 && (v1 == Some(b("AB")) || v1 == Some(b("BA"))) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "handler value not everywhere: {v1:?} {v2:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+#[test]
+fn same_table_created_apart_ends_with_the_union() {
+    runtime().block_on(async {
+        let a = start("a").await;
+        let b_node = start("b").await;
+        let ta = a.create_table("t").await.unwrap();
+        let tb = b_node.create_table("t").await.unwrap();
+        ta.put(b"from-a", b"1").await.unwrap();
+        tb.put(b"from-b", b"2").await.unwrap();
+        a.connect(b_node.address()).await.unwrap();
+        let nodes = [a.clone(), b_node.clone()];
+        wait_until(Duration::from_secs(10), || {
+            ta.len().unwrap() == 2 && tb.len().unwrap() == 2
+        })
+        .await;
+        assert!(digests_equal(&nodes, "t").await);
+    });
+}
+
+#[test]
+fn heal_sends_bytes_in_proportion_to_the_differences() {
+    runtime().block_on(async {
+        let nodes = cluster(2).await;
+        let t1 = nodes[0].create_table("t").await.unwrap();
+        let entries: Vec<_> = (0..10_000)
+            .map(|i| (b(&format!("key-{i:08}")), vec![b'v'; 100]))
+            .collect();
+        t1.put_many(entries).await.unwrap();
+        let t2 = nodes[1].table("t").unwrap();
+        assert_eq!(t2.len().unwrap(), 10_000);
+        nodes[0].disconnect("n2").await.unwrap();
+        nodes[1].disconnect("n1").await.unwrap();
+        wait_until(Duration::from_secs(5), || nodes[1].members().len() == 1).await;
+        let changed: Vec<_> = (0..100)
+            .map(|i| (b(&format!("key-{:08}", i * 97)), vec![b'w'; 100]))
+            .collect();
+        t2.put_many(changed).await.unwrap();
+        let before: u64 = nodes.iter().map(|n| n.info().merge_bytes_sent).sum();
+        heal(&nodes[0], &nodes[1]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !digests_equal(&nodes, "t").await {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent: u64 = nodes.iter().map(|n| n.info().merge_bytes_sent).sum::<u64>() - before;
+        let table_bytes = 10_000 * (12 + 100);
+        assert!(
+            sent < table_bytes / 5,
+            "merge sent {sent} bytes for a table of {table_bytes}"
+        );
+        assert_eq!(t1.get(b"key-00000097").unwrap(), Some(vec![b'w'; 100]));
+    });
+}
+
+#[test]
+fn handler_registered_only_on_one_node_runs_once_per_conflict() {
+    runtime().block_on(async {
+        let nodes = cluster(2).await;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c2 = calls.clone();
+        let t1 = nodes[0].create_table("t").await.unwrap();
+        wait_until(Duration::from_secs(5), || nodes[1].table("t").is_ok()).await;
+        let t2 = nodes[1].table("t").unwrap();
+        t2.set_conflict_handler(Some(lbmkv::handler_fn(move |_| {
+            c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Resolution::Delete)
+        })))
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        nodes[0].disconnect("n2").await.unwrap();
+        nodes[1].disconnect("n1").await.unwrap();
+        wait_until(Duration::from_secs(5), || nodes[1].members().len() == 1).await;
+        t1.put(b"k", b"A").await.unwrap();
+        t2.put(b"k", b"B").await.unwrap();
+        heal(&nodes[0], &nodes[1]).await;
+        wait_until(Duration::from_secs(10), || {
+            t1.get(b"k").unwrap().is_none() && t2.get(b"k").unwrap().is_none()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    });
+}
