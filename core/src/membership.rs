@@ -216,7 +216,7 @@ impl Membership {
         if let Some(p) = removed {
             tracing::info!(node = %node.actor, peer = %actor, reason, "peer down");
             p.abort();
-            node.replication.peer_down(actor);
+            node.replication.peer_down(node, actor);
             node.merges.peer_down(actor);
             node.emit(Event::NodeDown {
                 node: actor.name.to_string(),

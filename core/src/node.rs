@@ -250,6 +250,7 @@ impl Node {
         tracing::info!(node = %inner.actor, address = %inner.address, "node started");
         crate::membership::start(&inner, listener);
         crate::merge::start_maintenance(&inner);
+        crate::replication::start_ack_watchdog(&inner);
         let seeds = inner.config.seeds.clone();
         let first_attempts = crate::membership::dial_seeds(&inner, &seeds);
         let _ = tokio::time::timeout(inner.config.request_timeout, first_attempts).await;

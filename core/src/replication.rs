@@ -22,15 +22,35 @@ const MAX_BATCH: usize = 512;
 
 type Reply = std::result::Result<WriteOutcome, WriteRefusal>;
 
+/// Where the answer to a write goes: a caller on this node, or a peer's request.
+pub(crate) enum ReplyTo {
+    Local(oneshot::Sender<Reply>),
+    Remote { peer: Arc<PeerConn>, id: u64 },
+}
+
+impl ReplyTo {
+    fn send(self, node: &NodeInner, result: Reply) {
+        match self {
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(result);
+            }
+            ReplyTo::Remote { peer, id } => peer.send(node, &Message::WriteReply { id, result }),
+        }
+    }
+}
+
 /// One write waiting for the sequencer.
 pub(crate) struct WriteJob {
     pub op: WriteOp,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: ReplyTo,
 }
 
+/// A replicated batch waiting for its acknowledgements; its answers go out
+/// when the last member acknowledged (or left the view).
 struct PendingAck {
     waiting: Vec<ActorId>,
-    done: Option<oneshot::Sender<()>>,
+    replies: Vec<(ReplyTo, Reply)>,
+    deadline: tokio::time::Instant,
 }
 
 /// Requests in flight to remote sequencers and batches waiting for acknowledgements.
@@ -46,8 +66,36 @@ impl Replication {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Removes `actor` from the batches it has not acknowledged (all of them
+    /// with `None`); returns the batches that are now complete.
+    fn acknowledge(&self, actor: &ActorId, id: Option<u64>) -> Vec<PendingAck> {
+        let Ok(mut acks) = self.acks.lock() else {
+            return Vec::new();
+        };
+        let mut finished = Vec::new();
+        let mut check = |id: u64, p: &mut PendingAck| {
+            p.waiting.retain(|a| a != actor);
+            if p.waiting.is_empty() {
+                finished.push(id);
+            }
+        };
+        match id {
+            Some(id) => {
+                if let Some(p) = acks.get_mut(&id) {
+                    check(id, p);
+                }
+            }
+            None => {
+                for (id, p) in acks.iter_mut() {
+                    check(*id, p);
+                }
+            }
+        }
+        finished.iter().filter_map(|id| acks.remove(id)).collect()
+    }
+
     /// A peer left the view: its unanswered requests fail, and batches stop waiting for it.
-    pub fn peer_down(&self, actor: &ActorId) {
+    pub fn peer_down(&self, node: &NodeInner, actor: &ActorId) {
         if let Ok(mut reqs) = self.requests.lock() {
             let ids: Vec<u64> = reqs
                 .iter()
@@ -63,22 +111,22 @@ impl Replication {
                 }
             }
         }
-        if let Ok(mut acks) = self.acks.lock() {
-            let mut finished = Vec::new();
-            for (id, p) in acks.iter_mut() {
-                p.waiting.retain(|a| a != actor);
-                if p.waiting.is_empty() {
-                    finished.push(*id);
-                }
-            }
-            for id in finished {
-                if let Some(mut p) = acks.remove(&id) {
-                    if let Some(done) = p.done.take() {
-                        let _ = done.send(());
-                    }
-                }
-            }
-        }
+        deliver(node, self.acknowledge(actor, None));
+    }
+
+    /// Members that let a batch wait longer than the failure timeout.
+    fn overdue(&self, now: tokio::time::Instant) -> Vec<ActorId> {
+        let Ok(acks) = self.acks.lock() else {
+            return Vec::new();
+        };
+        let mut late: Vec<ActorId> = acks
+            .values()
+            .filter(|p| p.deadline <= now)
+            .flat_map(|p| p.waiting.iter().cloned())
+            .collect();
+        late.sort();
+        late.dedup();
+        late
     }
 
     /// The node is closing: every waiter fails.
@@ -90,6 +138,35 @@ impl Replication {
             acks.clear();
         }
     }
+}
+
+fn deliver(node: &NodeInner, batches: Vec<PendingAck>) {
+    for batch in batches {
+        for (to, result) in batch.replies {
+            to.send(node, result);
+        }
+    }
+}
+
+/// Drops members that do not acknowledge within the failure timeout, so a write
+/// never waits on a dead member for longer than that.
+pub(crate) fn start_ack_watchdog(node: &Arc<NodeInner>) {
+    let weak = Arc::downgrade(node);
+    let every = node.config.heartbeat_interval;
+    node.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(node) = weak.upgrade() else { return };
+            for actor in node.replication.overdue(tokio::time::Instant::now()) {
+                node.members.drop_peer(
+                    &node,
+                    &actor,
+                    None,
+                    "did not acknowledge a write within the failure timeout",
+                );
+            }
+        }
+    });
 }
 
 /// Sends `op` to the table's sequencer (this node or a peer) and waits for the
@@ -108,7 +185,7 @@ pub(crate) async fn submit(
         if sequencer == node.actor {
             let job = WriteJob {
                 op: op.clone(),
-                reply: tx,
+                reply: ReplyTo::Local(tx),
             };
             table.jobs.send(job).await.map_err(|_| Error::closed())?;
         } else {
@@ -169,28 +246,27 @@ pub(crate) fn on_write_request(
     table: String,
     op: WriteOp,
 ) {
-    let reply_to = move |result: Reply| Message::WriteReply { id, result };
+    let reply = ReplyTo::Remote {
+        peer: peer.clone(),
+        id,
+    };
     let shared = match node.ensure_table(&table) {
         Ok(t) => t,
         Err(e) => {
-            peer.send(
+            reply.send(
                 node,
-                &reply_to(Err(WriteRefusal::Failed(e.kind(), e.message().to_string()))),
+                Err(WriteRefusal::Failed(e.kind(), e.message().to_string())),
             );
             return;
         }
     };
-    let (tx, rx) = oneshot::channel();
-    let node = node.clone();
-    let peer = peer.clone();
-    tokio::spawn(async move {
-        if shared.jobs.send(WriteJob { op, reply: tx }).await.is_err() {
-            return;
-        }
-        if let Ok(result) = rx.await {
-            peer.send(&node, &reply_to(result));
-        }
-    });
+    let job = WriteJob { op, reply };
+    if let Err(mpsc::error::TrySendError::Full(job)) = shared.jobs.try_send(job) {
+        // The sequencer is saturated: wait for room without stalling this connection.
+        tokio::spawn(async move {
+            let _ = shared.jobs.send(job).await;
+        });
+    }
 }
 
 /// A sequencer's answer to one of this node's requests.
@@ -244,22 +320,7 @@ fn apply_replicated(store: &mut TableStore, e: WireEntry) {
 
 /// A member applied a batch.
 pub(crate) fn on_apply_ack(node: &NodeInner, peer: &ActorId, id: u64) {
-    if let Ok(mut acks) = node.replication.acks.lock() {
-        let finished = match acks.get_mut(&id) {
-            Some(p) => {
-                p.waiting.retain(|a| a != peer);
-                p.waiting.is_empty()
-            }
-            None => false,
-        };
-        if finished {
-            if let Some(mut p) = acks.remove(&id) {
-                if let Some(done) = p.done.take() {
-                    let _ = done.send(());
-                }
-            }
-        }
-    }
+    deliver(node, node.replication.acknowledge(peer, Some(id)));
 }
 
 /// The sequencer task of one table: takes writes in batches, applies them in
@@ -277,7 +338,7 @@ pub(crate) async fn run_sequencer(
         let Some(node) = node.upgrade() else { return };
         if node.members.sequencer(&node) != node.actor {
             for job in batch.drain(..) {
-                let _ = job.reply.send(Err(WriteRefusal::NotSequencer));
+                job.reply.send(&node, Err(WriteRefusal::NotSequencer));
             }
             continue;
         }
@@ -294,48 +355,41 @@ pub(crate) async fn run_sequencer(
             }
             Err(e) => {
                 for job in batch.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(WriteRefusal::Failed(e.kind(), e.message().to_string())));
+                    job.reply.send(
+                        &node,
+                        Err(WriteRefusal::Failed(e.kind(), e.message().to_string())),
+                    );
                 }
                 continue;
             }
         }
         if changes.is_empty() || peers.is_empty() {
             for (reply, outcome) in replies {
-                let _ = reply.send(outcome);
+                reply.send(&node, outcome);
             }
             continue;
         }
-        let acked = replicate(&node, &table, &peers, changes);
-        let node = node.clone();
-        tokio::spawn(async move {
-            acked.await;
-            drop(node);
-            for (reply, outcome) in replies {
-                let _ = reply.send(outcome);
-            }
-        });
+        replicate(&node, &table, &peers, changes, replies);
     }
 }
 
-/// Sends a batch to `peers`; the returned future completes when all of them
-/// acknowledged it or left the view. A member silent for the failure timeout
-/// is dropped from the view, so a write never waits on a dead member forever.
+/// Sends a batch to `peers`; its answers go out when all of them acknowledged
+/// it or left the view (the ack watchdog drops members silent for too long).
 fn replicate(
     node: &Arc<NodeInner>,
     table: &TableShared,
     peers: &[Arc<PeerConn>],
     entries: Vec<WireEntry>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+    replies: Vec<(ReplyTo, Reply)>,
+) {
     let id = node.replication.next_id();
-    let (done, acked) = oneshot::channel();
     if let Ok(mut acks) = node.replication.acks.lock() {
         acks.insert(
             id,
             PendingAck {
                 waiting: peers.iter().map(|p| p.actor.clone()).collect(),
-                done: Some(done),
+                replies,
+                deadline: tokio::time::Instant::now() + node.config.failure_timeout,
             },
         );
     }
@@ -352,28 +406,6 @@ fn replicate(
             }
         }
         Err(e) => tracing::error!("cannot encode a batch: {e}"),
-    }
-    let node = node.clone();
-    let failure_timeout = node.config.failure_timeout;
-    async move {
-        if tokio::time::timeout(failure_timeout, acked).await.is_err() {
-            let late: Vec<ActorId> = node
-                .replication
-                .acks
-                .lock()
-                .ok()
-                .and_then(|mut a| a.remove(&id))
-                .map(|p| p.waiting)
-                .unwrap_or_default();
-            for actor in late {
-                node.members.drop_peer(
-                    &node,
-                    &actor,
-                    None,
-                    "did not acknowledge a write within the failure timeout",
-                );
-            }
-        }
     }
 }
 

@@ -1,0 +1,548 @@
+//! `lbmkv bench`: the benchmark scenarios of the specification, over real TCP on
+//! loopback, with `lbmkv node` child processes for the 3-node cluster.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lbmkv::{Config, Node, Table};
+use serde_json::{json, Value};
+
+const COOKIE: &str = "lbmkv-bench";
+const VALUE_SIZE: usize = 100;
+
+/// Sizes of one run.
+#[derive(Clone, Debug)]
+struct Options {
+    json: bool,
+    entries: usize,
+    ops: usize,
+    gets: usize,
+    clients: usize,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let mut o = Options {
+            json: false,
+            entries: 1_000_000,
+            ops: 20_000,
+            gets: 5_000_000,
+            clients: 16,
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut num = |name: &str| -> Result<usize, String> {
+                it.next()
+                    .and_then(|v| v.replace('_', "").parse().ok())
+                    .ok_or_else(|| format!("{name} needs a number"))
+            };
+            match a.as_str() {
+                "--json" => o.json = true,
+                "--quick" => {
+                    o.entries = 100_000;
+                    o.ops = 2_000;
+                    o.gets = 1_000_000;
+                }
+                "--entries" => o.entries = num("--entries")?,
+                "--ops" => o.ops = num("--ops")?,
+                "--gets" => o.gets = num("--gets")?,
+                "--clients" => o.clients = num("--clients")?.max(1),
+                "-h" | "--help" => {
+                    return Err("usage: lbmkv bench [--quick] [--json] [--entries N] [--ops N] [--gets N] [--clients N]".into())
+                }
+                other => return Err(format!("unknown option {other:?} (try --help)")),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// One line of the result table.
+struct Row {
+    id: &'static str,
+    workload: String,
+    result: String,
+    target: &'static str,
+    reference: &'static str,
+    ratio: String,
+    data: Value,
+}
+
+/// Runs the benchmark with command-line `args`; prints the table (or JSON).
+pub async fn run(args: &[String]) -> Result<(), String> {
+    let o = Options::parse(args)?;
+    let mut rows = Vec::new();
+    progress(&o, "local reads");
+    rows.extend(local_gets(&o).await?);
+    progress(&o, "writes on 1 node");
+    let single = start_node("bench-solo", vec![]).await?;
+    let t = single.create_table("bench").await.map_err(e)?;
+    rows.extend(write_scenarios(&o, &t, "1 node").await?);
+    single.close().await.map_err(e)?;
+
+    progress(&o, "starting 2 lbmkv node processes");
+    let cluster = ProcessCluster::start(2)?;
+    let client = start_node("bench-z", cluster.addresses.clone()).await?;
+    wait_members(&client, 3).await?;
+    let t = client.create_table("bench").await.map_err(e)?;
+    progress(&o, "writes on 3 nodes");
+    rows.extend(write_scenarios(&o, &t, "3 nodes").await?);
+    progress(&o, "hot key on 3 nodes");
+    rows.push(hot_key(&o, &t).await?);
+    client.close().await.map_err(e)?;
+    drop(cluster);
+
+    progress(&o, &format!("memory, join and heal with {} entries", o.entries));
+    rows.extend(join_heal_memory(&o).await?);
+    if !o.json {
+        eprint!("\r{:60}\r", "");
+    }
+    report(&o, &rows);
+    Ok(())
+}
+
+fn progress(o: &Options, what: &str) {
+    if !o.json {
+        eprint!("\r{:60}\rbench: {what}...", "");
+    }
+}
+
+fn e(err: lbmkv::Error) -> String {
+    err.to_string()
+}
+
+fn config(name: &str, seeds: Vec<String>) -> Config {
+    Config {
+        name: Some(name.to_string()),
+        seeds,
+        cookie: Some(COOKIE.as_bytes().to_vec()),
+        ..Config::default()
+    }
+}
+
+async fn start_node(name: &str, seeds: Vec<String>) -> Result<Node, String> {
+    Node::start(config(name, seeds)).await.map_err(e)
+}
+
+async fn wait_members(node: &Node, n: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.members().len() < n {
+        if Instant::now() > deadline {
+            return Err(format!("only {:?} joined within 10 s", node.members()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:012}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    let mut v = format!("{i:016}").into_bytes();
+    v.resize(VALUE_SIZE, b'v');
+    v
+}
+
+/// `lbmkv node` child processes, killed when dropped.
+struct ProcessCluster {
+    children: Vec<Child>,
+    addresses: Vec<String>,
+}
+
+impl ProcessCluster {
+    fn start(n: usize) -> Result<ProcessCluster, String> {
+        let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+        let mut cluster = ProcessCluster {
+            children: Vec::new(),
+            addresses: Vec::new(),
+        };
+        for i in 0..n {
+            let name = format!("bench-{}", (b'a' + i as u8) as char);
+            let mut cmd = Command::new(&exe);
+            cmd.args(["node", "--name", &name, "--listen", "127.0.0.1:0", "--cookie", COOKIE]);
+            for a in &cluster.addresses {
+                cmd.args(["--seed", a]);
+            }
+            let mut child = cmd
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|err| format!("cannot start {}: {err}", exe.display()))?;
+            let stdout = child.stdout.take().ok_or("no stdout")?;
+            cluster.children.push(child);
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .map_err(|err| err.to_string())?;
+            let addr = line
+                .strip_prefix("READY ")
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .ok_or_else(|| format!("unexpected first line from {name}: {line:?}"))?;
+            cluster.addresses.push(addr.to_string());
+        }
+        Ok(cluster)
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn local_gets(o: &Options) -> Result<Vec<Row>, String> {
+    let node = start_node("bench-get", vec![]).await?;
+    let t = node.create_table("get").await.map_err(e)?;
+    let n = 10_000;
+    let batch: Vec<_> = (0..n).map(|i| (key(i), value(i))).collect();
+    t.put_many(batch).await.map_err(e)?;
+    let gets = o.gets;
+    let table = t.clone();
+    let elapsed = tokio::task::spawn_blocking(move || {
+        let keys: Vec<Vec<u8>> = (0..n).map(key).collect();
+        let started = Instant::now();
+        let mut found = 0usize;
+        for i in 0..gets {
+            if let Ok(Some(v)) = table.get(&keys[i % n]) {
+                found += v.len();
+            }
+        }
+        std::hint::black_box(found);
+        started.elapsed()
+    })
+    .await
+    .map_err(|err| err.to_string())?;
+    node.close().await.map_err(e)?;
+    let rate = gets as f64 / elapsed.as_secs_f64();
+    Ok(vec![Row {
+        id: "local_get",
+        workload: "local get, 1 client (Rust)".into(),
+        result: format!("{} ops/s", si(rate)),
+        target: ">= 10M ops/s",
+        reference: "671k ops/s",
+        ratio: format!("{:.1}x", rate / 671_000.0),
+        data: json!({ "ops_per_s": rate }),
+    }])
+}
+
+struct Latencies {
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    ops_per_s: f64,
+}
+
+fn summarize(mut samples: Vec<Duration>, wall: Duration) -> Latencies {
+    samples.sort_unstable();
+    let pick = |q: f64| {
+        samples
+            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Latencies {
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        max_us: samples.last().map_or(0.0, |d| d.as_secs_f64() * 1e6),
+        ops_per_s: samples.len() as f64 / wall.as_secs_f64(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Update,
+}
+
+async fn drive(t: &Table, op: Op, clients: usize, ops: usize) -> Result<Latencies, String> {
+    let per_client = (ops / clients).max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(per_client);
+            for i in 0..per_client {
+                let k = key(c * 1_000_000 + i % 1000);
+                let begun = Instant::now();
+                match op {
+                    Op::Put => {
+                        t.put(&k, &value(i)).await?;
+                    }
+                    Op::Update => {
+                        t.update(&k, |_, _| Some(value(i))).await?;
+                    }
+                }
+                samples.push(begun.elapsed());
+            }
+            Ok::<_, lbmkv::Error>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|err| err.to_string())?.map_err(e)?);
+    }
+    Ok(summarize(all, started.elapsed()))
+}
+
+async fn write_scenarios(o: &Options, t: &Table, nodes: &'static str) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    for (op, op_name) in [(Op::Put, "put"), (Op::Update, "update")] {
+        for clients in [1, o.clients] {
+            let l = drive(t, op, clients, o.ops).await?;
+            let (target, reference, ratio) = match (nodes, op_name, clients) {
+                ("3 nodes", "put", 1) => (
+                    "p50 <= 40 µs",
+                    "p50 283 µs, 3.1k ops/s",
+                    format!("{:.1}x faster p50", 283.0 / l.p50_us),
+                ),
+                ("3 nodes", "put", c) if c > 1 => (
+                    ">= 100k ops/s with 16",
+                    "7.1k ops/s with 8",
+                    format!("{:.1}x", l.ops_per_s / 7_100.0),
+                ),
+                _ => ("", "", String::new()),
+            };
+            rows.push(Row {
+                id: "write",
+                workload: format!("{nodes}: {op_name}, {clients} client(s)"),
+                result: format!(
+                    "p50 {:.0} µs, p99 {:.0} µs, {} ops/s",
+                    l.p50_us,
+                    l.p99_us,
+                    si(l.ops_per_s)
+                ),
+                target,
+                reference,
+                ratio,
+                data: json!({ "nodes": nodes, "op": op_name, "clients": clients,
+                    "p50_us": l.p50_us, "p99_us": l.p99_us, "ops_per_s": l.ops_per_s }),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+async fn hot_key(o: &Options, t: &Table) -> Result<Row, String> {
+    let clients = 8;
+    let per_client = (o.ops / 4 / clients).max(10);
+    t.delete(b"hot").await.map_err(e)?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let begun = Instant::now();
+                t.update(b"hot", |_, v| {
+                    let n: u64 = v
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    Some((n + 1).to_string().into_bytes())
+                })
+                .await?;
+                samples.push(begun.elapsed());
+            }
+            Ok::<_, lbmkv::Error>(samples)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|err| err.to_string())?.map_err(e)?);
+    }
+    let l = summarize(all, started.elapsed());
+    let expected = (clients * per_client) as u64;
+    let got: u64 = t
+        .get(b"hot")
+        .map_err(e)?
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if got != expected {
+        return Err(format!("hot key: {got} increments counted, {expected} made"));
+    }
+    Ok(Row {
+        id: "hot_key",
+        workload: format!("3 nodes: update of one hot key, {clients} clients"),
+        result: format!(
+            "p50 {:.0} µs, p99 {:.2} ms, {expected}/{expected} increments",
+            l.p50_us,
+            l.p99_us / 1000.0
+        ),
+        target: "p99 <= 2 ms, none lost",
+        reference: "p99 35 ms",
+        ratio: format!("{:.1}x faster p99", 35_000.0 / l.p99_us),
+        data: json!({ "p50_us": l.p50_us, "p99_us": l.p99_us, "increments": expected, "lost": 0 }),
+    })
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+async fn join_heal_memory(o: &Options) -> Result<Vec<Row>, String> {
+    let n = o.entries;
+    let a = start_node("bench-join-a", vec![]).await?;
+    let ta = a.create_table("big").await.map_err(e)?;
+    let before = rss_bytes();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let batch: Vec<_> = chunk.iter().map(|&i| (key(i), value(i))).collect();
+        ta.put_many(batch).await.map_err(e)?;
+    }
+    let per_entry = rss_bytes().saturating_sub(before) as f64 / n as f64;
+    let mut rows = vec![Row {
+        id: "memory",
+        workload: format!("memory per entry, {n} entries"),
+        result: format!("{per_entry:.0} B"),
+        target: "<= 180 B",
+        reference: "376 B",
+        ratio: format!("{:.1}x smaller", 376.0 / per_entry),
+        data: json!({ "entries": n, "bytes_per_entry": per_entry }),
+    }];
+
+    let join_started = Instant::now();
+    let b = start_node("bench-join-b", vec![a.address().to_string()]).await?;
+    let tb = b.create_table("big").await.map_err(e)?;
+    let join = join_started.elapsed();
+    let have = tb.len().map_err(e)?;
+    if have != n {
+        return Err(format!("join: {have} of {n} entries arrived"));
+    }
+    rows.push(Row {
+        id: "join",
+        workload: format!("join, {n} entries"),
+        result: format!("{:.2} s", join.as_secs_f64()),
+        target: "<= 1 s (1M)",
+        reference: "2.1 s (1M)",
+        ratio: format!("{:.1}x", 2.1 * (n as f64 / 1e6) / join.as_secs_f64()),
+        data: json!({ "entries": n, "seconds": join.as_secs_f64() }),
+    });
+
+    a.disconnect(b.name()).await.map_err(e)?;
+    b.disconnect(a.name()).await.map_err(e)?;
+    while a.members().len() > 1 || b.members().len() > 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let differing = n / 100;
+    let step = 100;
+    for chunk in (0..differing).collect::<Vec<_>>().chunks(10_000) {
+        let batch: Vec<_> = chunk.iter().map(|&i| (key(i * step), value(i + 7))).collect();
+        tb.put_many(batch).await.map_err(e)?;
+    }
+    let bytes_before = a.info().merge_bytes_sent + b.info().merge_bytes_sent;
+    // A writer keeps writing during the heal, to see how long writes wait.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (ta, stop) = (ta.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let begun = Instant::now();
+                let _ = ta.put(format!("during-heal-{i}").as_bytes(), b"x").await;
+                worst = worst.max(begun.elapsed());
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            worst
+        })
+    };
+    let heal_started = Instant::now();
+    let _ = a.connect(b.address()).await;
+    b.connect(a.address()).await.map_err(e)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let da = ta.stats().map_err(e)?.digest;
+        let db = tb.stats().map_err(e)?.digest;
+        if da == db && a.members().len() == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("heal: replicas did not converge within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let heal = heal_started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = writer.await.map_err(|err| err.to_string())?;
+    let bytes = a.info().merge_bytes_sent + b.info().merge_bytes_sent - bytes_before;
+    let table_bytes = (n * (16 + VALUE_SIZE)) as u64;
+    rows.push(Row {
+        id: "heal",
+        workload: format!("heal after a split, {n} keys, 1% differing"),
+        result: format!(
+            "{:.3} s, {} sent ({:.1}% of the table), writes waited at most {:.0} ms",
+            heal.as_secs_f64(),
+            bytes_si(bytes),
+            bytes as f64 * 100.0 / table_bytes as f64,
+            worst.as_secs_f64() * 1000.0
+        ),
+        target: "<= 0.2 s (120k keys)",
+        reference: "7.6-10.6 s (120k keys)",
+        ratio: String::new(),
+        data: json!({ "entries": n, "differing": differing, "seconds": heal.as_secs_f64(),
+            "bytes": bytes, "table_bytes": table_bytes, "max_write_wait_ms": worst.as_secs_f64() * 1000.0 }),
+    });
+    a.close().await.map_err(e)?;
+    b.close().await.map_err(e)?;
+    Ok(rows)
+}
+
+fn si(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn bytes_si(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1048576.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+fn report(o: &Options, rows: &[Row]) {
+    if o.json {
+        let results: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({ "id": r.id, "workload": r.workload, "result": r.result,
+                "target": r.target, "lbm_kv": r.reference, "ratio": r.ratio, "data": r.data }))
+            .collect();
+        let out = json!({ "lbmkv": lbmkv::VERSION, "value_bytes": VALUE_SIZE, "results": results });
+        println!("{out}");
+        return;
+    }
+    let w0 = rows.iter().map(|r| r.workload.chars().count()).max().unwrap_or(8).max(8);
+    let w1 = rows.iter().map(|r| r.result.chars().count()).max().unwrap_or(6).max(6);
+    let w2 = rows.iter().map(|r| r.target.chars().count()).max().unwrap_or(6).max(6);
+    let w3 = rows.iter().map(|r| r.reference.chars().count()).max().unwrap_or(6).max(6);
+    let line = |a: &str, b: &str, c: &str, d: &str, f: &str| {
+        println!("{a:<w0$}  {b:<w1$}  {c:<w2$}  {d:<w3$}  {f}");
+    };
+    line("workload", "lbmkv", "target", "lbm_kv", "lbmkv vs lbm_kv");
+    for r in rows {
+        line(&r.workload, &r.result, r.target, r.reference, &r.ratio);
+    }
+    println!();
+    println!(
+        "Loopback TCP, {VALUE_SIZE}-byte values, 16-byte keys. lbm_kv figures: the Erlang library measured on this machine kind on the same workloads."
+    );
+}
