@@ -165,8 +165,16 @@ pub(crate) struct Merges {
 struct Responding {
     table: Arc<TableShared>,
     bits: u8,
-    buckets: Vec<u32>,
-    received: Vec<WireEntry>,
+    /// Whether this side's entries of the differing buckets went out already.
+    answered: bool,
+    tally: Tally,
+}
+
+/// What one merge of one table changed, reported in the `merged` event.
+#[derive(Default)]
+struct Tally {
+    changed: usize,
+    conflicts: usize,
 }
 
 impl Merges {
@@ -322,11 +330,12 @@ async fn run_initiator(
         (buckets, mine)
     };
     send_entries(node, peer, session, buckets, mine);
-    let mut received = Vec::new();
+    // This side's entries went out first, so the peer's can be merged as they arrive.
+    let mut tally = Tally::default();
     loop {
         match recv_step(rx, step).await? {
             Message::SyncEntries { entries, last, .. } => {
-                received.extend(entries);
+                merge_remote(node, peer, table, entries, &mut tally);
                 if last {
                     break;
                 }
@@ -338,7 +347,7 @@ async fn run_initiator(
             }
         }
     }
-    merge_remote(node, peer, table, received);
+    report_merge(node, peer, table, &tally);
     Ok(())
 }
 
@@ -385,8 +394,8 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                             Responding {
                                 table: shared,
                                 bits: level,
-                                buckets: Vec::new(),
-                                received: Vec::new(),
+                                answered: false,
+                                tally: Tally::default(),
                             },
                         );
                     }
@@ -409,30 +418,31 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
             last,
         } if !leading => {
             let key = (peer.actor.clone(), session);
-            let finished = {
-                let Ok(mut r) = node.merges.responding.lock() else {
-                    return;
-                };
-                let Some(state) = r.get_mut(&key) else {
-                    return;
-                };
-                if !buckets.is_empty() {
-                    state.buckets = buckets;
-                }
-                state.received.extend(entries);
-                if last {
-                    r.remove(&key)
-                } else {
-                    None
-                }
+            let Some(mut state) = node
+                .merges
+                .responding
+                .lock()
+                .ok()
+                .and_then(|mut r| r.remove(&key))
+            else {
+                return;
             };
-            if let Some(state) = finished {
+            if !state.answered {
+                // This side's snapshot of the differing buckets goes out before
+                // anything of the peer's is merged into them.
                 let mine = match state.table.read() {
-                    Ok(s) => s.entries_in_buckets(state.bits, &state.buckets),
+                    Ok(s) => s.entries_in_buckets(state.bits, &buckets),
                     Err(_) => Vec::new(),
                 };
                 send_entries(node, peer, session, Vec::new(), mine);
-                merge_remote(node, peer, &state.table, state.received);
+                state.answered = true;
+            }
+            let table = state.table.clone();
+            merge_remote(node, peer, &table, entries, &mut state.tally);
+            if last {
+                report_merge(node, peer, &table, &state.tally);
+            } else if let Ok(mut r) = node.merges.responding.lock() {
+                r.insert(key, state);
             }
         }
         other => {
@@ -463,14 +473,15 @@ struct Found {
     merged_clock: VClock,
 }
 
-/// Merges the peer's versions into the local table, then settles conflicts.
+/// Merges a chunk of the peer's versions into the local table, then settles
+/// the conflicts found in it.
 fn merge_remote(
     node: &Arc<NodeInner>,
     peer: &PeerConn,
     table: &Arc<TableShared>,
     remote: Vec<WireEntry>,
+    tally: &mut Tally,
 ) {
-    let mut changed = 0usize;
     let mut found = Vec::new();
     if let Ok(mut store) = table.write() {
         for w in remote {
@@ -479,10 +490,7 @@ fn merge_remote(
                 clock: w.clock,
             };
             let merged = match store.entry(&w.key) {
-                None => Merged {
-                    entry: incoming.clone(),
-                    conflict: false,
-                },
+                None => incoming,
                 Some(local) => {
                     let m = merge_versions(local, &incoming);
                     if m.conflict {
@@ -497,39 +505,41 @@ fn merge_remote(
                     if *local == m.entry {
                         continue;
                     }
-                    m
+                    m.entry
                 }
             };
-            changed += 1;
-            store.insert(w.key.into_boxed_slice(), merged.entry);
+            tally.changed += 1;
+            store.insert(w.key.into_boxed_slice(), merged);
         }
     }
-    let conflicts = found.len();
-    if conflicts > 0 {
-        let handler_node = node.members.handler_node(node, &table.name);
-        for f in found {
-            match &handler_node {
-                Some(h) if *h == node.actor => {
-                    tokio::spawn(resolve_with_handler(
-                        node.clone(),
-                        table.clone(),
-                        f,
-                        peer.actor.name.to_string(),
-                    ));
-                }
-                // The handler node finds the same conflict in its own merge.
-                Some(_) => {}
-                None => {
-                    settle_by_fallback(node, table, f, &peer.actor.name, ResolutionKind::Fallback)
-                }
+    tally.conflicts += found.len();
+    if found.is_empty() {
+        return;
+    }
+    let handler_node = node.members.handler_node(node, &table.name);
+    for f in found {
+        match &handler_node {
+            Some(h) if *h == node.actor => {
+                tokio::spawn(resolve_with_handler(
+                    node.clone(),
+                    table.clone(),
+                    f,
+                    peer.actor.name.to_string(),
+                ));
             }
+            // The handler node finds the same conflict in its own merge.
+            Some(_) => {}
+            None => settle_by_fallback(node, table, f, &peer.actor.name, ResolutionKind::Fallback),
         }
     }
+}
+
+fn report_merge(node: &NodeInner, peer: &PeerConn, table: &TableShared, tally: &Tally) {
     node.emit(Event::Merged {
         table: table.name.to_string(),
         peer: peer.actor.name.to_string(),
-        keys_changed: changed,
-        conflicts,
+        keys_changed: tally.changed,
+        conflicts: tally.conflicts,
     });
 }
 

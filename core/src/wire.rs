@@ -17,8 +17,10 @@ pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireEntry {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value; `None` is a tombstone.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The version's clock.
     pub clock: VClock,
