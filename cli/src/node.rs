@@ -1,0 +1,641 @@
+//! `lbmkv node`: one node driven by a line protocol.
+//!
+//! Commands are read one per line from stdin and executed one after the other,
+//! in order: a script may pipeline many lines without waiting, and each reply
+//! still belongs to the line at the same position, and a `get` after a `put`
+//! sees the put. Concurrency comes from several nodes (or processes), not from
+//! one shell. Replies (and, with `--events`, `EVENT` lines) go to stdout through
+//! one writer, a whole reply at a time, so an event never lands inside a
+//! multi-line reply.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use lbmkv::{Config, Error, ErrorKind, Node};
+use tokio::sync::mpsc;
+
+use crate::escape;
+
+const HELP: &str = "usage: lbmkv node [options]
+
+Runs a node; reads one command per line on stdin, writes one reply per command.
+
+options:
+  --name N                 node name (default <hostname>-<pid>)
+  --listen ADDR            host:port to listen on (default 127.0.0.1:0)
+  --seed ADDR              a node to join; repeatable
+  --cookie C               cluster secret (default $LBMKV_COOKIE, else ~/.lbmkv.cookie)
+  --events                 print events as EVENT <json> lines
+  --failure-timeout-ms MS  silence after which a peer is down (default 2000)
+  --heartbeat-ms MS        heartbeat interval (default 250, or a quarter of
+                           the failure timeout when that is shorter)
+  --request-timeout-ms MS  bound of one write, strong read or connect (default 5000)
+  --anti-entropy-ms MS     interval of digest comparisons with peers (default 1000)
+
+commands: create T | put T K V | get T K | sget T K | del T K | match T KPAT [VPAT]
+          incr T K | tables | members | info | connect ADDR | disconnect NAME
+          addr | help | quit";
+
+/// The lines of the `help` command.
+const COMMANDS: &[&str] = &[
+    "create T              create table T (idempotent) -> OK",
+    "put T K V             set K to V (V = rest of the line) -> OK | PREV <old>",
+    "get T K               local read -> VALUE <v> | NIL",
+    "sget T K              strong read at the sequencer -> VALUE <v> | NIL",
+    "del T K               delete K -> OK | PREV <old>",
+    "match T KPAT [VPAT]   glob match -> ENTRY <k> <v> lines, END",
+    "incr T K              atomic +1 of a decimal counter -> VALUE <new>",
+    "tables                table names -> ITEM lines, END",
+    "members               nodes in this node's view -> ITEM lines, END",
+    "info                  the node as one line of JSON",
+    "connect ADDR          connect to host:port -> OK",
+    "disconnect NAME       drop node NAME until connect -> OK",
+    "addr                  -> ADDR <host:port>",
+    "quit                  leave the cluster and exit",
+];
+
+/// Longest accepted command line: a value of the default limit plus room for the rest.
+const MAX_LINE: usize = 64 * 1024 * 1024 + 128 * 1024;
+
+/// Options of `lbmkv node`.
+#[derive(Debug, Default)]
+struct Options {
+    name: Option<String>,
+    listen: Option<String>,
+    seeds: Vec<String>,
+    cookie: Option<String>,
+    events: bool,
+    failure_timeout_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    anti_entropy_ms: Option<u64>,
+}
+
+impl Options {
+    /// Parses the arguments after `node`; `Ok(None)` means help was asked for.
+    fn parse(args: &[String]) -> Result<Option<Options>, String> {
+        let mut o = Options::default();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            // Both `--opt value` and `--opt=value`.
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = || -> Result<String, String> {
+                match &inline {
+                    Some(v) => Ok(v.clone()),
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("{flag} needs a value")),
+                }
+            };
+            let ms = |v: String| -> Result<u64, String> {
+                v.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("{flag} needs a positive number of milliseconds, got {v:?}")
+                })
+            };
+            match flag {
+                "-h" | "--help" => return Ok(None),
+                "--name" => o.name = Some(value()?),
+                "--listen" => o.listen = Some(value()?),
+                "--seed" => o.seeds.push(value()?),
+                "--cookie" => o.cookie = Some(value()?),
+                "--events" => {
+                    if inline.is_some() {
+                        return Err("--events takes no value".into());
+                    }
+                    o.events = true;
+                }
+                "--failure-timeout-ms" => o.failure_timeout_ms = Some(ms(value()?)?),
+                "--heartbeat-ms" => o.heartbeat_ms = Some(ms(value()?)?),
+                "--request-timeout-ms" => o.request_timeout_ms = Some(ms(value()?)?),
+                "--anti-entropy-ms" => o.anti_entropy_ms = Some(ms(value()?)?),
+                other => return Err(format!("unknown option {other:?}")),
+            }
+        }
+        Ok(Some(o))
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config {
+            name: self.name.clone(),
+            seeds: self.seeds.clone(),
+            cookie: self.cookie.as_ref().map(|c| c.as_bytes().to_vec()),
+            ..Config::default()
+        };
+        if let Some(l) = &self.listen {
+            c.listen = l.clone();
+        }
+        if let Some(ms) = self.failure_timeout_ms {
+            c.failure_timeout = Duration::from_millis(ms);
+            // A short failure timeout needs faster heartbeats than the default.
+            if self.heartbeat_ms.is_none() {
+                c.heartbeat_interval = c.heartbeat_interval.min(c.failure_timeout / 4);
+            }
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            c.heartbeat_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            c.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.anti_entropy_ms {
+            c.anti_entropy_interval = Duration::from_millis(ms);
+        }
+        c
+    }
+}
+
+/// Entry point of `lbmkv node`.
+pub fn main(args: &[String]) -> ExitCode {
+    let options = match Options::parse(args) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("lbmkv node: {msg}\n\n{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match crate::runtime() {
+        Ok(rt) => rt,
+        Err(msg) => {
+            eprintln!("lbmkv node: {msg}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(run(options));
+    // The node is closed by now; do not wait for stray tasks.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+/// Output lines, each message written whole.
+type Out = mpsc::UnboundedSender<String>;
+
+async fn run(options: Options) -> ExitCode {
+    let (out, out_rx) = mpsc::unbounded_channel::<String>();
+    let writer = std::thread::spawn(move || write_stdout(out_rx));
+    let code = match Node::start(options.config()).await {
+        Ok(node) => {
+            serve(node, options.events, &out).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lbmkv node: cannot start: {e}");
+            let _ = out.send(error_line(&e));
+            ExitCode::from(1)
+        }
+    };
+    drop(out);
+    let _ = writer.join();
+    code
+}
+
+async fn serve(node: Node, events: bool, out: &Out) {
+    // Subscribed before READY so that no event after READY is missed.
+    let events = events.then(|| node.subscribe());
+    let _ = out.send(format!("READY {} {}\n", node.name(), node.address()));
+    let event_task = events.map(|mut events| {
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                if out.send(format!("EVENT {}\n", ev.to_json())).is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    let interactive = std::io::stdin().is_terminal();
+    let mut lines = read_stdin();
+    let shell = Shell { node: node.clone() };
+    loop {
+        if interactive && out.send("lbmkv> ".to_string()).is_err() {
+            break;
+        }
+        let line = match lines.recv().await {
+            Some(Ok(line)) => line,
+            Some(Err(msg)) => {
+                if out.send(format!("ERR INVALID_ARGUMENT {msg}\n")).is_err() {
+                    break;
+                }
+                continue;
+            }
+            None => break,
+        };
+        let reply = match shell.execute(&line).await {
+            Ok(Reply::Text(text)) => text,
+            Ok(Reply::Nothing) => continue,
+            Ok(Reply::Quit) => break,
+            Err(e) => error_line(&e),
+        };
+        // The writer is gone when stdout is closed: nobody listens any more.
+        if out.send(reply).is_err() {
+            break;
+        }
+    }
+    if let Some(task) = event_task {
+        task.abort();
+    }
+    let _ = node.close().await;
+}
+
+fn error_line(e: &Error) -> String {
+    format!(
+        "ERR {} {}\n",
+        e.kind().code(),
+        escape::text(e.message().as_bytes())
+    )
+}
+
+/// Writes messages to stdout, flushing whenever the queue is drained.
+fn write_stdout(mut rx: mpsc::UnboundedReceiver<String>) {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    while let Some(msg) = rx.blocking_recv() {
+        if w.write_all(msg.as_bytes()).is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if w.write_all(more.as_bytes()).is_err() {
+                return;
+            }
+        }
+        if w.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// Lines of stdin (without the line end), read ahead on a thread of their own
+/// so that a pending read never holds up shutdown.
+fn read_stdin() -> mpsc::Receiver<Result<Vec<u8>, String>> {
+    let (tx, rx) = mpsc::channel(1024);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            // One byte more than the limit tells an oversize line apart.
+            let read = (&mut input)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut buf);
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let item = if buf.len() > MAX_LINE && buf.last() != Some(&b'\n') {
+                // Skip the rest of the oversize line.
+                let mut sink = Vec::new();
+                let _ = input.read_until(b'\n', &mut sink);
+                Err(format!("line longer than {MAX_LINE} bytes"))
+            } else {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                if buf.last() == Some(&b'\r') {
+                    buf.pop();
+                }
+                Ok(std::mem::take(&mut buf))
+            };
+            if tx.blocking_send(item).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// What a command answers.
+enum Reply {
+    /// Reply lines, each ending in `\n`.
+    Text(String),
+    /// Nothing (an empty line or a comment).
+    Nothing,
+    /// Stop the shell.
+    Quit,
+}
+
+/// Splits a command line into whitespace-separated tokens; the value of `put`
+/// is the rest of the line after the single space that follows the key.
+struct Tokens<'a> {
+    rest: &'a [u8],
+}
+
+fn is_blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+impl<'a> Tokens<'a> {
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.rest.iter().position(|&b| !is_blank(b))?;
+        let rest = &self.rest[start..];
+        let end = rest.iter().position(|&b| is_blank(b)).unwrap_or(rest.len());
+        self.rest = &rest[end..];
+        Some(&rest[..end])
+    }
+
+    /// Everything after one separator; `None` when the line ended after the last token.
+    fn rest_of_line(&mut self) -> Option<&'a [u8]> {
+        let (&first, rest) = self.rest.split_first()?;
+        debug_assert!(is_blank(first));
+        self.rest = &[];
+        Some(rest)
+    }
+
+    fn is_done(&self) -> bool {
+        self.rest.iter().all(|&b| is_blank(b))
+    }
+}
+
+fn usage(text: &str) -> Error {
+    Error::new(ErrorKind::InvalidArgument, format!("usage: {text}"))
+}
+
+fn ok() -> Reply {
+    Reply::Text("OK\n".to_string())
+}
+
+fn value_reply(v: Option<Vec<u8>>) -> Reply {
+    Reply::Text(match v {
+        Some(v) => format!("VALUE {}\n", escape::text(&v)),
+        None => "NIL\n".to_string(),
+    })
+}
+
+fn previous_reply(v: Option<Vec<u8>>) -> Reply {
+    Reply::Text(match v {
+        Some(v) => format!("PREV {}\n", escape::text(&v)),
+        None => "OK\n".to_string(),
+    })
+}
+
+fn items<S: AsRef<[u8]>>(list: impl IntoIterator<Item = S>) -> Reply {
+    let mut text = String::new();
+    for item in list {
+        text.push_str("ITEM ");
+        text.push_str(&escape::text(item.as_ref()));
+        text.push('\n');
+    }
+    text.push_str("END\n");
+    Reply::Text(text)
+}
+
+fn utf8<'a>(what: &str, bytes: &'a [u8]) -> Result<&'a str, Error> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} is not valid UTF-8: {e}"),
+        )
+    })
+}
+
+/// The counter in `value` plus one; absent counts as 0.
+fn increment(key: &[u8], value: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Error> {
+    let current: i64 = match &value {
+        None => 0,
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "the value of {} is not a decimal integer: {}",
+                        escape::text(key),
+                        escape::text(v)
+                    ),
+                )
+            })?,
+    };
+    let next = current.checked_add(1).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("the counter {} would overflow", escape::text(key)),
+        )
+    })?;
+    Ok(Some(next.to_string().into_bytes()))
+}
+
+/// Executes command lines against one node.
+struct Shell {
+    node: Node,
+}
+
+impl Shell {
+    fn table(&self, name: &[u8]) -> Result<lbmkv::Table, Error> {
+        let name = lbmkv::name_from_bytes("table name", name)?;
+        self.node.table(name)
+    }
+
+    async fn execute(&self, line: &[u8]) -> Result<Reply, Error> {
+        let mut t = Tokens { rest: line };
+        let Some(command) = t.next() else {
+            return Ok(Reply::Nothing);
+        };
+        if command.starts_with(b"#") {
+            return Ok(Reply::Nothing);
+        }
+        let command = String::from_utf8_lossy(command).to_ascii_lowercase();
+        match command.as_str() {
+            "create" => {
+                let (Some(name), true) = (t.next(), t.is_done()) else {
+                    return Err(usage("create T"));
+                };
+                let name = lbmkv::name_from_bytes("table name", name)?;
+                self.node.create_table(name).await?;
+                Ok(ok())
+            }
+            "put" => {
+                let (Some(table), Some(key), Some(value)) = (t.next(), t.next(), t.rest_of_line())
+                else {
+                    return Err(usage("put T K V (V is the rest of the line)"));
+                };
+                let prev = self.table(table)?.put(key, value).await?;
+                Ok(previous_reply(prev))
+            }
+            "get" | "sget" => {
+                let (Some(table), Some(key), true) = (t.next(), t.next(), t.is_done()) else {
+                    return Err(usage(&format!("{command} T K")));
+                };
+                let table = self.table(table)?;
+                let v = if command == "sget" {
+                    table.get_strong(key).await?
+                } else {
+                    table.get(key)?
+                };
+                Ok(value_reply(v))
+            }
+            "del" => {
+                let (Some(table), Some(key), true) = (t.next(), t.next(), t.is_done()) else {
+                    return Err(usage("del T K"));
+                };
+                let prev = self.table(table)?.delete(key).await?;
+                Ok(previous_reply(prev))
+            }
+            "match" => {
+                let (Some(table), Some(kpat)) = (t.next(), t.next()) else {
+                    return Err(usage("match T KPAT [VPAT]"));
+                };
+                let vpat = t.next().unwrap_or(b"*");
+                if !t.is_done() {
+                    return Err(usage("match T KPAT [VPAT]"));
+                }
+                let entries = self.table(table)?.match_entries(kpat, vpat)?;
+                let mut text = String::new();
+                for (k, v) in entries {
+                    text.push_str("ENTRY ");
+                    text.push_str(&escape::field(&k));
+                    text.push(' ');
+                    text.push_str(&escape::text(&v));
+                    text.push('\n');
+                }
+                text.push_str("END\n");
+                Ok(Reply::Text(text))
+            }
+            "incr" => {
+                let (Some(table), Some(key), true) = (t.next(), t.next(), t.is_done()) else {
+                    return Err(usage("incr T K"));
+                };
+                let (_, new) = self
+                    .table(table)?
+                    .update_with(key, |k, v| std::future::ready(increment(k, v)))
+                    .await?;
+                Ok(value_reply(new))
+            }
+            "tables" | "members" => {
+                if !t.is_done() {
+                    return Err(usage(&command));
+                }
+                let list = if command == "tables" {
+                    self.node.tables()
+                } else {
+                    self.node.members()
+                };
+                Ok(items(list))
+            }
+            "info" => {
+                if !t.is_done() {
+                    return Err(usage("info"));
+                }
+                let json = serde_json::to_string(&self.node.info())
+                    .map_err(|e| Error::new(ErrorKind::Internal, format!("info as JSON: {e}")))?;
+                Ok(Reply::Text(json + "\n"))
+            }
+            "connect" => {
+                let (Some(addr), true) = (t.next(), t.is_done()) else {
+                    return Err(usage("connect ADDR"));
+                };
+                self.node.connect(utf8("address", addr)?).await?;
+                Ok(ok())
+            }
+            "disconnect" => {
+                let (Some(name), true) = (t.next(), t.is_done()) else {
+                    return Err(usage("disconnect NAME"));
+                };
+                self.node.disconnect(utf8("node name", name)?).await?;
+                Ok(ok())
+            }
+            "addr" => {
+                if !t.is_done() {
+                    return Err(usage("addr"));
+                }
+                Ok(Reply::Text(format!("ADDR {}\n", self.node.address())))
+            }
+            "help" => Ok(items(COMMANDS)),
+            "quit" | "exit" => Ok(Reply::Quit),
+            other => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("unknown command {other:?} (try help)"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(line: &str) -> Vec<String> {
+        let mut t = Tokens {
+            rest: line.as_bytes(),
+        };
+        std::iter::from_fn(|| t.next())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tokens_split_on_runs_of_blanks() {
+        assert_eq!(tokens("  get\tt   k "), ["get", "t", "k"]);
+        assert!(tokens("   ").is_empty());
+    }
+
+    #[test]
+    fn the_value_is_the_rest_of_the_line_after_one_blank() {
+        let mut t = Tokens {
+            rest: b"put t k  two  words ",
+        };
+        assert_eq!(t.next(), Some(&b"put"[..]));
+        assert_eq!(t.next(), Some(&b"t"[..]));
+        assert_eq!(t.next(), Some(&b"k"[..]));
+        assert_eq!(t.rest_of_line(), Some(&b" two  words "[..]));
+        let mut t = Tokens { rest: b"put t k" };
+        t.next();
+        t.next();
+        t.next();
+        assert_eq!(t.rest_of_line(), None);
+        let mut t = Tokens { rest: b"put t k " };
+        t.next();
+        t.next();
+        t.next();
+        assert_eq!(t.rest_of_line(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn increment_counts_from_zero_and_rejects_non_numbers() {
+        assert_eq!(increment(b"k", None).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(
+            increment(b"k", Some(b"41".to_vec())).unwrap(),
+            Some(b"42".to_vec())
+        );
+        let e = increment(b"k", Some(b"x".to_vec())).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        let e = increment(b"k", Some(i64::MAX.to_string().into_bytes())).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn options_parse_both_forms_and_reject_unknown_ones() {
+        let args: Vec<String> = [
+            "--name",
+            "a",
+            "--seed=127.0.0.1:1",
+            "--seed",
+            "127.0.0.1:2",
+            "--events",
+            "--failure-timeout-ms",
+            "400",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let o = Options::parse(&args).unwrap().unwrap();
+        assert_eq!(o.name.as_deref(), Some("a"));
+        assert_eq!(o.seeds, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert!(o.events);
+        let c = o.config();
+        assert_eq!(c.failure_timeout, Duration::from_millis(400));
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
+        c.validate().unwrap();
+        assert!(Options::parse(&["--bogus".to_string()]).is_err());
+        assert!(Options::parse(&["--failure-timeout-ms".to_string(), "x".into()]).is_err());
+        assert!(Options::parse(&["--help".to_string()]).unwrap().is_none());
+    }
+}
