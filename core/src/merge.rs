@@ -492,7 +492,7 @@ fn merge_remote(
             let merged = match store.entry(&w.key) {
                 None => incoming,
                 Some(local) => {
-                    let m = merge_versions(local, &incoming);
+                    let m = merge_versions(&local, &incoming);
                     if m.conflict {
                         found.push(Found {
                             key: w.key.clone(),
@@ -502,7 +502,7 @@ fn merge_remote(
                             merged_clock: m.entry.clock.clone(),
                         });
                     }
-                    if *local == m.entry {
+                    if local == m.entry {
                         continue;
                     }
                     m.entry

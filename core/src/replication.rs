@@ -313,7 +313,7 @@ fn apply_replicated(store: &mut TableStore, e: WireEntry) {
     let merged = match store.entry(&e.key) {
         None => incoming,
         Some(local) if incoming.clock.descends(&local.clock) => incoming,
-        Some(local) => merge_versions(local, &incoming).entry,
+        Some(local) => merge_versions(&local, &incoming).entry,
     };
     store.insert(e.key.into_boxed_slice(), merged);
 }

@@ -1,9 +1,14 @@
 //! The in-memory replica of one table: entries (values or tombstones with their
 //! clocks) and an incremental digest that the merge engine compares between nodes.
 
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::ptr::NonNull;
 
-use crate::vclock::{stable_hash_bytes, VClock};
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::vclock::{stable_hash_bytes, ActorId, Dot, VClock};
 
 /// Seeds of the stable hashes; changing them changes the wire meaning of digests.
 const KEY_HASH_SEED: u64 = 0x6c62_6d6b_765f_6b65;
@@ -11,7 +16,7 @@ const VALUE_HASH_SEED: u64 = 0x6c62_6d6b_765f_7661;
 const TOMBSTONE_MARK: u64 = 0x7a6f_6d62_6965_2121;
 
 /// Fewest and most digest bits: 64 leaves for a small table (512 bytes), about
-/// two entries per leaf as it grows, and never more than 2^20 leaves (8 MiB).
+/// four entries per leaf as it grows, and never more than 2^20 leaves (8 MiB).
 const MIN_DIGEST_BITS: u8 = 6;
 const MAX_DIGEST_BITS: u8 = 20;
 
@@ -20,22 +25,8 @@ const MAX_DIGEST_BITS: u8 = 20;
 pub struct Entry {
     /// `None` is a tombstone.
     pub value: Option<Box<[u8]>>,
-    /// The version's vector clock.
+    /// The version's clock.
     pub clock: VClock,
-}
-
-impl Entry {
-    /// Whether this version is a delete.
-    pub fn is_tombstone(&self) -> bool {
-        self.value.is_none()
-    }
-}
-
-/// A stored entry with its cached digest contribution.
-#[derive(Clone, Debug)]
-struct Slot {
-    entry: Entry,
-    hash: u64,
 }
 
 /// The stable hash of a key, which also picks its digest bucket.
@@ -43,12 +34,132 @@ pub fn key_hash(key: &[u8]) -> u64 {
     stable_hash_bytes(KEY_HASH_SEED, key)
 }
 
-fn entry_hash(key_hash: u64, entry: &Entry) -> u64 {
-    let value_hash = match &entry.value {
+fn entry_hash(key_hash: u64, value: Option<&[u8]>, clock: &VClock) -> u64 {
+    let value_hash = match value {
         Some(v) => stable_hash_bytes(VALUE_HASH_SEED ^ key_hash, v),
         None => TOMBSTONE_MARK ^ key_hash,
     };
-    stable_hash_bytes(value_hash, &entry.clock.stable_hash().to_le_bytes())
+    stable_hash_bytes(value_hash, &clock.stable_hash().to_le_bytes())
+}
+
+/// One stored version in a single heap block behind a thin pointer, so that an
+/// entry costs one allocation and eight bytes of hash table:
+/// `key_len: u32 | value_len: u32 (u32::MAX = tombstone) | dots: u16 |
+/// dots × (actor: u32, counter: u64, timestamp: u64) | key | value`,
+/// integers little-endian, actors as indexes into the table's actor list.
+struct Packed {
+    ptr: NonNull<u8>,
+}
+
+// A Packed owns its block exclusively, like a Box<[u8]>.
+unsafe impl Send for Packed {}
+unsafe impl Sync for Packed {}
+
+const HEADER: usize = 10;
+const DOT_SIZE: usize = 20;
+const TOMBSTONE_LEN: u32 = u32::MAX;
+
+impl Packed {
+    fn new(key: &[u8], value: Option<&[u8]>, dots: &[(u32, Dot)]) -> Packed {
+        let len = HEADER + dots.len() * DOT_SIZE + key.len() + value.map_or(0, <[u8]>::len);
+        let layout = block_layout(len);
+        // SAFETY: the layout has a non-zero size (HEADER > 0).
+        let raw = unsafe { alloc(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            handle_alloc_error(layout)
+        };
+        // SAFETY: `ptr` points to `len` freshly allocated bytes that nothing else refers to.
+        let buf = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) };
+        buf[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        let vlen = value.map_or(TOMBSTONE_LEN, |v| v.len() as u32);
+        buf[4..8].copy_from_slice(&vlen.to_le_bytes());
+        buf[8..10].copy_from_slice(&(dots.len() as u16).to_le_bytes());
+        let mut at = HEADER;
+        for (actor, dot) in dots {
+            buf[at..at + 4].copy_from_slice(&actor.to_le_bytes());
+            buf[at + 4..at + 12].copy_from_slice(&dot.counter.to_le_bytes());
+            buf[at + 12..at + 20].copy_from_slice(&dot.timestamp_ms.to_le_bytes());
+            at += DOT_SIZE;
+        }
+        buf[at..at + key.len()].copy_from_slice(key);
+        if let Some(v) = value {
+            buf[at + key.len()..].copy_from_slice(v);
+        }
+        Packed { ptr }
+    }
+
+    fn header(&self) -> (usize, Option<usize>, usize) {
+        // SAFETY: every block starts with HEADER initialized bytes.
+        let h = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), HEADER) };
+        let key_len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let vlen = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        let dots = u16::from_le_bytes([h[8], h[9]]) as usize;
+        let value_len = (vlen != TOMBSTONE_LEN).then_some(vlen as usize);
+        (key_len, value_len, dots)
+    }
+
+    fn len(&self) -> usize {
+        let (k, v, d) = self.header();
+        HEADER + d * DOT_SIZE + k + v.unwrap_or(0)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the block holds exactly `len()` initialized bytes, owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
+    }
+
+    fn key(&self) -> &[u8] {
+        let (k, _, d) = self.header();
+        let at = HEADER + d * DOT_SIZE;
+        &self.bytes()[at..at + k]
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        let (k, v, d) = self.header();
+        let at = HEADER + d * DOT_SIZE + k;
+        v.map(|v| &self.bytes()[at..at + v])
+    }
+
+    fn dots(&self) -> impl Iterator<Item = (u32, Dot)> + '_ {
+        let (_, _, d) = self.header();
+        let bytes = self.bytes();
+        (0..d).map(move |i| {
+            let at = HEADER + i * DOT_SIZE;
+            let b = &bytes[at..at + DOT_SIZE];
+            let word = |r: std::ops::Range<usize>| {
+                let mut x = [0u8; 8];
+                x.copy_from_slice(&b[r]);
+                u64::from_le_bytes(x)
+            };
+            (
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                Dot {
+                    counter: word(4..12),
+                    timestamp_ms: word(12..20),
+                },
+            )
+        })
+    }
+
+    fn newest_timestamp(&self) -> Option<u64> {
+        self.dots().map(|(_, d)| d.timestamp_ms).max()
+    }
+}
+
+fn block_layout(len: usize) -> Layout {
+    match Layout::from_size_align(len, 1) {
+        Ok(l) => l,
+        // Only sizes above isize::MAX fail, which no key or value limit allows.
+        Err(_) => handle_alloc_error(Layout::new::<u8>()),
+    }
+}
+
+impl Drop for Packed {
+    fn drop(&mut self) {
+        let layout = block_layout(self.len());
+        // SAFETY: allocated in `Packed::new` with this very layout.
+        unsafe { dealloc(self.ptr.as_ptr(), layout) }
+    }
 }
 
 /// XOR digests over buckets of the key-hash space. XOR makes every update O(1)
@@ -98,11 +209,21 @@ pub struct StoreStats {
 }
 
 /// The replica of one table.
-#[derive(Debug)]
 pub struct TableStore {
-    slots: HashMap<Box<[u8]>, Slot>,
+    slots: HashTable<Packed>,
+    hasher: DefaultHashBuilder,
+    actors: Vec<ActorId>,
+    actor_index: HashMap<ActorId, u32>,
     stats: StoreStats,
     digest: Digest,
+}
+
+impl std::fmt::Debug for TableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableStore")
+            .field("stats", &self.stats)
+            .finish()
+    }
 }
 
 impl Default for TableStore {
@@ -115,58 +236,90 @@ impl TableStore {
     /// An empty table.
     pub fn new() -> Self {
         TableStore {
-            slots: HashMap::new(),
+            slots: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            actors: Vec::new(),
+            actor_index: HashMap::new(),
             stats: StoreStats::default(),
             digest: Digest::new(MIN_DIGEST_BITS),
         }
     }
 
+    fn find(&self, key: &[u8]) -> Option<&Packed> {
+        let h = self.hasher.hash_one(key);
+        self.slots.find(h, |p| p.key() == key)
+    }
+
+    fn decode(&self, p: &Packed) -> Entry {
+        let clock = VClock::from_dots(
+            p.dots()
+                .filter_map(|(a, d)| self.actors.get(a as usize).map(|actor| (actor.clone(), d))),
+        );
+        Entry {
+            value: p.value().map(Box::from),
+            clock,
+        }
+    }
+
+    fn intern(&mut self, actor: &ActorId) -> u32 {
+        if let Some(&i) = self.actor_index.get(actor) {
+            return i;
+        }
+        let i = self.actors.len() as u32;
+        self.actors.push(actor.clone());
+        self.actor_index.insert(actor.clone(), i);
+        i
+    }
+
     /// The entry of `key`, tombstones included.
-    pub fn entry(&self, key: &[u8]) -> Option<&Entry> {
-        self.slots.get(key).map(|s| &s.entry)
+    pub fn entry(&self, key: &[u8]) -> Option<Entry> {
+        self.find(key).map(|p| self.decode(p))
     }
 
     /// The live value of `key`.
     pub fn value(&self, key: &[u8]) -> Option<&[u8]> {
-        self.slots.get(key).and_then(|s| s.entry.value.as_deref())
+        self.find(key).and_then(Packed::value)
     }
 
     /// Stores `entry` for `key`, keeping counters and digest current; returns the old entry.
     pub fn insert(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
+        let mut dots: Vec<(u32, Dot)> = entry
+            .clock
+            .dots()
+            .iter()
+            .map(|(a, d)| (self.intern(a), *d))
+            .collect();
+        // The block stores at most u16::MAX dots; clocks are pruned far below that.
+        dots.truncate(usize::from(u16::MAX));
         let kh = key_hash(&key);
-        let hash = entry_hash(kh, &entry);
-        self.count(&entry, &key, true);
+        let hash = entry_hash(kh, entry.value.as_deref(), &entry.clock);
+        let packed = Packed::new(&key, entry.value.as_deref(), &dots);
+        self.count(entry.value.as_deref(), key.len(), true);
         self.digest.toggle(kh, hash);
-        let old = match self.slots.get_mut(&key) {
-            Some(slot) => {
-                let old = std::mem::replace(slot, Slot { entry, hash });
-                Some(old)
-            }
+        let h = self.hasher.hash_one(&*key);
+        let old = match self.slots.find_mut(h, |p| p.key() == &*key) {
+            Some(slot) => Some(std::mem::replace(slot, packed)),
             None => {
-                self.slots.insert(key.clone(), Slot { entry, hash });
+                let hasher = &self.hasher;
+                self.slots
+                    .insert_unique(h, packed, |p| hasher.hash_one(p.key()));
                 None
             }
         };
         let old = old.map(|old| {
-            self.digest.toggle(kh, old.hash);
-            self.count(&old.entry, &key, false);
-            old.entry
+            let e = self.decode(&old);
+            self.digest
+                .toggle(kh, entry_hash(kh, e.value.as_deref(), &e.clock));
+            self.count(e.value.as_deref(), key.len(), false);
+            e
         });
         self.maybe_grow_digest();
         old
     }
 
-    /// Removes `key` entirely (used by the tombstone purge).
-    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
-        let slot = self.slots.remove(key)?;
-        self.digest.toggle(key_hash(key), slot.hash);
-        self.count(&slot.entry, key, false);
-        Some(slot.entry)
-    }
-
-    fn count(&mut self, entry: &Entry, key: &[u8], add: bool) {
-        let (entries, tombstones, bytes) = match &entry.value {
-            Some(v) => (1, 0, key.len() + v.len()),
+    fn count(&mut self, value: Option<&[u8]>, key_len: usize, add: bool) {
+        let (entries, tombstones, bytes) = match value {
+            Some(v) => (1, 0, key_len + v.len()),
             None => (0, 1, 0),
         };
         if add {
@@ -184,8 +337,10 @@ impl TableStore {
         let wanted = digest_bits_for(self.slots.len());
         if wanted > self.digest.bits {
             let mut digest = Digest::new(wanted);
-            for (key, slot) in &self.slots {
-                digest.toggle(key_hash(key), slot.hash);
+            for p in self.slots.iter() {
+                let kh = key_hash(p.key());
+                let e = self.decode(p);
+                digest.toggle(kh, entry_hash(kh, e.value.as_deref(), &e.clock));
             }
             self.digest = digest;
         }
@@ -203,15 +358,15 @@ impl TableStore {
 
     /// Every entry, tombstones included, in no particular order.
     #[cfg(test)]
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Entry)> {
-        self.slots.iter().map(|(k, s)| (&**k, &s.entry))
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Entry)> {
+        self.slots.iter().map(|p| (p.key(), self.decode(p)))
     }
 
     /// Live entries only.
     pub fn live(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.slots
             .iter()
-            .filter_map(|(k, s)| s.entry.value.as_deref().map(|v| (&**k, v)))
+            .filter_map(|p| p.value().map(|v| (p.key(), v)))
     }
 
     /// The digest of the whole table: equal digests mean equal replicas.
@@ -240,13 +395,16 @@ impl TableStore {
         if buckets.is_empty() {
             return Vec::new();
         }
+        let all = buckets.len() == 1usize << bits;
         self.slots
             .iter()
-            .filter(|(k, _)| {
-                let b = bucket_of(key_hash(k), bits) as u32;
-                buckets.binary_search(&b).is_ok()
+            .filter(|p| {
+                all || {
+                    let b = bucket_of(key_hash(p.key()), bits) as u32;
+                    buckets.binary_search(&b).is_ok()
+                }
             })
-            .map(|(k, s)| (k.clone(), s.entry.clone()))
+            .map(|p| (Box::from(p.key()), self.decode(p)))
             .collect()
     }
 
@@ -255,24 +413,26 @@ impl TableStore {
         let old: Vec<Box<[u8]>> = self
             .slots
             .iter()
-            .filter(|(_, s)| {
-                s.entry.is_tombstone()
-                    && s.entry
-                        .clock
-                        .newest_dot()
-                        .is_none_or(|(_, d)| d.timestamp_ms < cutoff_ms)
-            })
-            .map(|(k, _)| k.clone())
+            .filter(|p| p.value().is_none() && p.newest_timestamp().is_none_or(|t| t < cutoff_ms))
+            .map(|p| Box::from(p.key()))
             .collect();
-        for k in &old {
-            self.remove(k);
+        for key in &old {
+            let h = self.hasher.hash_one(&**key);
+            if let Ok(slot) = self.slots.find_entry(h, |p| p.key() == &**key) {
+                let (removed, _) = slot.remove();
+                let e = self.decode(&removed);
+                let kh = key_hash(key);
+                self.digest
+                    .toggle(kh, entry_hash(kh, e.value.as_deref(), &e.clock));
+                self.count(None, key.len(), false);
+            }
         }
         old.len()
     }
 }
 
 fn digest_bits_for(len: usize) -> u8 {
-    let per_leaf = 2usize;
+    let per_leaf = 4usize;
     let leaves = (len / per_leaf).max(1);
     let bits = usize::BITS - (leaves - 1).leading_zeros();
     (bits as u8).clamp(MIN_DIGEST_BITS, MAX_DIGEST_BITS)
@@ -281,7 +441,6 @@ fn digest_bits_for(len: usize) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vclock::ActorId;
 
     fn entry(v: Option<&[u8]>, actor: &ActorId, n: u64) -> Entry {
         let mut clock = VClock::fresh();
@@ -321,7 +480,7 @@ mod tests {
         }
         let mut s2 = TableStore::new();
         for (k, e) in s1.iter() {
-            s2.insert(k.into(), e.clone());
+            s2.insert(k.into(), e);
         }
         let key: Box<[u8]> = 7u32.to_be_bytes().into();
         s2.insert(key.clone(), entry(Some(b"w"), &a, 2));
@@ -351,6 +510,50 @@ mod tests {
         assert_eq!(s.purge_tombstones(u64::MAX), 1);
         assert_eq!(s.stats().tombstones, 0);
         assert!(s.entry(b"k1").is_none());
+    }
+
+    #[test]
+    fn packed_entries_round_trip_values_tombstones_and_clocks() {
+        let (a, b) = (ActorId::new("a", 1), ActorId::new("b", 2));
+        let mut multi = VClock::fresh();
+        multi.increment(&a, 5);
+        multi.increment(&b, u64::MAX);
+        multi.increment(&b, 7);
+        let cases = [
+            (
+                b"".as_slice(),
+                Entry {
+                    value: Some(Box::from(&b""[..])),
+                    clock: VClock::fresh(),
+                },
+            ),
+            (
+                b"k",
+                Entry {
+                    value: None,
+                    clock: multi.clone(),
+                },
+            ),
+            (
+                b"key",
+                Entry {
+                    value: Some(vec![9u8; 70_000].into()),
+                    clock: multi,
+                },
+            ),
+        ];
+        let mut s = TableStore::new();
+        for (k, e) in &cases {
+            assert!(s.insert((*k).into(), e.clone()).is_none());
+        }
+        for (k, e) in &cases {
+            assert_eq!(s.entry(k).as_ref(), Some(e));
+            assert_eq!(s.value(k), e.value.as_deref());
+        }
+        let old = s.insert(b"k".as_slice().into(), cases[0].1.clone());
+        assert_eq!(old, Some(cases[1].1.clone()));
+        assert_eq!(s.stats().tombstones, 0);
+        assert_eq!(s.stats().entries, 3);
     }
 
     #[test]
