@@ -94,9 +94,12 @@ pub async fn run(args: &[String]) -> Result<(), String> {
     client.close().await.map_err(e)?;
     drop(cluster);
 
-    progress(&o, &format!("memory, join and heal with {} entries", o.entries));
+    progress(
+        &o,
+        &format!("memory, join and heal with {} entries", o.entries),
+    );
     rows.extend(join_heal_memory(&o).await?);
-    if !o.json {
+    if !o.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprint!("\r{:60}\r", "");
     }
     report(&o, &rows);
@@ -104,8 +107,14 @@ pub async fn run(args: &[String]) -> Result<(), String> {
 }
 
 fn progress(o: &Options, what: &str) {
-    if !o.json {
+    use std::io::IsTerminal;
+    if o.json {
+        return;
+    }
+    if std::io::stderr().is_terminal() {
         eprint!("\r{:60}\rbench: {what}...", "");
+    } else {
+        eprintln!("bench: {what}...");
     }
 }
 
@@ -163,7 +172,15 @@ impl ProcessCluster {
         for i in 0..n {
             let name = format!("bench-{}", (b'a' + i as u8) as char);
             let mut cmd = Command::new(&exe);
-            cmd.args(["node", "--name", &name, "--listen", "127.0.0.1:0", "--cookie", COOKIE]);
+            cmd.args([
+                "node",
+                "--name",
+                &name,
+                "--listen",
+                "127.0.0.1:0",
+                "--cookie",
+                COOKIE,
+            ]);
             for a in &cluster.addresses {
                 cmd.args(["--seed", a]);
             }
@@ -236,7 +253,6 @@ async fn local_gets(o: &Options) -> Result<Vec<Row>, String> {
 struct Latencies {
     p50_us: f64,
     p99_us: f64,
-    max_us: f64,
     ops_per_s: f64,
 }
 
@@ -250,7 +266,6 @@ fn summarize(mut samples: Vec<Duration>, wall: Duration) -> Latencies {
     Latencies {
         p50_us: pick(0.50),
         p99_us: pick(0.99),
-        max_us: samples.last().map_or(0.0, |d| d.as_secs_f64() * 1e6),
         ops_per_s: samples.len() as f64 / wall.as_secs_f64(),
     }
 }
@@ -261,8 +276,13 @@ enum Op {
     Update,
 }
 
+/// Makes every run write values that differ from the previous run's, so that no
+/// update is a no-op that never reaches the sequencer.
+static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
 async fn drive(t: &Table, op: Op, clients: usize, ops: usize) -> Result<Latencies, String> {
     let per_client = (ops / clients).max(1);
+    let salt = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1_000_000_007;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -271,13 +291,14 @@ async fn drive(t: &Table, op: Op, clients: usize, ops: usize) -> Result<Latencie
             let mut samples = Vec::with_capacity(per_client);
             for i in 0..per_client {
                 let k = key(c * 1_000_000 + i % 1000);
+                let v = value(salt + i);
                 let begun = Instant::now();
                 match op {
                     Op::Put => {
-                        t.put(&k, &value(i)).await?;
+                        t.put(&k, &v).await?;
                     }
                     Op::Update => {
-                        t.update(&k, |_, _| Some(value(i))).await?;
+                        t.update(&k, |_, _| Some(v.clone())).await?;
                     }
                 }
                 samples.push(begun.elapsed());
@@ -368,7 +389,9 @@ async fn hot_key(o: &Options, t: &Table) -> Result<Row, String> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     if got != expected {
-        return Err(format!("hot key: {got} increments counted, {expected} made"));
+        return Err(format!(
+            "hot key: {got} increments counted, {expected} made"
+        ));
     }
     Ok(Row {
         id: "hot_key",
@@ -388,7 +411,11 @@ async fn hot_key(o: &Options, t: &Table) -> Result<Row, String> {
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -438,7 +465,10 @@ async fn join_heal_memory(o: &Options) -> Result<Vec<Row>, String> {
     let differing = n / 100;
     let step = 100;
     for chunk in (0..differing).collect::<Vec<_>>().chunks(10_000) {
-        let batch: Vec<_> = chunk.iter().map(|&i| (key(i * step), value(i + 7))).collect();
+        let batch: Vec<_> = chunk
+            .iter()
+            .map(|&i| (key(i * step), value(i + 7)))
+            .collect();
         tb.put_many(batch).await.map_err(e)?;
     }
     let bytes_before = a.info().merge_bytes_sent + b.info().merge_bytes_sent;
@@ -523,17 +553,39 @@ fn report(o: &Options, rows: &[Row]) {
     if o.json {
         let results: Vec<Value> = rows
             .iter()
-            .map(|r| json!({ "id": r.id, "workload": r.workload, "result": r.result,
-                "target": r.target, "lbm_kv": r.reference, "ratio": r.ratio, "data": r.data }))
+            .map(|r| {
+                json!({ "id": r.id, "workload": r.workload, "result": r.result,
+                "target": r.target, "lbm_kv": r.reference, "ratio": r.ratio, "data": r.data })
+            })
             .collect();
         let out = json!({ "lbmkv": lbmkv::VERSION, "value_bytes": VALUE_SIZE, "results": results });
         println!("{out}");
         return;
     }
-    let w0 = rows.iter().map(|r| r.workload.chars().count()).max().unwrap_or(8).max(8);
-    let w1 = rows.iter().map(|r| r.result.chars().count()).max().unwrap_or(6).max(6);
-    let w2 = rows.iter().map(|r| r.target.chars().count()).max().unwrap_or(6).max(6);
-    let w3 = rows.iter().map(|r| r.reference.chars().count()).max().unwrap_or(6).max(6);
+    let w0 = rows
+        .iter()
+        .map(|r| r.workload.chars().count())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let w1 = rows
+        .iter()
+        .map(|r| r.result.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let w2 = rows
+        .iter()
+        .map(|r| r.target.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let w3 = rows
+        .iter()
+        .map(|r| r.reference.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let line = |a: &str, b: &str, c: &str, d: &str, f: &str| {
         println!("{a:<w0$}  {b:<w1$}  {c:<w2$}  {d:<w3$}  {f}");
     };

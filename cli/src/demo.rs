@@ -22,7 +22,11 @@ pub async fn run() -> Result<(), String> {
 
     let mut tables = Vec::new();
     for n in &nodes {
-        tables.push(n.create_table_with(TABLE, Some(keep_max())).await.map_err(e)?);
+        tables.push(
+            n.create_table_with(TABLE, Some(keep_max()))
+                .await
+                .map_err(e)?,
+        );
     }
     say(&format!(
         "   Table {TABLE:?} exists on every node, each with a conflict handler that keeps the larger counter."
@@ -80,10 +84,19 @@ pub async fn run() -> Result<(), String> {
     let mut merged = Vec::new();
     while let Some(ev) = events.try_next() {
         match ev {
-            Event::Merged { table, peer, keys_changed, conflicts } if table == TABLE => {
-                merged.push(format!("{peer}: {keys_changed} key(s) changed, {conflicts} conflict(s)"))
-            }
-            Event::Conflict { table, key, resolution } if table == TABLE => {
+            Event::Merged {
+                table,
+                peer,
+                keys_changed,
+                conflicts,
+            } if table == TABLE => merged.push(format!(
+                "{peer}: {keys_changed} key(s) changed, {conflicts} conflict(s)"
+            )),
+            Event::Conflict {
+                table,
+                key,
+                resolution,
+            } if table == TABLE => {
                 merged.push(format!("conflict on {key:?} settled by {resolution:?}"))
             }
             _ => {}
@@ -105,7 +118,9 @@ pub async fn run() -> Result<(), String> {
         .map(|t| t.stats().map(|s| s.digest).unwrap_or_default())
         .collect();
     if digests.iter().any(|d| *d != digests[0]) {
-        return Err(format!("replicas differ after the heal: digests {digests:?}"));
+        return Err(format!(
+            "replicas differ after the heal: digests {digests:?}"
+        ));
     }
     step(&format!(
         "6. All nodes agree: counter = {winner} on {}, table digest {} everywhere.",
@@ -167,9 +182,11 @@ async fn start_cluster() -> Result<Vec<Node>, String> {
         };
         nodes.push(Node::start(cfg).await.map_err(e)?);
     }
-    wait_for("all three nodes to see each other", Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.members().len() == 3)
-    })
+    wait_for(
+        "all three nodes to see each other",
+        Duration::from_secs(10),
+        || nodes.iter().all(|n| n.members().len() == 3),
+    )
     .await?;
     Ok(nodes)
 }
@@ -238,9 +255,11 @@ async fn split(nodes: &[Node]) -> Result<(), String> {
     c.disconnect(b.name()).await.map_err(e)?;
     a.disconnect(c.name()).await.map_err(e)?;
     b.disconnect(c.name()).await.map_err(e)?;
-    wait_for("the split to show in the views", Duration::from_secs(5), || {
-        c.members().len() == 1 && a.members().len() == 2 && b.members().len() == 2
-    })
+    wait_for(
+        "the split to show in the views",
+        Duration::from_secs(5),
+        || c.members().len() == 1 && a.members().len() == 2 && b.members().len() == 2,
+    )
     .await
 }
 
@@ -252,13 +271,19 @@ async fn heal(nodes: &[Node]) -> Result<(), String> {
         let _ = c.connect(other.address()).await;
         other.connect(c.address()).await.map_err(e)?;
     }
-    wait_for("the views to include every node again", Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.members().len() == 3)
-    })
+    wait_for(
+        "the views to include every node again",
+        Duration::from_secs(10),
+        || nodes.iter().all(|n| n.members().len() == 3),
+    )
     .await
 }
 
-async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+async fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
         if tokio::time::Instant::now() >= deadline {

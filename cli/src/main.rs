@@ -4,6 +4,8 @@
 //! stdout (see `cli/README.md`); `lbmkv demo` and `lbmkv bench` are the demo
 //! and the benchmark driver.
 
+mod bench;
+mod demo;
 mod escape;
 mod node;
 
@@ -32,10 +34,8 @@ fn main() -> ExitCode {
     // One arm per subcommand; each gets the arguments after its name.
     match command {
         "node" => node::main(rest),
-        "demo" | "bench" => {
-            eprintln!("lbmkv {command}: not available yet");
-            ExitCode::from(2)
-        }
+        "demo" => run_async("demo", demo::run()),
+        "bench" => run_async("bench", bench::run(rest)),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -62,6 +62,18 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Runs an async subcommand; an error is printed and gives exit code 1.
+fn run_async(name: &str, fut: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let result = runtime().and_then(|rt| rt.block_on(fut));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbmkv {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Builds the tokio runtime a subcommand runs on.

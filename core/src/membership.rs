@@ -301,8 +301,13 @@ pub(crate) fn start(node: &Arc<NodeInner>, listener: Box<dyn Listener>) {
                         let limit = node2.config.request_timeout;
                         match tokio::time::timeout(limit, accept(&node2, stream)).await {
                             Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
+                            // A refused peer whose cookie or protocol is wrong is worth a
+                            // warning; one that is merely disconnected retries all the time.
+                            Ok(Err(e)) if e.kind() == ErrorKind::Protocol => {
                                 tracing::warn!(node = %node2.actor, %from, "refused a connection: {e}")
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(node = %node2.actor, %from, "refused a connection: {e}")
                             }
                             Err(_) => {
                                 tracing::warn!(node = %node2.actor, %from, "handshake timed out")
@@ -526,7 +531,10 @@ async fn accept(node: &Arc<NodeInner>, mut stream: BoxStream) -> Result<()> {
         )));
     }
     if node.members.is_banned(&actor.name) {
-        return Err(Error::protocol(format!("{} is disconnected", actor.name)));
+        return Err(Error::unavailable(format!(
+            "{} is disconnected",
+            actor.name
+        )));
     }
     let nonce = node.random_nonce();
     let proof = auth::proof(

@@ -5,10 +5,11 @@ use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::vclock::{stable_hash_bytes, ActorId, Dot, VClock};
+use crate::vclock::{stable_hash_bytes, stable_hash_of_dots, ActorId, Dot, VClock};
 
 /// Seeds of the stable hashes; changing them changes the wire meaning of digests.
 const KEY_HASH_SEED: u64 = 0x6c62_6d6b_765f_6b65;
@@ -34,12 +35,12 @@ pub fn key_hash(key: &[u8]) -> u64 {
     stable_hash_bytes(KEY_HASH_SEED, key)
 }
 
-fn entry_hash(key_hash: u64, value: Option<&[u8]>, clock: &VClock) -> u64 {
+fn entry_hash(key_hash: u64, value: Option<&[u8]>, clock_hash: u64) -> u64 {
     let value_hash = match value {
         Some(v) => stable_hash_bytes(VALUE_HASH_SEED ^ key_hash, v),
         None => TOMBSTONE_MARK ^ key_hash,
     };
-    stable_hash_bytes(value_hash, &clock.stable_hash().to_le_bytes())
+    stable_hash_bytes(value_hash, &clock_hash.to_le_bytes())
 }
 
 /// One stored version in a single heap block behind a thin pointer, so that an
@@ -120,7 +121,7 @@ impl Packed {
         v.map(|v| &self.bytes()[at..at + v])
     }
 
-    fn dots(&self) -> impl Iterator<Item = (u32, Dot)> + '_ {
+    fn dots(&self) -> impl ExactSizeIterator<Item = (u32, Dot)> + '_ {
         let (_, _, d) = self.header();
         let bytes = self.bytes();
         (0..d).map(move |i| {
@@ -261,7 +262,23 @@ impl TableStore {
         }
     }
 
+    /// The digest contribution of a stored entry, computed from its block.
+    fn packed_hash(&self, key_hash: u64, p: &Packed) -> u64 {
+        let unknown = ActorId::new("", 0);
+        let clock_hash = stable_hash_of_dots(
+            p.dots()
+                .map(|(a, d)| (self.actors.get(a as usize).unwrap_or(&unknown), d)),
+        );
+        entry_hash(key_hash, p.value(), clock_hash)
+    }
+
     fn intern(&mut self, actor: &ActorId) -> u32 {
+        // Most dots of a table come from the same few actors: check the last one first.
+        if let Some(last) = self.actors.last() {
+            if Arc::ptr_eq(&last.name, &actor.name) && last.incarnation == actor.incarnation {
+                return (self.actors.len() - 1) as u32;
+            }
+        }
         if let Some(&i) = self.actor_index.get(actor) {
             return i;
         }
@@ -292,7 +309,7 @@ impl TableStore {
         // The block stores at most u16::MAX dots; clocks are pruned far below that.
         dots.truncate(usize::from(u16::MAX));
         let kh = key_hash(&key);
-        let hash = entry_hash(kh, entry.value.as_deref(), &entry.clock);
+        let hash = entry_hash(kh, entry.value.as_deref(), entry.clock.stable_hash());
         let packed = Packed::new(&key, entry.value.as_deref(), &dots);
         self.count(entry.value.as_deref(), key.len(), true);
         self.digest.toggle(kh, hash);
@@ -307,11 +324,9 @@ impl TableStore {
             }
         };
         let old = old.map(|old| {
-            let e = self.decode(&old);
-            self.digest
-                .toggle(kh, entry_hash(kh, e.value.as_deref(), &e.clock));
-            self.count(e.value.as_deref(), key.len(), false);
-            e
+            self.digest.toggle(kh, self.packed_hash(kh, &old));
+            self.count(old.value(), key.len(), false);
+            self.decode(&old)
         });
         self.maybe_grow_digest();
         old
@@ -339,8 +354,7 @@ impl TableStore {
             let mut digest = Digest::new(wanted);
             for p in self.slots.iter() {
                 let kh = key_hash(p.key());
-                let e = self.decode(p);
-                digest.toggle(kh, entry_hash(kh, e.value.as_deref(), &e.clock));
+                digest.toggle(kh, self.packed_hash(kh, p));
             }
             self.digest = digest;
         }
@@ -420,10 +434,8 @@ impl TableStore {
             let h = self.hasher.hash_one(&**key);
             if let Ok(slot) = self.slots.find_entry(h, |p| p.key() == &**key) {
                 let (removed, _) = slot.remove();
-                let e = self.decode(&removed);
                 let kh = key_hash(key);
-                self.digest
-                    .toggle(kh, entry_hash(kh, e.value.as_deref(), &e.clock));
+                self.digest.toggle(kh, self.packed_hash(kh, &removed));
                 self.count(None, key.len(), false);
             }
         }

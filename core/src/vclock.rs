@@ -404,17 +404,23 @@ impl VClock {
     /// in actor order the name's length in bytes, the name's UTF-8 bytes, the
     /// incarnation, the counter and the timestamp.
     pub fn stable_hash(&self) -> u64 {
-        let mut hasher = Xxh64::new(0);
-        hasher.write_u64(self.dots.len() as u64);
-        for (actor, dot) in &self.dots {
-            hasher.write_u64(actor.name.len() as u64);
-            hasher.write(actor.name.as_bytes());
-            hasher.write_u64(actor.incarnation);
-            hasher.write_u64(dot.counter);
-            hasher.write_u64(dot.timestamp_ms);
-        }
-        hasher.finish()
+        stable_hash_of_dots(self.dots.iter().map(|(a, d)| (a, *d)))
     }
+}
+
+/// [`VClock::stable_hash`] of the clock made of `dots` (given in actor order),
+/// for stores that keep dots in another form and should not build a clock to hash it.
+pub fn stable_hash_of_dots<'a>(dots: impl ExactSizeIterator<Item = (&'a ActorId, Dot)>) -> u64 {
+    let mut hasher = Xxh64::new(0);
+    hasher.write_u64(dots.len() as u64);
+    for (actor, dot) in dots {
+        hasher.write_u64(actor.name.len() as u64);
+        hasher.write(actor.name.as_bytes());
+        hasher.write_u64(actor.incarnation);
+        hasher.write_u64(dot.counter);
+        hasher.write_u64(dot.timestamp_ms);
+    }
+    hasher.finish()
 }
 
 /// Stable 64-bit hash of bytes with a seed, the same algorithm as
