@@ -1,0 +1,408 @@
+//! Cluster scenarios with real `lbmkv node` processes on loopback, driven
+//! through the line protocol of the node shell.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use harness::{cluster, percentile_us, table_stat, wait_until, NodeProc, Spec};
+
+/// A cluster of `n` processes on 127.0.0.1 named `prefix1..`.
+fn local_cluster(prefix: &str, n: usize) -> Vec<NodeProc> {
+    let names: Vec<String> = (1..=n).map(|i| format!("{prefix}{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    cluster(&names, &[])
+}
+
+/// Creates `table` on the first node and waits until every node lists it.
+fn create_everywhere(nodes: &mut [NodeProc], table: &str) {
+    nodes[0].expect(&format!("create {table}"), "OK");
+    for n in nodes.iter_mut() {
+        wait_until(Duration::from_secs(10), "table replicated", || {
+            n.list("tables").iter().any(|t| t == table)
+        });
+        // Idempotent, and returns once the table is usable on that node.
+        n.expect(&format!("create {table}"), "OK");
+    }
+}
+
+#[test]
+fn unique_table_put_and_delete_reach_four_processes_and_a_restarted_one() {
+    let mut nodes = local_cluster("u", 4);
+    create_everywhere(&mut nodes, "unique");
+
+    nodes[0].expect("put unique key value one", "OK");
+    // Acknowledged only after every member applied it: local reads see it at once.
+    for n in nodes.iter_mut() {
+        n.expect("get unique key", "VALUE value one");
+    }
+    nodes[1].expect("del unique key", "PREV value one");
+    for n in nodes.iter_mut() {
+        n.expect("get unique key", "NIL");
+    }
+
+    // Stop the fourth node cleanly, write while it is away, start it again.
+    let gone = nodes.pop().expect("four nodes");
+    let name = gone.name.clone();
+    gone.quit();
+    for n in nodes.iter_mut() {
+        n.wait_members(3, Duration::from_secs(5));
+    }
+    nodes[2].expect("put unique later written while away", "OK");
+    let mut back = NodeProc::start(Spec::new(&name).seed(&nodes[0].addr));
+    back.wait_members(4, Duration::from_secs(15));
+    back.expect("create unique", "OK");
+    back.expect("get unique later", "VALUE written while away");
+    back.expect("get unique key", "NIL");
+    // And the restarted node's writes reach the others.
+    back.expect("put unique from-restarted yes", "OK");
+    for n in nodes.iter_mut() {
+        n.expect("get unique from-restarted", "VALUE yes");
+    }
+}
+
+#[test]
+fn sequencer_three_processes_900_increments_give_900_distinct_values() {
+    const PER_NODE: usize = 300;
+    let mut nodes = local_cluster("s", 3);
+    create_everywhere(&mut nodes, "seq");
+    let lines = vec!["incr seq counter".to_string(); PER_NODE];
+    let started = Instant::now();
+    // All three processes get their 300 lines before any reply is read, so the
+    // increments of different nodes race at the sequencer.
+    for n in nodes.iter_mut() {
+        n.send_lines(&lines);
+    }
+    let mut all = Vec::new();
+    for n in nodes.iter_mut() {
+        let mut last = 0u64;
+        for _ in 0..PER_NODE {
+            let reply = n.one_reply("incr seq counter");
+            let v: u64 = reply
+                .strip_prefix("VALUE ")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| n.fail(&format!("incr gave {reply:?}")));
+            // One shell executes its lines in order.
+            assert!(v > last, "{}: {v} after {last}", n.name);
+            last = v;
+            all.push(v);
+        }
+    }
+    let elapsed = started.elapsed();
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        3 * PER_NODE,
+        "every increment got its own value"
+    );
+    assert_eq!(distinct.first(), Some(&1));
+    assert_eq!(distinct.last(), Some(&(3 * PER_NODE as u64)));
+    for n in nodes.iter_mut() {
+        n.expect("get seq counter", "VALUE 900");
+        n.expect("sget seq counter", "VALUE 900");
+    }
+    println!(
+        "sequencer: 900 increments from 3 processes in {:.0} ms ({:.0} per s)",
+        elapsed.as_secs_f64() * 1e3,
+        900.0 / elapsed.as_secs_f64()
+    );
+}
+
+#[test]
+fn sigkill_is_detected_within_the_failure_timeout_and_survivors_keep_writing() {
+    let mut nodes = local_cluster("k", 3);
+    create_everywhere(&mut nodes, "alive");
+    nodes[0].expect("put alive before kill", "OK");
+    for n in nodes.iter_mut() {
+        n.clear_events();
+    }
+    let victim = nodes.pop().expect("three nodes");
+    let victim_name = victim.name.clone();
+    let killed_at = victim.kill();
+    let failure_timeout = Duration::from_millis(1000);
+    let limit = failure_timeout + Duration::from_millis(1500);
+    for n in nodes.iter_mut() {
+        let (seen, ev) = n.wait_event(limit, "node_down", |ev| {
+            ev["type"] == "node_down" && ev["node"] == victim_name.as_str()
+        });
+        let took = seen.duration_since(killed_at);
+        println!(
+            "failure detection after SIGKILL: {} saw node_down of {victim_name} after {:.1} ms ({})",
+            n.name,
+            took.as_secs_f64() * 1e3,
+            ev["reason"]
+        );
+        assert!(took <= limit, "node_down after {took:?}");
+    }
+    for n in nodes.iter_mut() {
+        n.wait_members(2, Duration::from_secs(1));
+    }
+    nodes[0].expect("put alive after kill", "OK");
+    nodes[1].expect("get alive after", "VALUE kill");
+    nodes[1].expect("incr alive n", "VALUE 1");
+    nodes[0].expect("get alive n", "VALUE 1");
+}
+
+#[test]
+fn a_node_with_the_wrong_cookie_is_refused_and_never_sees_a_table() {
+    let mut nodes = local_cluster("c", 2);
+    create_everywhere(&mut nodes, "secret");
+    nodes[0].expect("put secret k v", "OK");
+    let mut intruder = NodeProc::start(
+        Spec::new("intruder")
+            .cookie("not-the-cookie")
+            .seed(&nodes[0].addr)
+            .seed(&nodes[1].addr),
+    );
+    let reply = intruder.one(&format!("connect {}", nodes[0].addr));
+    assert!(
+        reply.starts_with("ERR "),
+        "connect with a wrong cookie gave {reply:?}"
+    );
+    // Several dial rounds of the intruder and a failure timeout go by.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(intruder.list("members"), ["intruder"]);
+    assert!(
+        intruder.list("tables").is_empty(),
+        "the intruder sees no table"
+    );
+    intruder.expect(
+        "get secret k",
+        "ERR NO_SUCH_TABLE no table named \"secret\"",
+    );
+    for n in nodes.iter_mut() {
+        let members = n.list("members");
+        assert!(!members.contains(&"intruder".to_string()), "{members:?}");
+        assert!(
+            !n.events_seen().iter().any(|e| e["node"] == "intruder"),
+            "no node_up of the intruder"
+        );
+    }
+    nodes[1].expect("put secret k2 still writable", "OK");
+}
+
+/// Whether the node closed `stream` (EOF or reset) within `limit`; how long it took.
+fn closed_by_peer(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    while start.elapsed() < limit {
+        let _ = stream.set_read_timeout(Some(
+            limit
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_millis(1)),
+        ));
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            // The node may answer with its own handshake first.
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn garbage_and_oversize_frames_close_the_connection_and_the_node_keeps_serving() {
+    let mut node = NodeProc::start(Spec::new("g1"));
+    node.expect("create raw", "OK");
+    node.expect("put raw k v0", "OK");
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("a malformed frame", {
+            let mut f = 16u32.to_be_bytes().to_vec();
+            f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef].repeat(4));
+            f
+        }),
+        (
+            "an oversize length prefix",
+            vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        ),
+        (
+            "a prefix just above the pre-auth bound",
+            4097u32.to_be_bytes().to_vec(),
+        ),
+        (
+            "text that is not the protocol",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+    ];
+    for (i, (what, bytes)) in cases.into_iter().enumerate() {
+        let mut s = TcpStream::connect(&node.addr).expect("connect to the node");
+        s.write_all(&bytes).expect("send");
+        match closed_by_peer(&mut s, Duration::from_secs(5)) {
+            Some(t) => println!(
+                "{what}: connection closed by the node after {:.1} ms",
+                t.as_secs_f64() * 1e3
+            ),
+            None => node.fail(&format!(
+                "{what}: the node kept the connection open for 5 s"
+            )),
+        }
+        // The node still serves, with its data intact.
+        node.expect(&format!("put raw k v{}", i + 1), &format!("PREV v{i}"));
+        node.expect("get raw k", &format!("VALUE v{}", i + 1));
+    }
+    assert_eq!(node.list("members"), ["g1"]);
+    assert_eq!(node.list("tables"), ["raw"]);
+}
+
+#[test]
+fn the_shell_answers_every_command_in_the_documented_format() {
+    let mut n = NodeProc::start(Spec::new("p1"));
+    n.expect("create t", "OK");
+    n.expect("create t", "OK");
+    n.expect("put t k  two  spaces ", "OK");
+    n.expect("get t k", "VALUE  two  spaces ");
+    n.expect(
+        "put t k",
+        "ERR INVALID_ARGUMENT usage: put T K V (V is the rest of the line)",
+    );
+    n.expect("put t e ", "OK");
+    n.expect("get t e", "VALUE ");
+    n.expect("GET t e", "VALUE ");
+    n.expect("get t missing", "NIL");
+    n.expect("sget t k", "VALUE  two  spaces ");
+    n.expect("del t missing", "OK");
+    n.expect("del t e", "PREV ");
+    n.expect("incr t c", "VALUE 1");
+    n.expect("incr t c", "VALUE 2");
+    let e = n.one("incr t k");
+    assert!(e.starts_with("ERR INVALID_ARGUMENT "), "{e}");
+    n.expect("put t a:1 x", "OK");
+    n.expect("put t a:2 y", "OK");
+    assert_eq!(n.cmd("match t a:*"), ["ENTRY a:1 x", "ENTRY a:2 y", "END"]);
+    assert_eq!(n.cmd("match t a:* y"), ["ENTRY a:2 y", "END"]);
+    assert_eq!(n.cmd("match t nothing*"), ["END"]);
+    let e = n.cmd("match t [");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("ERR INVALID_ARGUMENT bad key pattern"),
+        "{e:?}"
+    );
+    assert_eq!(n.list("tables"), ["t"]);
+    assert_eq!(n.list("members"), ["p1"]);
+    let addr = n.addr.clone();
+    n.expect("addr", &format!("ADDR {addr}"));
+    let info = n.info();
+    assert_eq!(info["name"], "p1");
+    assert_eq!(info["address"], addr.as_str());
+    assert_eq!(table_stat(&info, "t", "entries"), 4);
+
+    // Errors: unknown command, arity, missing table, bad names, oversize key.
+    n.expect(
+        "frobnicate",
+        "ERR INVALID_ARGUMENT unknown command \"frobnicate\" (try help)",
+    );
+    n.expect("get t", "ERR INVALID_ARGUMENT usage: get T K");
+    n.expect("get t k extra", "ERR INVALID_ARGUMENT usage: get T K");
+    n.expect("tables now", "ERR INVALID_ARGUMENT usage: tables");
+    for cmd in [
+        "get nope k",
+        "put nope k v",
+        "del nope k",
+        "incr nope k",
+        "sget nope k",
+    ] {
+        n.expect(cmd, "ERR NO_SUCH_TABLE no table named \"nope\"");
+    }
+    assert_eq!(
+        n.cmd("match nope *"),
+        ["ERR NO_SUCH_TABLE no table named \"nope\""]
+    );
+    let long = "x".repeat(256);
+    let e = n.one(&format!("create {long}"));
+    assert!(
+        e.starts_with("ERR INVALID_ARGUMENT table name must be 1 to 255 bytes"),
+        "{e}"
+    );
+    let e = n.one(&format!("put t {} v", "k".repeat(70_000)));
+    assert!(
+        e.starts_with("ERR INVALID_ARGUMENT key of 70000 bytes"),
+        "{e}"
+    );
+    let e = n.one("connect nowhere");
+    assert!(e.starts_with("ERR INVALID_ARGUMENT "), "{e}");
+    // Empty lines and comments get no reply: the next reply is the next command's.
+    n.send_lines(&["".into(), "   ".into(), "# a comment".into()]);
+    n.expect("get t c", "VALUE 2");
+    assert!(n.list("help").len() >= 10);
+    n.quit();
+}
+
+#[test]
+fn bytes_that_are_not_printable_utf8_are_hex_escaped() {
+    let mut n = NodeProc::start(Spec::new("b1").arg("--events"));
+    n.expect("create bin", "OK");
+    // Raw bytes on stdin: an invalid UTF-8 byte in the key and the value.
+    n.send_raw(b"put bin k\xff v\xfe\\x\n");
+    assert_eq!(n.read_reply("put"), ["OK"]);
+    n.send_raw(b"get bin k\xff\n");
+    assert_eq!(n.read_reply("get"), ["VALUE v\\xfe\\x"]);
+    n.send_raw(b"put bin sp a\tb\n");
+    assert_eq!(n.read_reply("put"), ["OK"]);
+    assert_eq!(
+        n.cmd("match bin *"),
+        ["ENTRY k\\xff v\\xfe\\x", "ENTRY sp a\tb", "END"]
+    );
+    // A non-UTF-8 table name is refused with a typed error.
+    n.send_raw(b"create t\xff\n");
+    let e = n.read_reply("create");
+    assert!(
+        e[0].starts_with("ERR INVALID_ARGUMENT table name is not valid UTF-8"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn replicated_puts_on_three_processes_are_visible_everywhere_and_timed() {
+    const N: usize = 2000;
+    let mut nodes = local_cluster("l", 3);
+    create_everywhere(&mut nodes, "lat");
+    let value = "v".repeat(100);
+    // One command in flight: the latency a client of the shell sees (pipe,
+    // parse, sequencer round trip, replica acknowledgements, reply).
+    let mut samples = Vec::with_capacity(N);
+    for i in 0..N {
+        let cmd = format!("put lat key-{i:08} {value}");
+        let begun = Instant::now();
+        let reply = nodes[0].cmd(&cmd);
+        samples.push(begun.elapsed());
+        assert_eq!(reply, ["OK"]);
+    }
+    samples.sort_unstable();
+    // Pipelined: lines written at once, executed one after the other.
+    let lines: Vec<String> = (0..N)
+        .map(|i| format!("put lat key-{i:08} {value}"))
+        .collect();
+    let started = Instant::now();
+    nodes[1].send_lines(&lines);
+    for _ in 0..N {
+        let r = nodes[1].one_reply("put");
+        assert!(r.starts_with("PREV "), "{r}");
+    }
+    let pipelined = started.elapsed();
+    for n in nodes.iter_mut() {
+        let info = n.info();
+        assert_eq!(table_stat(&info, "lat", "entries"), N);
+        n.expect(
+            &format!("get lat key-{:08}", N - 1),
+            &format!("VALUE {value}"),
+        );
+    }
+    println!(
+        "replicated put through `lbmkv node`, 3 processes, 100-byte values: p50 {:.0} µs, p99 {:.0} µs (one in flight); {:.0} puts/s pipelined",
+        percentile_us(&samples, 0.50),
+        percentile_us(&samples, 0.99),
+        N as f64 / pipelined.as_secs_f64()
+    );
+}
