@@ -216,6 +216,8 @@ impl Membership {
         if let Some(p) = removed {
             tracing::info!(node = %node.actor, peer = %actor, reason, "peer down");
             p.abort();
+            // Nobody waits on the first merge with a peer that is gone.
+            p.mark_synced();
             node.replication.peer_down(node, actor);
             node.merges.peer_down(actor);
             node.emit(Event::NodeDown {

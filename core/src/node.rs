@@ -301,9 +301,12 @@ impl Node {
         self.inner
             .members
             .broadcast(&self.inner, &Message::TableChanged(info));
+        // The first merge with each peer streams whole tables, which can take a
+        // while for large ones: wait for it well beyond one request timeout
+        // (each of its steps has that timeout, and a peer that goes away ends it).
         self.inner
             .members
-            .wait_initial_sync(self.inner.config.request_timeout)
+            .wait_initial_sync(self.inner.config.request_timeout * 12)
             .await;
         Ok(Table::new(self.inner.clone(), shared))
     }
