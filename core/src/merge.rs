@@ -509,7 +509,7 @@ fn merge_remote(
                 }
             };
             tally.changed += 1;
-            store.insert(w.key.into_boxed_slice(), merged);
+            store.insert(&w.key, merged.value.as_deref(), &merged.clock);
         }
     }
     tally.conflicts += found.len();

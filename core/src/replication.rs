@@ -306,16 +306,22 @@ pub(crate) fn on_apply(
 /// Stores a version from a sequencer: it normally descends the local one; if a
 /// merge made the local one newer or concurrent, the merge rule decides.
 fn apply_replicated(store: &mut TableStore, e: WireEntry) {
-    let incoming = Entry {
-        value: e.value.map(Vec::into_boxed_slice),
-        clock: e.clock,
-    };
-    let merged = match store.entry(&e.key) {
-        None => incoming,
-        Some(local) if incoming.clock.descends(&local.clock) => incoming,
-        Some(local) => merge_versions(&local, &incoming).entry,
-    };
-    store.insert(e.key.into_boxed_slice(), merged);
+    match store.clock(&e.key) {
+        Some(local) if !e.clock.descends(&local) => {
+            let Some(local) = store.entry(&e.key) else {
+                return;
+            };
+            let incoming = Entry {
+                value: e.value.map(Vec::into_boxed_slice),
+                clock: e.clock,
+            };
+            let merged = merge_versions(&local, &incoming).entry;
+            store.insert(&e.key, merged.value.as_deref(), &merged.clock);
+        }
+        _ => {
+            store.insert(&e.key, e.value.as_deref(), &e.clock);
+        }
+    }
 }
 
 /// A member applied a batch.
@@ -419,24 +425,12 @@ fn execute(
 ) -> Reply {
     let limits = (node.config.max_key_size, node.config.max_value_size);
     let mut write = |store: &mut TableStore, key: Vec<u8>, value: Option<Vec<u8>>| {
-        let mut clock = store
-            .entry(&key)
-            .map(|e| e.clock.clone())
-            .unwrap_or_else(VClock::fresh);
+        let mut clock = store.clock(&key).unwrap_or_else(VClock::fresh);
         clock.increment(&node.actor, now);
         clock.prune(now, &PruneLimits::default());
-        changes.push(WireEntry {
-            key: key.clone(),
-            value: value.clone(),
-            clock: clock.clone(),
-        });
-        store.insert(
-            key.into_boxed_slice(),
-            Entry {
-                value: value.map(Vec::into_boxed_slice),
-                clock,
-            },
-        )
+        let old = store.insert(&key, value.as_deref(), &clock);
+        changes.push(WireEntry { key, value, clock });
+        old
     };
     let check = |key: &[u8], value: Option<&[u8]>| -> std::result::Result<(), WriteRefusal> {
         if key.len() > limits.0 || value.is_some_and(|v| v.len() > limits.1) {
@@ -454,8 +448,7 @@ fn execute(
             }
             let mut previous = Vec::new();
             for (k, v) in entries {
-                let old = write(store, k.clone(), Some(v));
-                if let Some(Some(old)) = old.map(|e| e.value) {
+                if let Some(old) = write(store, k.clone(), Some(v)) {
                     previous.push((k, old.into_vec()));
                 }
             }
@@ -468,7 +461,7 @@ fn execute(
             let mut previous = Vec::new();
             for k in keys {
                 if store.value(&k).is_some() {
-                    if let Some(Some(old)) = write(store, k.clone(), None).map(|e| e.value) {
+                    if let Some(old) = write(store, k.clone(), None) {
                         previous.push((k, old.into_vec()));
                     }
                 }

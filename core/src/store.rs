@@ -251,14 +251,17 @@ impl TableStore {
         self.slots.find(h, |p| p.key() == key)
     }
 
-    fn decode(&self, p: &Packed) -> Entry {
-        let clock = VClock::from_dots(
+    fn decode_clock(&self, p: &Packed) -> VClock {
+        VClock::from_dots(
             p.dots()
                 .filter_map(|(a, d)| self.actors.get(a as usize).map(|actor| (actor.clone(), d))),
-        );
+        )
+    }
+
+    fn decode(&self, p: &Packed) -> Entry {
         Entry {
             value: p.value().map(Box::from),
-            clock,
+            clock: self.decode_clock(p),
         }
     }
 
@@ -298,23 +301,33 @@ impl TableStore {
         self.find(key).and_then(Packed::value)
     }
 
-    /// Stores `entry` for `key`, keeping counters and digest current; returns the old entry.
-    pub fn insert(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
-        let mut dots: Vec<(u32, Dot)> = entry
-            .clock
+    /// The clock of `key`'s entry, tombstones included.
+    pub fn clock(&self, key: &[u8]) -> Option<VClock> {
+        self.find(key).map(|p| self.decode_clock(p))
+    }
+
+    /// Stores a version of `key`, keeping counters and digest current; returns
+    /// the old live value (`None` when absent or deleted).
+    pub fn insert(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        clock: &VClock,
+    ) -> Option<Box<[u8]>> {
+        let mut dots: Vec<(u32, Dot)> = clock
             .dots()
             .iter()
             .map(|(a, d)| (self.intern(a), *d))
             .collect();
         // The block stores at most u16::MAX dots; clocks are pruned far below that.
         dots.truncate(usize::from(u16::MAX));
-        let kh = key_hash(&key);
-        let hash = entry_hash(kh, entry.value.as_deref(), entry.clock.stable_hash());
-        let packed = Packed::new(&key, entry.value.as_deref(), &dots);
-        self.count(entry.value.as_deref(), key.len(), true);
+        let kh = key_hash(key);
+        let hash = entry_hash(kh, value, clock.stable_hash());
+        let packed = Packed::new(key, value, &dots);
+        self.count(value, key.len(), true);
         self.digest.toggle(kh, hash);
-        let h = self.hasher.hash_one(&*key);
-        let old = match self.slots.find_mut(h, |p| p.key() == &*key) {
+        let h = self.hasher.hash_one(key);
+        let old = match self.slots.find_mut(h, |p| p.key() == key) {
             Some(slot) => Some(std::mem::replace(slot, packed)),
             None => {
                 let hasher = &self.hasher;
@@ -323,10 +336,10 @@ impl TableStore {
                 None
             }
         };
-        let old = old.map(|old| {
+        let old = old.and_then(|old| {
             self.digest.toggle(kh, self.packed_hash(kh, &old));
             self.count(old.value(), key.len(), false);
-            self.decode(&old)
+            old.value().map(Box::from)
         });
         self.maybe_grow_digest();
         old
@@ -454,6 +467,10 @@ fn digest_bits_for(len: usize) -> u8 {
 mod tests {
     use super::*;
 
+    fn put(s: &mut TableStore, key: &[u8], e: Entry) -> Option<Box<[u8]>> {
+        s.insert(key, e.value.as_deref(), &e.clock)
+    }
+
     fn entry(v: Option<&[u8]>, actor: &ActorId, n: u64) -> Entry {
         let mut clock = VClock::fresh();
         for i in 0..n {
@@ -471,11 +488,11 @@ mod tests {
         let mut s1 = TableStore::new();
         let mut s2 = TableStore::new();
         for i in 0..500u32 {
-            s1.insert(i.to_be_bytes().into(), entry(Some(b"x"), &a, 1));
+            put(&mut s1, &i.to_be_bytes(), entry(Some(b"x"), &a, 1));
         }
         for i in (0..500u32).rev() {
-            s2.insert(i.to_be_bytes().into(), entry(Some(b"y"), &a, 3));
-            s2.insert(i.to_be_bytes().into(), entry(Some(b"x"), &a, 1));
+            put(&mut s2, &i.to_be_bytes(), entry(Some(b"y"), &a, 3));
+            put(&mut s2, &i.to_be_bytes(), entry(Some(b"x"), &a, 1));
         }
         assert_eq!(s1.digest_total(), s2.digest_total());
         assert_eq!(s1.digest_bits(), s2.digest_bits());
@@ -488,14 +505,15 @@ mod tests {
         let a = ActorId::new("a", 1);
         let mut s1 = TableStore::new();
         for i in 0..1000u32 {
-            s1.insert(i.to_be_bytes().into(), entry(Some(b"v"), &a, 1));
+            put(&mut s1, &i.to_be_bytes(), entry(Some(b"v"), &a, 1));
         }
         let mut s2 = TableStore::new();
-        for (k, e) in s1.iter() {
-            s2.insert(k.into(), e);
+        let all: Vec<(Vec<u8>, Entry)> = s1.iter().map(|(k, e)| (k.to_vec(), e)).collect();
+        for (k, e) in all {
+            put(&mut s2, &k, e);
         }
         let key: Box<[u8]> = 7u32.to_be_bytes().into();
-        s2.insert(key.clone(), entry(Some(b"w"), &a, 2));
+        put(&mut s2, &key, entry(Some(b"w"), &a, 2));
         let bits = s1.digest_bits();
         let (l1, l2) = (s1.digest_leaves(bits), s2.digest_leaves(bits));
         let differing: Vec<usize> = (0..l1.len()).filter(|&i| l1[i] != l2[i]).collect();
@@ -508,9 +526,9 @@ mod tests {
     fn stats_track_live_entries_tombstones_and_bytes() {
         let a = ActorId::new("a", 1);
         let mut s = TableStore::new();
-        s.insert(b"k1".as_slice().into(), entry(Some(b"abc"), &a, 1));
-        s.insert(b"k2".as_slice().into(), entry(Some(b"de"), &a, 1));
-        s.insert(b"k1".as_slice().into(), entry(None, &a, 2));
+        put(&mut s, b"k1", entry(Some(b"abc"), &a, 1));
+        put(&mut s, b"k2", entry(Some(b"de"), &a, 1));
+        put(&mut s, b"k1", entry(None, &a, 2));
         assert_eq!(
             s.stats(),
             StoreStats {
@@ -556,14 +574,21 @@ mod tests {
         ];
         let mut s = TableStore::new();
         for (k, e) in &cases {
-            assert!(s.insert((*k).into(), e.clone()).is_none());
+            assert!(put(&mut s, k, e.clone()).is_none());
         }
         for (k, e) in &cases {
             assert_eq!(s.entry(k).as_ref(), Some(e));
             assert_eq!(s.value(k), e.value.as_deref());
         }
-        let old = s.insert(b"k".as_slice().into(), cases[0].1.clone());
-        assert_eq!(old, Some(cases[1].1.clone()));
+        assert_eq!(
+            put(&mut s, b"k", cases[0].1.clone()),
+            None,
+            "was a tombstone"
+        );
+        assert_eq!(
+            put(&mut s, b"key", cases[0].1.clone()).map(|v| v.len()),
+            Some(70_000)
+        );
         assert_eq!(s.stats().tombstones, 0);
         assert_eq!(s.stats().entries, 3);
     }
@@ -573,7 +598,7 @@ mod tests {
         let a = ActorId::new("a", 1);
         let mut s = TableStore::new();
         for i in 0..5000u32 {
-            s.insert(i.to_be_bytes().into(), entry(Some(b"v"), &a, 1));
+            put(&mut s, &i.to_be_bytes(), entry(Some(b"v"), &a, 1));
         }
         assert!(s.digest_bits() > MIN_DIGEST_BITS);
         let coarse = s.digest_leaves(MIN_DIGEST_BITS);
