@@ -1,1 +1,662 @@
-//! Python binding of lbmkv.
+//! The native module `lbmkv._lbmkv`: a thin layer over `lbmkv::blocking` that
+//! converts types, errors, threads and callbacks. The Pythonic API (mapping
+//! protocol, context manager, exception classes) lives in the pure-Python
+//! package `lbmkv` around it.
+//!
+//! Threading rules kept here:
+//! - every call that may wait (network, sequencer, locks held by runtime
+//!   threads) runs inside `py.detach`, so other Python threads keep running;
+//! - `update` functions run on the calling thread and attach to the
+//!   interpreter only while they run;
+//! - conflict handlers run on tokio's blocking pool and attach with
+//!   `Python::try_attach` (at interpreter shutdown they count as unresolved).
+
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lbmkv::blocking;
+use lbmkv::{Config, Conflict, ConflictHandler, ErrorKind, Resolution};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
+
+/// Bytes taken from a Python argument: borrowed from an immutable `bytes`
+/// object (which the caller keeps alive), copied from anything else.
+enum Buf<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Deref for Buf<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buf::Borrowed(b) => b,
+            Buf::Owned(v) => v,
+        }
+    }
+}
+
+impl Buf<'_> {
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Buf::Borrowed(b) => b.to_vec(),
+            Buf::Owned(v) => v,
+        }
+    }
+}
+
+/// Accepts `bytes`, `bytearray`, `memoryview` and `str` (encoded as UTF-8);
+/// anything else is a `TypeError` naming `what`.
+fn buf<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Buf<'a>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Buf::Borrowed(b.as_bytes()));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Buf::Owned(s.to_cow()?.into_owned().into_bytes()));
+    }
+    if let Ok(b) = obj.cast::<PyByteArray>() {
+        return Ok(Buf::Owned(b.to_vec()));
+    }
+    if obj.cast::<PyMemoryView>().is_ok() {
+        let copy = obj.call_method0(pyo3::intern!(obj.py(), "tobytes"))?;
+        let copy = copy.cast::<PyBytes>()?;
+        return Ok(Buf::Owned(copy.as_bytes().to_vec()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "{what} must be bytes, bytearray, memoryview or str, not {}",
+        type_name(obj)
+    )))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+/// A value returned by a user function: bytes-like or `None` (= absent / delete).
+fn optional_value(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<Vec<u8>>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(buf(obj, what)?.into_vec()))
+}
+
+fn opt_bytes<'py>(py: Python<'py>, v: Option<&[u8]>) -> Option<Bound<'py, PyBytes>> {
+    v.map(|v| PyBytes::new(py, v))
+}
+
+fn entries_dict<'py>(py: Python<'py>, entries: lbmkv::Entries) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in entries {
+        d.set_item(PyBytes::new(py, &k), PyBytes::new(py, &v))?;
+    }
+    Ok(d)
+}
+
+/// The exception for an lbmkv error: an instance of the class of
+/// `lbmkv._errors` that matches its kind.
+fn to_py_err(py: Python<'_>, err: lbmkv::Error) -> PyErr {
+    static FROM_CODE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let made = FROM_CODE
+        .get_or_try_init(py, || {
+            py.import("lbmkv._errors")
+                .and_then(|m| m.getattr("_from_code"))
+                .map(Bound::unbind)
+        })
+        .and_then(|f| f.bind(py).call1((err.kind().code(), err.message())));
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        // Only reachable when the package is broken; say so rather than hide it.
+        Err(e) => e,
+    }
+}
+
+/// Maps a core result; `py` is needed to build the exception.
+trait IntoPy<T> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for lbmkv::Result<T> {
+    fn py_err(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py_err(py, e))
+    }
+}
+
+fn seconds(what: &str, secs: Option<f64>) -> lbmkv::Result<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s).map(Some).map_err(|_| {
+            lbmkv::Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{what} must be a finite, non-negative number of seconds, got {s}"),
+            )
+        }),
+    }
+}
+
+fn callable(obj: Option<Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Py<PyAny>>> {
+    match obj {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) if o.is_callable() => Ok(Some(o.unbind())),
+        Some(o) => Err(PyTypeError::new_err(format!(
+            "{what} must be callable or None, not {}",
+            type_name(&o)
+        ))),
+    }
+}
+
+/// Logs an exception raised by a conflict handler through the `lbmkv` logger.
+fn log_handler_error(py: Python<'_>, conflict: &Conflict, err: &PyErr) {
+    let logged = (|| -> PyResult<()> {
+        let logger = py
+            .import("logging")?
+            .call_method1("getLogger", ("lbmkv",))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", err.value(py))?;
+        logger.call_method(
+            "error",
+            (
+                "conflict handler of table %r raised for key %r; the fallback applies",
+                &conflict.table,
+                PyBytes::new(py, &conflict.key),
+            ),
+            Some(&kwargs),
+        )?;
+        Ok(())
+    })();
+    if let Err(e) = logged {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// Calls a Python conflict handler on the current (runtime) thread.
+fn call_handler(handler: &Py<PyAny>, conflict: &Conflict) -> Result<Resolution, String> {
+    Python::try_attach(|py| {
+        let result = handler
+            .bind(py)
+            .call1((
+                PyBytes::new(py, &conflict.key),
+                opt_bytes(py, conflict.local.as_deref()),
+                opt_bytes(py, conflict.remote.as_deref()),
+            ))
+            .and_then(|r| optional_value(&r, "the conflict handler's result"));
+        match result {
+            Ok(Some(v)) => Ok(Resolution::Value(v)),
+            Ok(None) => Ok(Resolution::Delete),
+            Err(e) => {
+                log_handler_error(py, conflict, &e);
+                Err(format!("the conflict handler raised: {e}"))
+            }
+        }
+    })
+    .unwrap_or_else(|| Err("the Python interpreter is shutting down".to_string()))
+}
+
+fn handler(obj: Option<Py<PyAny>>) -> Option<Arc<dyn ConflictHandler>> {
+    obj.map(|h| lbmkv::handler_fn(move |c: &Conflict| call_handler(&h, c)))
+}
+
+/// The error returned to the core when a Python function raised; the Python
+/// exception itself is kept aside and re-raised unchanged.
+fn aborted() -> lbmkv::Error {
+    lbmkv::Error::new(ErrorKind::Aborted, "the Python function raised")
+}
+
+/// Drops `value` with the GIL released: dropping a node may wait for runtime
+/// threads, which may be waiting for the GIL.
+fn drop_detached<T: Send>(value: T) {
+    Python::attach(|py| py.detach(move || drop(value)));
+}
+
+/// A running node (native half of `lbmkv.Node`).
+#[pyclass(frozen, module = "lbmkv._lbmkv", name = "Node")]
+struct PyNode {
+    inner: ManuallyDrop<blocking::Node>,
+}
+
+impl Drop for PyNode {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is never used again after this take.
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        drop_detached(inner);
+    }
+}
+
+#[pymethods]
+impl PyNode {
+    /// Starts a node; options left at `None` keep the core's defaults.
+    #[new]
+    #[pyo3(signature = (*, name=None, listen=None, seeds=None, cookie=None,
+        failure_timeout=None, request_timeout=None, heartbeat_interval=None,
+        handler_timeout=None, anti_entropy_interval=None, tombstone_retention=None,
+        conflict_log_limit=None, max_key_size=None, max_value_size=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: Option<String>,
+        listen: Option<String>,
+        seeds: Option<Vec<String>>,
+        cookie: Option<Bound<'_, PyAny>>,
+        failure_timeout: Option<f64>,
+        request_timeout: Option<f64>,
+        heartbeat_interval: Option<f64>,
+        handler_timeout: Option<f64>,
+        anti_entropy_interval: Option<f64>,
+        tombstone_retention: Option<f64>,
+        conflict_log_limit: Option<usize>,
+        max_key_size: Option<usize>,
+        max_value_size: Option<usize>,
+    ) -> PyResult<Self> {
+        let mut config = Config {
+            name,
+            ..Config::default()
+        };
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        if let Some(seeds) = seeds {
+            config.seeds = seeds;
+        }
+        if let Some(cookie) = cookie.filter(|c| !c.is_none()) {
+            config.cookie = Some(buf(&cookie, "cookie")?.into_vec());
+        }
+        let durations = [
+            (
+                "failure_timeout",
+                failure_timeout,
+                &mut config.failure_timeout,
+            ),
+            (
+                "request_timeout",
+                request_timeout,
+                &mut config.request_timeout,
+            ),
+            (
+                "heartbeat_interval",
+                heartbeat_interval,
+                &mut config.heartbeat_interval,
+            ),
+            (
+                "handler_timeout",
+                handler_timeout,
+                &mut config.handler_timeout,
+            ),
+            (
+                "anti_entropy_interval",
+                anti_entropy_interval,
+                &mut config.anti_entropy_interval,
+            ),
+            (
+                "tombstone_retention",
+                tombstone_retention,
+                &mut config.tombstone_retention,
+            ),
+        ];
+        for (what, secs, field) in durations {
+            if let Some(d) = seconds(what, secs).py_err(py)? {
+                *field = d;
+            }
+        }
+        if let Some(n) = conflict_log_limit {
+            config.conflict_log_limit = n;
+        }
+        if let Some(n) = max_key_size {
+            config.max_key_size = n;
+        }
+        if let Some(n) = max_value_size {
+            config.max_value_size = n;
+        }
+        let node = py.detach(|| blocking::Node::start(config)).py_err(py)?;
+        Ok(PyNode {
+            inner: ManuallyDrop::new(node),
+        })
+    }
+
+    /// The node's name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// The address peers reach this node at, `host:port`.
+    #[getter]
+    fn address(&self) -> &str {
+        self.inner.address()
+    }
+
+    /// Creates (or opens) a table once it is readable and writable here.
+    #[pyo3(signature = (name, on_conflict=None))]
+    fn create_table(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        on_conflict: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyTable> {
+        let h = handler(callable(on_conflict, "on_conflict")?);
+        let inner = py.detach(|| self.inner.create_table(name, h)).py_err(py)?;
+        Ok(PyTable::new(inner))
+    }
+
+    /// The existing table `name`.
+    fn table(&self, py: Python<'_>, name: &str) -> PyResult<PyTable> {
+        let inner = self.inner.table(name).py_err(py)?;
+        Ok(PyTable::new(inner))
+    }
+
+    /// Names of the tables on this node, sorted.
+    fn tables(&self, py: Python<'_>) -> Vec<String> {
+        py.detach(|| self.inner.tables())
+    }
+
+    /// Names of the nodes in this node's view, itself included, sorted.
+    fn members(&self, py: Python<'_>) -> Vec<String> {
+        py.detach(|| self.inner.members())
+    }
+
+    /// The node's description as JSON.
+    fn info_json(&self, py: Python<'_>) -> PyResult<String> {
+        let info = py.detach(|| self.inner.info());
+        serde_json::to_string(&info).map_err(|e| {
+            to_py_err(
+                py,
+                lbmkv::Error::new(ErrorKind::Internal, format!("cannot encode info: {e}")),
+            )
+        })
+    }
+
+    /// Connects to the node at `addr` and waits for the handshake.
+    fn connect(&self, py: Python<'_>, addr: &str) -> PyResult<()> {
+        py.detach(|| self.inner.connect(addr)).py_err(py)
+    }
+
+    /// Drops the connection to `name` and refuses it until `connect`.
+    fn disconnect(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        py.detach(|| self.inner.disconnect(name)).py_err(py)
+    }
+
+    /// The next event as JSON, waiting at most `timeout` seconds; `None` when none came.
+    fn next_event(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<String>> {
+        let timeout = seconds("timeout", Some(timeout))
+            .py_err(py)?
+            .unwrap_or_default();
+        let ev = py.detach(|| self.inner.next_event(timeout)).py_err(py)?;
+        Ok(ev.map(|e| e.to_json()))
+    }
+
+    /// Leaves the cluster; later calls fail with `Closed`.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.close()).py_err(py)
+    }
+
+    /// Whether the node is closed.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.as_async().is_closed()
+    }
+}
+
+/// A replicated table (native half of `lbmkv.Table`).
+#[pyclass(frozen, module = "lbmkv._lbmkv", name = "Table")]
+struct PyTable {
+    inner: ManuallyDrop<blocking::Table>,
+}
+
+impl PyTable {
+    fn new(inner: blocking::Table) -> Self {
+        PyTable {
+            inner: ManuallyDrop::new(inner),
+        }
+    }
+}
+
+impl Drop for PyTable {
+    fn drop(&mut self) {
+        // A table handle may hold the last reference to its node's state.
+        // SAFETY: `inner` is never used again after this take.
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        drop_detached(inner);
+    }
+}
+
+#[pymethods]
+impl PyTable {
+    /// The table's name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// The local value of `key`, or `None` (no network, no copy through Rust).
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = buf(key, "key")?;
+        self.inner
+            .with_value(&key, |v| v.map(|v| PyBytes::new(py, v)))
+            .py_err(py)
+    }
+
+    /// The value of `key` as the table's sequencer has it.
+    fn get_strong<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = buf(key, "key")?;
+        let v = py.detach(|| self.inner.get_strong(&key)).py_err(py)?;
+        Ok(opt_bytes(py, v.as_deref()))
+    }
+
+    /// Whether `key` has a live value on this node.
+    fn contains(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = buf(key, "key")?;
+        self.inner.contains(&key).py_err(py)
+    }
+
+    /// Sets `key` on every member; returns the previous value.
+    fn put<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = buf(key, "key")?;
+        let value = buf(value, "value")?;
+        let prev = py.detach(|| self.inner.put(&key, &value)).py_err(py)?;
+        Ok(opt_bytes(py, prev.as_deref()))
+    }
+
+    /// Sets all `(key, value)` pairs of the list atomically; returns the previous entries.
+    fn put_many<'py>(
+        &self,
+        py: Python<'py>,
+        pairs: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut entries = Vec::with_capacity(pairs.len());
+        for pair in pairs.iter() {
+            let pair = pair.cast::<PyTuple>()?;
+            if pair.len() != 2 {
+                return Err(PyTypeError::new_err("put_many expects (key, value) pairs"));
+            }
+            let k = buf(&pair.get_item(0)?, "key")?.into_vec();
+            let v = buf(&pair.get_item(1)?, "value")?.into_vec();
+            entries.push((k, v));
+        }
+        let prev = py.detach(|| self.inner.put_many(entries)).py_err(py)?;
+        entries_dict(py, prev)
+    }
+
+    /// Deletes `key` everywhere; returns the previous value.
+    fn delete<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = buf(key, "key")?;
+        let prev = py.detach(|| self.inner.delete(&key)).py_err(py)?;
+        Ok(opt_bytes(py, prev.as_deref()))
+    }
+
+    /// Deletes all keys of the list atomically; returns the previous entries.
+    fn delete_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut ks = Vec::with_capacity(keys.len());
+        for k in keys.iter() {
+            ks.push(buf(&k, "key")?.into_vec());
+        }
+        let prev = py.detach(|| self.inner.delete_many(ks)).py_err(py)?;
+        entries_dict(py, prev)
+    }
+
+    /// Local entries matching both glob patterns, in key order.
+    fn match_entries<'py>(
+        &self,
+        py: Python<'py>,
+        key_pattern: &Bound<'py, PyAny>,
+        value_pattern: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let kp = buf(key_pattern, "key_pattern")?;
+        let vp = buf(value_pattern, "value_pattern")?;
+        let entries = py
+            .detach(|| self.inner.match_entries(&kp, &vp))
+            .py_err(py)?;
+        entries_dict(py, entries)
+    }
+
+    /// Atomic read-modify-write of `key` with `fn(key, value)`; returns `(old, new)`.
+    /// An exception raised by `fn` aborts the update and propagates unchanged.
+    #[allow(clippy::type_complexity)]
+    fn update<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        func: Bound<'py, PyAny>,
+    ) -> PyResult<(Option<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>)> {
+        let key = buf(key, "key")?;
+        let func = callable(Some(func), "the update function")?
+            .ok_or_else(|| PyTypeError::new_err("the update function must be callable"))?;
+        let mut raised: Option<PyErr> = None;
+        let result = py.detach(|| {
+            self.inner.update(&key, |k, v| {
+                Python::attach(|py| {
+                    let r = func
+                        .bind(py)
+                        .call1((PyBytes::new(py, k), opt_bytes(py, v)))
+                        .and_then(|r| optional_value(&r, "the update function's result"));
+                    r.map_err(|e| {
+                        raised = Some(e);
+                        aborted()
+                    })
+                })
+            })
+        });
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        let (old, new) = result.py_err(py)?;
+        Ok((opt_bytes(py, old.as_deref()), opt_bytes(py, new.as_deref())))
+    }
+
+    /// Atomic update of the whole table with `fn(key, value)` per entry;
+    /// returns the old and new entries that changed.
+    fn update_all<'py>(
+        &self,
+        py: Python<'py>,
+        func: Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+        let func = callable(Some(func), "the update function")?
+            .ok_or_else(|| PyTypeError::new_err("the update function must be callable"))?;
+        let mut raised: Option<PyErr> = None;
+        let result = py.detach(|| {
+            self.inner.update_all(|k, v| {
+                Python::attach(|py| {
+                    let r = func
+                        .bind(py)
+                        .call1((PyBytes::new(py, k), PyBytes::new(py, v)))
+                        .and_then(|r| optional_value(&r, "the update function's result"));
+                    r.map_err(|e| {
+                        raised = Some(e);
+                        aborted()
+                    })
+                })
+            })
+        });
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        let (old, new) = result.py_err(py)?;
+        Ok((entries_dict(py, old)?, entries_dict(py, new)?))
+    }
+
+    /// Number of live entries on this node.
+    fn len(&self, py: Python<'_>) -> PyResult<usize> {
+        self.inner.len().py_err(py)
+    }
+
+    /// Live keys on this node, sorted.
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let keys = py.detach(|| self.inner.keys()).py_err(py)?;
+        PyList::new(py, keys.iter().map(|k| PyBytes::new(py, k)))
+    }
+
+    /// Sets (or with `None` removes) this node's conflict handler for the table.
+    #[pyo3(signature = (handler))]
+    fn set_conflict_handler(
+        &self,
+        py: Python<'_>,
+        handler: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let h = self::handler(callable(handler, "the conflict handler")?);
+        py.detach(|| self.inner.set_conflict_handler(h)).py_err(py)
+    }
+
+    /// The conflict log, oldest first, as `(key, kept, lost, peer, at_ms)` tuples.
+    #[allow(clippy::type_complexity)]
+    fn conflicts<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<
+        Vec<(
+            Bound<'py, PyBytes>,
+            Option<Bound<'py, PyBytes>>,
+            Option<Bound<'py, PyBytes>>,
+            String,
+            u64,
+        )>,
+    > {
+        let records = self.inner.conflicts().py_err(py)?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                (
+                    PyBytes::new(py, &r.key),
+                    opt_bytes(py, r.kept.as_deref()),
+                    opt_bytes(py, r.lost.as_deref()),
+                    r.peer,
+                    r.at_ms,
+                )
+            })
+            .collect())
+    }
+}
+
+/// The native half of the `lbmkv` package.
+#[pymodule]
+fn _lbmkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyNode>()?;
+    m.add_class::<PyTable>()?;
+    m.add("__version__", lbmkv::VERSION)?;
+    Ok(())
+}

@@ -1,0 +1,190 @@
+"""`Node`: one member of an lbmkv cluster, running inside this process."""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Type, Union
+
+from . import _lbmkv
+from ._errors import InvalidArgument
+from ._table import BytesLike, Table
+
+__all__ = ["Node", "ConflictHandler"]
+
+#: ``handler(key, local, remote)`` -> value to keep, or ``None`` to delete.
+ConflictHandler = Callable[[bytes, Optional[bytes], Optional[bytes]], Optional[BytesLike]]
+
+# Slice of waiting for events when no timeout is given, so that signals
+# (KeyboardInterrupt) are handled promptly.
+_EVENT_SLICE = 0.25
+
+
+def _count(what: str, value: Optional[int]) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise InvalidArgument(f"{what} must not be negative, got {value}")
+    return value
+
+
+class Node:
+    """Starts an lbmkv node in this process; use it as a context manager (or
+    call :meth:`close`).
+
+    Every option is keyword-only and defaults to the core's default:
+
+    - ``name``: unique in the cluster (default ``<hostname>-<pid>``);
+    - ``listen``: ``host:port`` (default ``127.0.0.1:0``, an OS-chosen port);
+    - ``seeds``: ``host:port`` addresses to join;
+    - ``cookie``: the cluster secret, ``str`` or bytes (default ``$LBMKV_COOKIE``,
+      else ``~/.lbmkv.cookie``);
+    - ``failure_timeout`` (2 s), ``request_timeout`` (5 s), ``heartbeat_interval``
+      (0.25 s), ``handler_timeout`` (5 s), ``anti_entropy_interval`` (1 s),
+      ``tombstone_retention`` (24 h): seconds, as ``float``;
+    - ``conflict_log_limit`` (1,000), ``max_key_size`` (64 KiB), ``max_value_size``
+      (64 MiB): ``int``.
+
+    Starting waits (with the GIL released) for a first attempt to reach every seed.
+    """
+
+    __slots__ = ("_n", "__weakref__")
+
+    def __init__(
+        self,
+        *,
+        name: Optional[str] = None,
+        listen: Optional[str] = None,
+        seeds: Optional[Iterable[str]] = None,
+        cookie: Optional[Union[str, bytes]] = None,
+        failure_timeout: Optional[float] = None,
+        request_timeout: Optional[float] = None,
+        heartbeat_interval: Optional[float] = None,
+        handler_timeout: Optional[float] = None,
+        anti_entropy_interval: Optional[float] = None,
+        tombstone_retention: Optional[float] = None,
+        conflict_log_limit: Optional[int] = None,
+        max_key_size: Optional[int] = None,
+        max_value_size: Optional[int] = None,
+    ) -> None:
+        seed_list: Optional[List[str]] = None
+        if seeds is not None:
+            if isinstance(seeds, (str, bytes)):
+                raise TypeError("seeds must be a list of 'host:port' strings, not a single string")
+            seed_list = list(seeds)
+        self._n = _lbmkv.Node(
+            name=name,
+            listen=listen,
+            seeds=seed_list,
+            cookie=cookie,
+            failure_timeout=failure_timeout,
+            request_timeout=request_timeout,
+            heartbeat_interval=heartbeat_interval,
+            handler_timeout=handler_timeout,
+            anti_entropy_interval=anti_entropy_interval,
+            tombstone_retention=tombstone_retention,
+            conflict_log_limit=_count("conflict_log_limit", conflict_log_limit),
+            max_key_size=_count("max_key_size", max_key_size),
+            max_value_size=_count("max_value_size", max_value_size),
+        )
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._n.closed else ""
+        return f"<lbmkv.Node {self._n.name!r} at {self._n.address}{state}>"
+
+    @property
+    def name(self) -> str:
+        """The node's name."""
+        return self._n.name
+
+    @property
+    def address(self) -> str:
+        """The address peers reach this node at, ``"host:port"``."""
+        return self._n.address
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._n.closed
+
+    def create_table(self, name: str, on_conflict: Optional[ConflictHandler] = None) -> Table:
+        """Creates the table ``name`` (or opens the existing one) and returns once it
+        is readable and writable here; a node that joined first receives the
+        cluster's copy. ``on_conflict`` sets this node's conflict handler (see
+        :meth:`Table.on_conflict`)."""
+        return Table(self, self._n.create_table(name, on_conflict))
+
+    def table(self, name: str) -> Table:
+        """The existing table ``name`` (:class:`lbmkv.NoSuchTable` when there is none)."""
+        return Table(self, self._n.table(name))
+
+    def tables(self) -> List[str]:
+        """Names of the tables on this node, sorted."""
+        return self._n.tables()
+
+    def members(self) -> List[str]:
+        """Names of the nodes in this node's view, itself included, sorted."""
+        return self._n.members()
+
+    def info(self) -> Dict[str, Any]:
+        """The node's description: ``name``, ``actor``, ``address``, ``members``,
+        ``tables`` (per table ``name``, ``entries``, ``bytes``, ``tombstones``,
+        ``conflicts``, ``digest``) and traffic counters."""
+        info: Dict[str, Any] = json.loads(self._n.info_json())
+        return info
+
+    def connect(self, addr: str) -> None:
+        """Connects to the node at ``addr`` (``host:port``) and waits for the
+        handshake; also lifts an earlier :meth:`disconnect` of that node."""
+        self._n.connect(addr)
+
+    def disconnect(self, name: str) -> None:
+        """Drops the connection to the node ``name`` and refuses it until
+        :meth:`connect` is called for it again."""
+        self._n.disconnect(name)
+
+    def next_event(self, timeout: float = 0.0) -> Optional[Dict[str, Any]]:
+        """The next event, waiting at most ``timeout`` seconds; ``None`` when none came."""
+        raw = self._n.next_event(timeout)
+        if raw is None:
+            return None
+        event: Dict[str, Any] = json.loads(raw)
+        return event
+
+    def events(self, timeout: Optional[float] = None) -> Iterator[Dict[str, Any]]:
+        """Yields the node's events as dicts with a ``type`` (``node_up``,
+        ``node_down``, ``table_created``, ``merged``, ``conflict``) and its fields,
+        oldest first (events are queued from the node's start on). Ends when no
+        event comes within ``timeout`` seconds, or, with ``timeout=None``, once the
+        node is closed and its queue is empty."""
+        while True:
+            if timeout is None:
+                raw = self._n.next_event(_EVENT_SLICE)
+                if raw is None:
+                    if self._n.closed:
+                        return
+                    continue
+            else:
+                raw = self._n.next_event(timeout)
+                if raw is None:
+                    return
+            yield json.loads(raw)
+
+    def close(self) -> None:
+        """Leaves the cluster (peers see ``node_down`` at once) and stops the
+        node; later calls on it or its tables raise :class:`lbmkv.Closed`.
+        Calling it again does nothing."""
+        self._n.close()

@@ -1,0 +1,246 @@
+"""`Table`: a replicated table with the interface of a ``MutableMapping``."""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
+from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union, overload
+
+from . import _lbmkv
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+__all__ = ["Table", "ConflictRecord", "BytesLike"]
+
+#: What keys, values and patterns may be given as; ``str`` is encoded as UTF-8.
+#: Keys and values always come back as ``bytes``.
+BytesLike = Union[bytes, bytearray, memoryview, str]
+
+_T = TypeVar("_T")
+
+_BYTES_TYPES = (bytes, bytearray, memoryview, str)
+
+# Marks an argument that was not given (None is a meaningful default elsewhere).
+_MISSING = object()
+
+
+class ConflictRecord(NamedTuple):
+    """A losing version kept in a table's conflict log."""
+
+    key: bytes
+    #: The version that was kept (``None``: deleted).
+    kept: Optional[bytes]
+    #: The version that lost (``None``: deleted).
+    lost: Optional[bytes]
+    #: The peer the merge was with.
+    peer: str
+    #: When, in milliseconds since the Unix epoch.
+    at_ms: int
+
+
+class _Items(ItemsView):  # type: ignore[type-arg]
+    """Items of a table, read from one consistent snapshot."""
+
+    _mapping: Table
+
+    def __iter__(self) -> Iterator[Tuple[bytes, bytes]]:
+        return iter(self._mapping.match().items())
+
+
+class _Values(ValuesView):  # type: ignore[type-arg]
+    """Values of a table, read from one consistent snapshot."""
+
+    _mapping: Table
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._mapping.match().values())
+
+
+class Table(MutableMapping[bytes, bytes]):
+    """A handle to a replicated table, obtained from :meth:`lbmkv.Node.create_table`
+    or :meth:`lbmkv.Node.table`.
+
+    Reads (``t[k]``, ``get``, ``in``, ``len``, iteration, ``match``) are local and
+    never touch the network. Writes are ordered by the table's sequencer and
+    return once every member of the view applied them. Keys and values may be
+    given as ``bytes``, ``bytearray``, ``memoryview`` or ``str`` (UTF-8) and come
+    back as ``bytes``. Iteration goes over a sorted snapshot of the keys.
+
+    ``update`` is lbmkv's atomic read-modify-write, not ``dict.update``: use
+    :meth:`put_many` to write several entries.
+    """
+
+    __slots__ = ("_t", "_node")
+
+    def __init__(self, node: Node, native: _lbmkv.Table) -> None:
+        self._t = native
+        self._node = node
+
+    @property
+    def name(self) -> str:
+        """The table's name."""
+        return self._t.name
+
+    @property
+    def node(self) -> Node:
+        """The node this handle belongs to."""
+        return self._node
+
+    def __repr__(self) -> str:
+        return f"<lbmkv.Table {self._t.name!r} on node {self._node.name!r}>"
+
+    # Mapping protocol.
+
+    def __getitem__(self, key: BytesLike) -> bytes:
+        value = self._t.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: BytesLike, value: BytesLike) -> None:
+        self._t.put(key, value)
+
+    def __delitem__(self, key: BytesLike) -> None:
+        if self._t.delete(key) is None:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._t.keys())
+
+    def __len__(self) -> int:
+        return self._t.len()
+
+    def __contains__(self, key: object) -> bool:
+        return self._t.contains(key)  # type: ignore[arg-type]
+
+    def items(self) -> ItemsView[bytes, bytes]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[bytes]:
+        return _Values(self)
+
+    @overload
+    def get(self, key: BytesLike, default: None = None, *, strong: bool = False) -> Optional[bytes]: ...
+
+    @overload
+    def get(self, key: BytesLike, default: Union[bytes, _T], *, strong: bool = False) -> Union[bytes, _T]: ...
+
+    def get(self, key: BytesLike, default: object = None, *, strong: bool = False) -> object:
+        """The value of ``key``, or ``default`` when it has none.
+
+        Local by default; with ``strong=True`` the table's sequencer answers,
+        ordered after every write acknowledged before (this waits on the network).
+        """
+        value = self._t.get_strong(key) if strong else self._t.get(key)
+        if value is None:
+            return default
+        return value
+
+    @overload
+    def pop(self, key: BytesLike) -> bytes: ...
+
+    @overload
+    def pop(self, key: BytesLike, default: Union[bytes, _T]) -> Union[bytes, _T]: ...
+
+    def pop(self, key: BytesLike, default: object = _MISSING) -> object:
+        """Deletes ``key`` and returns its previous value (``default``, or
+        ``KeyError``, when it had none)."""
+        previous = self._t.delete(key)
+        if previous is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return previous
+
+    def setdefault(self, key: BytesLike, default: Optional[BytesLike] = None) -> Optional[bytes]:  # type: ignore[override]
+        """Atomically sets ``key`` to ``default`` unless it has a value; returns
+        the value it has afterwards."""
+        return self._t.update(key, lambda _k, v: v if v is not None else default)[1]
+
+    def clear(self) -> None:
+        """Deletes every entry, in one atomic batch."""
+        keys: List[BytesLike] = list(self._t.keys())
+        self._t.delete_many(keys)
+
+    # lbmkv operations.
+
+    def put(self, key: BytesLike, value: BytesLike) -> Optional[bytes]:
+        """Sets ``key`` to ``value`` on every member; returns the previous value."""
+        return self._t.put(key, value)
+
+    def put_many(
+        self, entries: Union[Mapping[BytesLike, BytesLike], Iterable[Tuple[BytesLike, BytesLike]]]
+    ) -> Dict[bytes, bytes]:
+        """Sets all entries atomically (a mapping or an iterable of ``(key, value)``
+        pairs); returns the previous values of the keys that had one."""
+        if isinstance(entries, Mapping):
+            pairs = list(entries.items())
+        elif isinstance(entries, _BYTES_TYPES) or not isinstance(entries, Iterable):
+            raise TypeError(
+                "put_many expects a mapping or an iterable of (key, value) pairs, "
+                f"not {type(entries).__name__}"
+            )
+        else:
+            pairs = []
+            for i, pair in enumerate(entries):
+                if isinstance(pair, _BYTES_TYPES):
+                    raise TypeError(f"put_many: element {i} is not a (key, value) pair")
+                try:
+                    k, v = pair
+                except (TypeError, ValueError):
+                    raise TypeError(f"put_many: element {i} is not a (key, value) pair") from None
+                pairs.append((k, v))
+        return self._t.put_many(pairs)
+
+    def delete(self, key: BytesLike) -> Optional[bytes]:
+        """Deletes ``key`` everywhere (a tombstone); returns the previous value."""
+        return self._t.delete(key)
+
+    def delete_many(self, keys: Iterable[BytesLike]) -> Dict[bytes, bytes]:
+        """Deletes all ``keys`` atomically; returns the previous entries of those
+        that existed."""
+        if isinstance(keys, _BYTES_TYPES) or not isinstance(keys, Iterable):
+            raise TypeError(f"delete_many expects an iterable of keys, not {type(keys).__name__}")
+        return self._t.delete_many(list(keys))
+
+    def match(self, key_pattern: BytesLike = "*", value_pattern: BytesLike = "*") -> Dict[bytes, bytes]:
+        """Local entries whose key and value match the glob patterns (``*``, ``?``,
+        ``[...]``, ``\\`` escapes, on bytes), in key order."""
+        return self._t.match_entries(key_pattern, value_pattern)
+
+    def update(  # type: ignore[override]
+        self,
+        key: BytesLike,
+        fn: Callable[[bytes, Optional[bytes]], Optional[BytesLike]],
+    ) -> Tuple[Optional[bytes], Optional[bytes]]:
+        """Atomic read-modify-write of ``key``; returns ``(old, new)``.
+
+        ``fn(key, value)`` gets the current value (``None``: absent) and returns
+        the new value, ``None`` to delete, or the old value to write nothing. It
+        runs on the calling thread and may run more than once (the write is a
+        compare-and-set at the sequencer, retried on conflict). An exception
+        raised by ``fn`` aborts the update and propagates unchanged.
+        """
+        return self._t.update(key, fn)
+
+    def update_all(
+        self, fn: Callable[[bytes, bytes], Optional[BytesLike]]
+    ) -> Tuple[Dict[bytes, bytes], Dict[bytes, bytes]]:
+        """Atomic update of the whole table: ``fn(key, value)`` for every entry,
+        with the rule of :meth:`update`. Returns ``(old, new)``: the old entries
+        that changed and the new values of those not deleted."""
+        return self._t.update_all(fn)
+
+    def on_conflict(self, handler: Optional[Callable[[bytes, Optional[bytes], Optional[bytes]], Optional[BytesLike]]]) -> None:
+        """Sets (or with ``None`` removes) this node's conflict handler for the table.
+
+        ``handler(key, local, remote)`` gets both versions (``None``: deleted) and
+        returns the value to keep, or ``None`` to delete. It runs on an lbmkv
+        thread; an exception counts as unresolved (the fallback applies) and is
+        logged to the ``lbmkv`` logger.
+        """
+        self._t.set_conflict_handler(handler)
+
+    def conflicts(self) -> List[ConflictRecord]:
+        """The table's conflict log (versions that lost a merge), oldest first."""
+        return [ConflictRecord(*r) for r in self._t.conflicts()]
