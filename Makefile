@@ -21,6 +21,8 @@ lint:
 
 test-rust:
 	$(CARGO) test -p lbmkv -p lbmkv-cli
+	$(CARGO) run -q -p lbmkv --example sequencer
+	$(CARGO) run -q --release -p lbmkv-cli -- demo > /dev/null
 
 # Each surface adds its own targets (test-c, test-python, test-node, test-cli, ...).
 include mk/*.mk
