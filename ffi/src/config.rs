@@ -1,0 +1,182 @@
+//! Node configuration.
+
+use std::ffi::c_char;
+use std::time::Duration;
+
+use lbmkv::Config;
+
+use crate::bytes::lbmkv_slice;
+use crate::error::{lbmkv_error, lbmkv_status, Failure};
+use crate::handle::{self, castable};
+use crate::panic::{ffi_boundary, ffi_status};
+
+/// How a node is started: every setting has the default of the
+/// specification until set (`127.0.0.1:0`, no seeds, cookie from
+/// `$LBMKV_COOKIE` or `~/.lbmkv.cookie`, failure timeout 2 s, heartbeats
+/// every 250 ms, request and handler timeouts 5 s). Not thread-safe: do not
+/// change one config from two threads at once. Free with `lbmkv_config_free`.
+pub struct lbmkv_config {
+    _private: [u8; 0],
+}
+
+castable! {
+    lbmkv_config => Config, Owned;
+}
+
+/// A new configuration with every default. Never NULL.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_new() -> *mut lbmkv_config {
+    ffi_boundary! { handle::into_raw::<lbmkv_config>(Config::default()) }
+}
+
+/// Frees a configuration. NULL does nothing. A node started from it does not
+/// need it any more.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_free(config: *mut lbmkv_config) {
+    ffi_boundary! { handle::free(config) }
+}
+
+/// Sets the node's name (UTF-8, 1 to 255 bytes, unique in the cluster).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_name(
+    config: *mut lbmkv_config,
+    name: *const c_char,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        let name = handle::c_name(name, "node name")?;
+        config.name = Some(name.to_string());
+        Ok(())
+    })
+}
+
+/// Sets the address to listen on, `host:port` (port 0: any free port).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_listen(
+    config: *mut lbmkv_config,
+    addr: *const c_char,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        let addr = handle::c_str(addr, "listen address")?;
+        check_addr(addr, "listen address")?;
+        config.listen = addr.to_string();
+        Ok(())
+    })
+}
+
+/// Adds a seed, `host:port`, to join at start; a host name resolves to all
+/// its addresses.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_add_seed(
+    config: *mut lbmkv_config,
+    addr: *const c_char,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        let addr = handle::c_str(addr, "seed address")?;
+        check_addr(addr, "seed address")?;
+        config.seeds.push(addr.to_string());
+        Ok(())
+    })
+}
+
+/// Sets the cluster secret (any bytes, not empty). It never crosses the wire.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_cookie(
+    config: *mut lbmkv_config,
+    cookie: lbmkv_slice,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        let cookie = cookie.bytes("cookie")?;
+        if cookie.is_empty() {
+            return Err(Failure::invalid("cookie must not be empty"));
+        }
+        config.cookie = Some(cookie.to_vec());
+        Ok(())
+    })
+}
+
+fn check_addr(addr: &str, what: &str) -> Result<(), Failure> {
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
+    {
+        return Err(Failure::invalid(format!(
+            "{what} {addr:?} is not host:port"
+        )));
+    }
+    Ok(())
+}
+
+fn set_ms(
+    config: *mut lbmkv_config,
+    ms: u64,
+    what: &str,
+    set: impl FnOnce(&mut Config, Duration),
+) -> Result<(), Failure> {
+    let config = handle::try_mut(config, "config")?;
+    if ms == 0 {
+        return Err(Failure::invalid(format!("{what} must be positive")));
+    }
+    set(config, Duration::from_millis(ms));
+    Ok(())
+}
+
+/// Sets the silence after which a peer counts as down (must stay longer
+/// than the heartbeat interval; checked when the node starts).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_failure_timeout_ms(
+    config: *mut lbmkv_config,
+    ms: u64,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_ms(config, ms, "failure timeout", |c, d| c.failure_timeout = d)
+    })
+}
+
+/// Sets the interval of heartbeats on idle connections.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_heartbeat_interval_ms(
+    config: *mut lbmkv_config,
+    ms: u64,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_ms(config, ms, "heartbeat interval", |c, d| {
+            c.heartbeat_interval = d
+        })
+    })
+}
+
+/// Sets the upper bound of one operation (write acknowledgement, strong
+/// read, connect).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_request_timeout_ms(
+    config: *mut lbmkv_config,
+    ms: u64,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_ms(config, ms, "request timeout", |c, d| c.request_timeout = d)
+    })
+}
+
+/// Sets the upper bound of one call of a conflict handler; a handler that
+/// takes longer counts as failed.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_handler_timeout_ms(
+    config: *mut lbmkv_config,
+    ms: u64,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_ms(config, ms, "handler timeout", |c, d| c.handler_timeout = d)
+    })
+}

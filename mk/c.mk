@@ -1,0 +1,92 @@
+# C ABI (ffi/): liblbmkv.so and liblbmkv.a, include/lbmkv.h, lbmkv.pc.
+#   make header              regenerate include/lbmkv.h with cbindgen
+#   make install PREFIX=...  install the library (.so, .a), header and lbmkv.pc
+#   make test-c              header check, then the C tests against an install in
+#                            a temporary prefix: shared, static, valgrind, ASan;
+#                            and the C sequencer example
+#   make bench-c             cost of a local lbmkv_table_get from C
+
+C_CBINDGEN_VERSION := 0.29.4
+C_CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
+C_CBINDGEN := PATH="$(C_CARGO_BIN):$$PATH" cbindgen
+C_TARGET := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+C_RELEASE := $(C_TARGET)/release
+C_BUILD := $(CURDIR)/build/c
+C_PREFIX := $(C_BUILD)/prefix
+C_BIN := $(C_BUILD)/bin
+C_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(CURDIR)/Cargo.toml | head -n 1)
+C_PKG := PKG_CONFIG_PATH=$(C_PREFIX)/lib/pkgconfig pkg-config
+C_WARN := -std=c99 -Wall -Wextra -Werror -pedantic
+C_VALGRIND := valgrind -q --leak-check=full \
+  --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \
+  --suppressions=$(CURDIR)/tests/c/valgrind.supp
+
+SURFACE_TESTS += test-c
+SURFACE_BENCHES += bench-c
+.PHONY: c-tools c-lib c-programs header check-header test-c bench-c
+
+# cbindgen (pinned), compilers, valgrind and pkg-config, when missing.
+c-tools:
+	@if ! $(C_CBINDGEN) --version 2>/dev/null | grep -qx 'cbindgen $(C_CBINDGEN_VERSION)'; then \
+	  $(CARGO) install cbindgen --locked --version $(C_CBINDGEN_VERSION); fi
+	@missing=; for p in gcc g++ valgrind pkg-config; do \
+	  command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update && apt-get install -y $$missing; fi
+
+c-lib:
+	$(CARGO) build --release -p lbmkv-ffi
+
+header: c-tools
+	$(C_CBINDGEN) -q --config ffi/cbindgen.toml --crate lbmkv-ffi --output include/lbmkv.h ffi
+
+check-header: c-tools
+	@mkdir -p $(C_BUILD)
+	$(C_CBINDGEN) -q --config ffi/cbindgen.toml --crate lbmkv-ffi --output $(C_BUILD)/lbmkv.h ffi
+	@diff -u include/lbmkv.h $(C_BUILD)/lbmkv.h || { \
+	  echo 'include/lbmkv.h is stale: run `make header` and commit it' >&2; exit 1; }
+
+install: c-lib
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
+	install -m 0755 $(C_RELEASE)/liblbmkv.so $(DESTDIR)$(PREFIX)/lib/liblbmkv.so
+	install -m 0644 $(C_RELEASE)/liblbmkv.a $(DESTDIR)$(PREFIX)/lib/liblbmkv.a
+	install -m 0644 include/lbmkv.h $(DESTDIR)$(PREFIX)/include/lbmkv.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(C_VERSION)|g' lbmkv.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/lbmkv.pc
+
+# Installs into $(C_PREFIX) and builds the C programs from there with pkg-config.
+c-programs: c-tools
+	rm -rf $(C_PREFIX) $(C_BIN)
+	$(MAKE) --no-print-directory install PREFIX=$(C_PREFIX)
+	mkdir -p $(C_BIN)
+	gcc $(C_WARN) $$($(C_PKG) --cflags lbmkv) tests/c/header_smoke.c \
+	  $$($(C_PKG) --libs lbmkv) -o $(C_BIN)/smoke_c
+	g++ -std=c++11 -Wall -Wextra -Werror -pedantic -x c++ $$($(C_PKG) --cflags lbmkv) \
+	  tests/c/header_smoke.c -x none $$($(C_PKG) --libs lbmkv) -o $(C_BIN)/smoke_cxx
+	gcc $(C_WARN) -g -O1 $$($(C_PKG) --cflags lbmkv) tests/c/test_lbmkv.c \
+	  $$($(C_PKG) --libs lbmkv) -Wl,-rpath,$$($(C_PKG) --variable=libdir lbmkv) -lpthread \
+	  -o $(C_BIN)/test_shared
+	gcc $(C_WARN) -g -O1 $$($(C_PKG) --cflags lbmkv) tests/c/test_lbmkv.c \
+	  $$($(C_PKG) --variable=libdir lbmkv)/liblbmkv.a $$($(C_PKG) --variable=static_libs lbmkv) \
+	  -o $(C_BIN)/test_static
+	gcc $(C_WARN) -g -O1 -fsanitize=address -fno-omit-frame-pointer $$($(C_PKG) --cflags lbmkv) \
+	  tests/c/test_lbmkv.c \
+	  $$($(C_PKG) --variable=libdir lbmkv)/liblbmkv.a $$($(C_PKG) --variable=static_libs lbmkv) \
+	  -o $(C_BIN)/test_asan
+	gcc $(C_WARN) -O2 $$($(C_PKG) --cflags lbmkv) examples/c/sequencer.c \
+	  $$($(C_PKG) --libs lbmkv) -Wl,-rpath,$$($(C_PKG) --variable=libdir lbmkv) -lpthread \
+	  -o $(C_BIN)/sequencer
+	gcc $(C_WARN) -O2 $$($(C_PKG) --cflags lbmkv) tests/c/bench_get.c \
+	  $$($(C_PKG) --libs lbmkv) -Wl,-rpath,$$($(C_PKG) --variable=libdir lbmkv) \
+	  -o $(C_BIN)/bench_get
+
+test-c: check-header c-programs
+	$(CARGO) test -q -p lbmkv-ffi
+	LD_LIBRARY_PATH=$(C_PREFIX)/lib $(C_BIN)/smoke_c
+	$(C_BIN)/test_shared
+	$(C_BIN)/test_static
+	ASAN_OPTIONS=detect_leaks=1 $(C_BIN)/test_asan
+	$(C_VALGRIND) $(C_BIN)/test_shared
+	$(C_BIN)/sequencer
+
+bench-c: c-programs
+	$(C_BIN)/bench_get
