@@ -1,12 +1,16 @@
 //! The network seam: everything the engine does with sockets goes through
 //! [`Net`], so the engine can run over real TCP or under a network simulator.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 /// A byte stream to a peer.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -88,5 +92,201 @@ impl Net for TcpNet {
     }
     fn resolve(&self, host_port: String) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
         Box::pin(async move { Ok(tokio::net::lookup_host(host_port).await?.collect()) })
+    }
+}
+
+/// An in-memory network for tests and simulation: listeners and streams live in
+/// one process, and links between two IP addresses can be cut silently (bytes
+/// vanish, connection attempts hang), as a netsplit does. Give each node its own
+/// loopback address (127.0.0.1, 127.0.0.2, ...) to cut it off from the others.
+#[derive(Clone, Default)]
+pub struct MemNet {
+    state: Arc<Mutex<MemState>>,
+}
+
+#[derive(Default)]
+struct MemState {
+    listeners: HashMap<SocketAddr, mpsc::UnboundedSender<(BoxStream, SocketAddr)>>,
+    next_port: u16,
+    cuts: HashSet<(IpAddr, IpAddr)>,
+    /// Readers parked on a cut link, woken when links heal.
+    parked: Vec<Waker>,
+}
+
+impl MemState {
+    fn is_cut(&self, a: IpAddr, b: IpAddr) -> bool {
+        self.cuts.contains(&ordered(a, b))
+    }
+}
+
+fn ordered(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl MemNet {
+    /// A network with no listener and no cut.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cuts the link between `a` and `b` silently, in both directions.
+    pub fn cut(&self, a: IpAddr, b: IpAddr) {
+        self.lock().cuts.insert(ordered(a, b));
+    }
+
+    /// Restores the link between `a` and `b`.
+    pub fn heal(&self, a: IpAddr, b: IpAddr) {
+        let parked = {
+            let mut st = self.lock();
+            st.cuts.remove(&ordered(a, b));
+            std::mem::take(&mut st.parked)
+        };
+        parked.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// One end of an in-memory connection between `me` and `peer`.
+struct MemStream {
+    inner: tokio::io::DuplexStream,
+    me: IpAddr,
+    peer: IpAddr,
+    net: MemNet,
+}
+
+impl AsyncRead for MemStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        {
+            let mut st = self.net.lock();
+            if st.is_cut(self.me, self.peer) {
+                st.parked.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MemStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.net.lock().is_cut(self.me, self.peer) {
+            // A cut link loses what is sent, as a dropped packet would.
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct MemListener {
+    addr: SocketAddr,
+    incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<(BoxStream, SocketAddr)>>,
+}
+
+impl Listener for MemListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>> {
+        Box::pin(async move {
+            self.incoming
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "network gone"))
+        })
+    }
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+impl Net for MemNet {
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let mut st = self.lock();
+            let mut addr = addr;
+            if addr.port() == 0 {
+                st.next_port = st.next_port.max(20_000) + 1;
+                addr.set_port(st.next_port);
+            }
+            if st.listeners.contains_key(&addr) {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "address in use"));
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            st.listeners.insert(addr, tx);
+            Ok(Box::new(MemListener {
+                addr,
+                incoming: tokio::sync::Mutex::new(rx),
+            }) as Box<dyn Listener>)
+        })
+    }
+
+    fn connect(
+        &self,
+        local_ip: Option<IpAddr>,
+        addr: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<BoxStream>> {
+        Box::pin(async move {
+            let me = local_ip.unwrap_or(addr.ip());
+            if self.lock().is_cut(me, addr.ip()) {
+                // Like a SYN into a firewall: no answer at all.
+                std::future::pending::<()>().await;
+            }
+            let listener = self.lock().listeners.get(&addr).cloned();
+            let Some(listener) = listener else {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "nothing listens there",
+                ));
+            };
+            let (a, b) = tokio::io::duplex(256 * 1024);
+            let ours = MemStream {
+                inner: a,
+                me,
+                peer: addr.ip(),
+                net: self.clone(),
+            };
+            let theirs = MemStream {
+                inner: b,
+                me: addr.ip(),
+                peer: me,
+                net: self.clone(),
+            };
+            let from = SocketAddr::new(me, 0);
+            listener
+                .send((Box::new(theirs) as BoxStream, from))
+                .map_err(|_| io::Error::new(io::ErrorKind::ConnectionRefused, "listener closed"))?;
+            Ok(Box::new(ours) as BoxStream)
+        })
+    }
+
+    fn resolve(&self, host_port: String) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move {
+            host_port
+                .parse::<SocketAddr>()
+                .map(|a| vec![a])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        })
     }
 }

@@ -1,0 +1,140 @@
+//! Silent netsplits on the in-memory network: links that lose every byte and
+//! hang every connection attempt, as a firewall drop does.
+
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{config, runtime, wait_until};
+use lbmkv::net::MemNet;
+use lbmkv::{Event, Node, Resolution};
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+async fn mem_cluster(net: &MemNet, names: &[&str]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let cfg = lbmkv::Config {
+            listen: format!("{}:7000", ip(i as u8 + 1)),
+            seeds: nodes.first().map(|n| n.address().to_string()).into_iter().collect(),
+            ..config(name)
+        };
+        nodes.push(Node::start_with_net(cfg, Arc::new(net.clone())).await.unwrap());
+    }
+    wait_until(Duration::from_secs(10), || nodes.iter().all(|n| n.members().len() == names.len())).await;
+    nodes
+}
+
+/// Cuts node `n` (1-based) off from every other of `total` nodes.
+fn isolate(net: &MemNet, n: u8, total: u8) {
+    for other in (1..=total).filter(|&o| o != n) {
+        net.cut(ip(n), ip(other));
+    }
+}
+
+fn heal_all(net: &MemNet, total: u8) {
+    for a in 1..=total {
+        for b in 1..=total {
+            net.heal(ip(a), ip(b));
+        }
+    }
+}
+
+#[test]
+fn a_silent_member_is_dropped_within_the_failure_timeout_and_writes_go_on() {
+    runtime().block_on(async {
+        let net = MemNet::new();
+        let nodes = mem_cluster(&net, &["p1", "p2", "p3"]).await;
+        let t1 = nodes[0].create_table("t").await.unwrap();
+        wait_until(Duration::from_secs(5), || nodes.iter().all(|n| n.table("t").is_ok())).await;
+        let mut events = nodes[0].subscribe();
+        isolate(&net, 3, 3);
+        let cut_at = tokio::time::Instant::now();
+        // This write waits for p3's acknowledgement until p3 is declared down:
+        // it then completes for the members that remain, and never falsely.
+        t1.put(b"during", b"cut").await.unwrap();
+        let write_wait = cut_at.elapsed();
+        let failure_timeout = config("x").failure_timeout;
+        assert!(write_wait <= failure_timeout + Duration::from_millis(500), "write waited {write_wait:?}");
+        loop {
+            if let Some(Event::NodeDown { node, .. }) = events.next().await {
+                if node == "p3" {
+                    break;
+                }
+            }
+        }
+        let detected = cut_at.elapsed();
+        assert!(detected <= failure_timeout + Duration::from_millis(500), "detected after {detected:?}");
+        assert_eq!(nodes[1].table("t").unwrap().get(b"during").unwrap(), Some(b"cut".to_vec()));
+        assert_eq!(nodes[0].members(), vec!["p1", "p2"]);
+        wait_until(Duration::from_secs(3), || nodes[2].members() == vec!["p3"]).await;
+        println!("silent member detected after {detected:?}; a write waited {write_wait:?}");
+    });
+}
+
+#[test]
+fn simple_netsplit_heals_with_all_values_everywhere() {
+    runtime().block_on(async {
+        let net = MemNet::new();
+        let nodes = mem_cluster(&net, &["s1", "s2", "s3"]).await;
+        nodes[0].create_table("t").await.unwrap();
+        wait_until(Duration::from_secs(5), || nodes.iter().all(|n| n.table("t").is_ok())).await;
+        let tables: Vec<_> = nodes.iter().map(|n| n.table("t").unwrap()).collect();
+        tables[0].put(b"before", b"0").await.unwrap();
+        isolate(&net, 3, 3);
+        wait_until(Duration::from_secs(5), || nodes[0].members().len() == 2 && nodes[2].members().len() == 1).await;
+        tables[0].put(b"a", b"1").await.unwrap();
+        tables[1].put(b"b", b"2").await.unwrap();
+        tables[2].put(b"c", b"3").await.unwrap();
+        tables[2].delete(b"before").await.unwrap();
+        heal_all(&net, 3);
+        wait_until(Duration::from_secs(10), || nodes.iter().all(|n| n.members().len() == 3)).await;
+        wait_until(Duration::from_secs(10), || {
+            let d: Vec<String> = tables.iter().map(|t| t.stats().unwrap().digest).collect();
+            d.iter().all(|x| *x == d[0])
+        })
+        .await;
+        for t in &tables {
+            assert_eq!(t.get(b"a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(t.get(b"b").unwrap(), Some(b"2".to_vec()));
+            assert_eq!(t.get(b"c").unwrap(), Some(b"3".to_vec()));
+            assert_eq!(t.get(b"before").unwrap(), None, "a delete during the split stays deleted");
+        }
+    });
+}
+
+#[test]
+fn conflicting_writes_in_a_silent_split_go_to_the_handler_once() {
+    runtime().block_on(async {
+        let net = MemNet::new();
+        let nodes = mem_cluster(&net, &["c1", "c2", "c3"]).await;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tables = Vec::new();
+        for n in &nodes {
+            let calls = calls.clone();
+            let handler = lbmkv::handler_fn(move |c| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let l = c.local.clone().unwrap_or_default();
+                let r = c.remote.clone().unwrap_or_default();
+                Ok(Resolution::Value(l.max(r)))
+            });
+            tables.push(n.create_table_with("t", Some(handler)).await.unwrap());
+        }
+        isolate(&net, 1, 3);
+        wait_until(Duration::from_secs(5), || nodes[0].members().len() == 1 && nodes[1].members().len() == 2).await;
+        tables[0].put(b"k", b"from-c1").await.unwrap();
+        tables[1].put(b"k", b"from-c2").await.unwrap();
+        heal_all(&net, 3);
+        wait_until(Duration::from_secs(10), || {
+            tables.iter().all(|t| t.get(b"k").unwrap() == Some(b"from-c2".to_vec()))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the handler runs once per conflict");
+        assert!(tables.iter().all(|t| t.get(b"k").unwrap() == Some(b"from-c2".to_vec())));
+    });
+}
