@@ -1,1 +1,24 @@
-//! Node.js binding of lbmkv.
+//! Node.js binding of lbmkv, an embedded, replicated, partition-tolerant
+//! in-memory key-value store: a napi-rs addon under a thin JavaScript layer
+//! (`index.js`).
+//!
+//! Everything that crosses the network runs on the core's shared tokio
+//! runtime and settles a Promise; local reads are synchronous. JavaScript
+//! callbacks (update functions, conflict handlers, the event listener) are
+//! called from the runtime through weak ThreadsafeFunctions.
+
+mod callbacks;
+mod conv;
+mod error;
+mod fast;
+mod node;
+mod promise;
+mod table;
+
+use napi_derive::napi;
+
+/// The version of lbmkv.
+#[napi]
+pub fn version() -> String {
+    lbmkv::VERSION.to_string()
+}

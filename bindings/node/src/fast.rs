@@ -1,0 +1,251 @@
+//! The fast local read. A call through napi-rs's class machinery and a fresh
+//! `Buffer` per value cost more than the lookup itself, so the JavaScript layer
+//! reads through a plain function that copies the value into a slab `Buffer` it
+//! owns and hands out views of it, as `Buffer.allocUnsafe` does with its pool:
+//!
+//! `getInto(handle, key, slab, offset)` returns the value's length when it was
+//! written at `slab[offset..]`, `-1` when the key is absent, and `-2 - length`
+//! when the value does not fit (the caller takes a new slab and retries).
+//! `handle` is made once per table by `tableHandle(table)`.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi_derive::napi;
+
+use crate::conv::{self, Raw};
+use crate::error::{invalid, Result};
+use crate::table::Table;
+
+/// Marks the externals made here, so that no other value passes for one.
+static HANDLE_TAG: sys::napi_type_tag = sys::napi_type_tag {
+    lower: 0x6c62_6d6b_765f_7462,
+    upper: 0x3c1f_8a52_d6e4_0b97,
+};
+
+unsafe extern "C" fn drop_handle(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the Box made in `table_handle`, finalized exactly once.
+    drop(unsafe { Box::from_raw(data.cast::<lbmkv::Table>()) });
+}
+
+/// A handle for `getInto` on `table`.
+#[napi(js_name = "tableHandle", skip_typescript)]
+pub fn table_handle(env: Env, table: &Table) -> Result<Raw> {
+    let env = env.raw();
+    let data = Box::into_raw(Box::new(table.inner.clone()));
+    let mut out = ptr::null_mut();
+    let status = unsafe {
+        sys::napi_create_external(
+            env,
+            data.cast(),
+            Some(drop_handle),
+            ptr::null_mut(),
+            &mut out,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        // SAFETY: Node-API did not take the box.
+        drop(unsafe { Box::from_raw(data) });
+        conv::check(status, "napi_create_external")?;
+    }
+    conv::check(
+        unsafe { sys::napi_type_tag_object(env, out, &HANDLE_TAG) },
+        "napi_type_tag_object",
+    )?;
+    Ok(Raw(out))
+}
+
+/// Registers `getInto` as a raw Node-API function.
+#[napi(module_exports)]
+pub fn register(exports: Object, env: Env) -> napi::Result<()> {
+    let mut f = ptr::null_mut();
+    let name = c"getInto";
+    let status = unsafe {
+        sys::napi_create_function(
+            env.raw(),
+            name.as_ptr(),
+            name.count_bytes() as isize,
+            Some(get_into),
+            ptr::null_mut(),
+            &mut f,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        return Err(napi::Error::new(
+            Status::GenericFailure,
+            "cannot create getInto",
+        ));
+    }
+    let status =
+        unsafe { sys::napi_set_named_property(env.raw(), exports.raw(), name.as_ptr(), f) };
+    if status != sys::Status::napi_ok {
+        return Err(napi::Error::new(
+            Status::GenericFailure,
+            "cannot export getInto",
+        ));
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn get_into(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> sys::napi_value {
+    let result = catch_unwind(AssertUnwindSafe(|| unsafe { get_into_inner(env, info) }));
+    let err = match result {
+        Ok(Ok(v)) => return v,
+        Ok(Err(e)) => e,
+        Err(_) => crate::error::JsErr::new(
+            crate::error::Code(lbmkv::ErrorKind::Internal.code()),
+            "getInto panicked",
+        ),
+    };
+    unsafe { JsError::from(err).throw_into(env) };
+    ptr::null_mut()
+}
+
+/// Keys up to this many UTF-16 units are encoded on the stack.
+const STACK_KEY: usize = 128;
+
+unsafe fn get_into_inner(
+    env: sys::napi_env,
+    info: sys::napi_callback_info,
+) -> Result<sys::napi_value> {
+    let mut argc = 4usize;
+    let mut argv = [ptr::null_mut(); 4];
+    conv::check(
+        unsafe {
+            sys::napi_get_cb_info(
+                env,
+                info,
+                &mut argc,
+                argv.as_mut_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        },
+        "napi_get_cb_info",
+    )?;
+    if argc < 4 {
+        return Err(invalid(
+            "getInto(handle, key, slab, offset) takes 4 arguments",
+        ));
+    }
+    let mut tagged = false;
+    let status = unsafe { sys::napi_check_object_type_tag(env, argv[0], &HANDLE_TAG, &mut tagged) };
+    if status != sys::Status::napi_ok || !tagged {
+        return Err(invalid("not a table handle"));
+    }
+    let mut data: *mut c_void = ptr::null_mut();
+    conv::check(
+        unsafe { sys::napi_get_value_external(env, argv[0], &mut data) },
+        "napi_get_value_external",
+    )?;
+    // SAFETY: the tag proves `data` is the `lbmkv::Table` boxed by `table_handle`,
+    // alive as long as the external (an argument of this call).
+    let table = unsafe { &*data.cast::<lbmkv::Table>() };
+
+    let mut stack = [0u8; STACK_KEY * 3 + 1];
+    let mut heap = Vec::new();
+    let key: &[u8] = if unsafe { conv::type_of(env, argv[1]) }? == sys::ValueType::napi_string {
+        let mut units = 0usize;
+        conv::check(
+            unsafe {
+                sys::napi_get_value_string_utf16(env, argv[1], ptr::null_mut(), 0, &mut units)
+            },
+            "napi_get_value_string_utf16",
+        )?;
+        if units <= STACK_KEY {
+            // Each UTF-16 unit takes at most 3 bytes of UTF-8, so it fits.
+            let mut n = 0usize;
+            conv::check(
+                unsafe {
+                    sys::napi_get_value_string_utf8(
+                        env,
+                        argv[1],
+                        stack.as_mut_ptr().cast(),
+                        stack.len(),
+                        &mut n,
+                    )
+                },
+                "napi_get_value_string_utf8",
+            )?;
+            &stack[..n.min(stack.len() - 1)]
+        } else {
+            unsafe { conv::read_string(env, argv[1], &mut heap) }?;
+            &heap
+        }
+    } else {
+        match unsafe { conv::bytes(env, argv[1], "key") }? {
+            conv::Bytes::Borrowed(b) => b,
+            conv::Bytes::Owned(v) => {
+                heap = v;
+                &heap
+            }
+        }
+    };
+
+    let mut slab_len = 0usize;
+    let mut slab_ptr: *mut c_void = ptr::null_mut();
+    let mut kind = 0;
+    let mut is_typed = false;
+    conv::check(
+        unsafe { sys::napi_is_typedarray(env, argv[2], &mut is_typed) },
+        "napi_is_typedarray",
+    )?;
+    if is_typed {
+        conv::check(
+            unsafe {
+                sys::napi_get_typedarray_info(
+                    env,
+                    argv[2],
+                    &mut kind,
+                    &mut slab_len,
+                    &mut slab_ptr,
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            },
+            "napi_get_typedarray_info",
+        )?;
+    }
+    if !is_typed || kind != sys::TypedarrayType::uint8_array {
+        return Err(invalid("slab must be a Buffer"));
+    }
+    let mut offset = 0u32;
+    conv::check(
+        unsafe { sys::napi_get_value_uint32(env, argv[3], &mut offset) },
+        "napi_get_value_uint32",
+    )?;
+    let offset = (offset as usize).min(slab_len);
+
+    let n: i64 = table
+        .with_value(key, |v| match v {
+            None => -1,
+            Some(v) if v.len() <= slab_len - offset => {
+                if !v.is_empty() {
+                    // SAFETY: `slab_ptr[offset..offset + v.len()]` lies inside the slab,
+                    // which the caller does not touch during this call.
+                    unsafe {
+                        ptr::copy_nonoverlapping(
+                            v.as_ptr(),
+                            slab_ptr.cast::<u8>().add(offset),
+                            v.len(),
+                        )
+                    };
+                }
+                v.len() as i64
+            }
+            Some(v) => -2 - v.len() as i64,
+        })
+        .map_err(crate::error::from_core)?;
+    let mut out = ptr::null_mut();
+    conv::check(
+        unsafe { sys::napi_create_int64(env, n, &mut out) },
+        "napi_create_int64",
+    )?;
+    Ok(out)
+}
