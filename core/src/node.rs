@@ -46,7 +46,8 @@ pub(crate) struct NodeInner {
     pub cookie: Vec<u8>,
     pub net: Arc<dyn Net>,
     pub tables: RwLock<HashMap<String, Arc<TableShared>>>,
-    pub events: broadcast::Sender<Event>,
+    /// Taken at shutdown, which ends every subscription.
+    events: Mutex<Option<broadcast::Sender<Event>>>,
     pub closed: AtomicBool,
     pub rng: Mutex<StdRng>,
     pub members: Membership,
@@ -70,7 +71,11 @@ impl NodeInner {
 
     pub fn emit(&self, event: Event) {
         tracing::debug!(node = %self.actor, ?event, "event");
-        let _ = self.events.send(event);
+        if let Ok(events) = self.events.lock() {
+            if let Some(tx) = events.as_ref() {
+                let _ = tx.send(event);
+            }
+        }
     }
 
     pub fn check_open(&self) -> Result<()> {
@@ -136,6 +141,9 @@ impl NodeInner {
             tasks.abort_all();
         }
         self.replication.fail_all();
+        if let Ok(mut events) = self.events.lock() {
+            events.take();
+        }
         if let Ok(tables) = self.tables.read() {
             for t in tables.values() {
                 t.stop();
@@ -237,7 +245,7 @@ impl Node {
             cookie,
             net,
             tables: RwLock::new(HashMap::new()),
-            events,
+            events: Mutex::new(Some(events)),
             closed: AtomicBool::new(false),
             rng: Mutex::new(rng),
             members: Membership::new(),
@@ -381,7 +389,17 @@ impl Node {
     /// Subscribes to this node's events.
     pub fn subscribe(&self) -> Events {
         Events {
-            rx: self.inner.events.subscribe(),
+            rx: match self
+                .inner
+                .events
+                .lock()
+                .ok()
+                .and_then(|e| e.as_ref().map(|tx| tx.subscribe()))
+            {
+                Some(rx) => rx,
+                // Closed: a subscription that ends at once.
+                None => broadcast::channel(1).1,
+            },
         }
     }
 

@@ -20,12 +20,23 @@ async fn mem_cluster(net: &MemNet, names: &[&str]) -> Vec<Node> {
     for (i, name) in names.iter().enumerate() {
         let cfg = lbmkv::Config {
             listen: format!("{}:7000", ip(i as u8 + 1)),
-            seeds: nodes.first().map(|n| n.address().to_string()).into_iter().collect(),
+            seeds: nodes
+                .first()
+                .map(|n| n.address().to_string())
+                .into_iter()
+                .collect(),
             ..config(name)
         };
-        nodes.push(Node::start_with_net(cfg, Arc::new(net.clone())).await.unwrap());
+        nodes.push(
+            Node::start_with_net(cfg, Arc::new(net.clone()))
+                .await
+                .unwrap(),
+        );
     }
-    wait_until(Duration::from_secs(10), || nodes.iter().all(|n| n.members().len() == names.len())).await;
+    wait_until(Duration::from_secs(10), || {
+        nodes.iter().all(|n| n.members().len() == names.len())
+    })
+    .await;
     nodes
 }
 
@@ -50,7 +61,10 @@ fn a_silent_member_is_dropped_within_the_failure_timeout_and_writes_go_on() {
         let net = MemNet::new();
         let nodes = mem_cluster(&net, &["p1", "p2", "p3"]).await;
         let t1 = nodes[0].create_table("t").await.unwrap();
-        wait_until(Duration::from_secs(5), || nodes.iter().all(|n| n.table("t").is_ok())).await;
+        wait_until(Duration::from_secs(5), || {
+            nodes.iter().all(|n| n.table("t").is_ok())
+        })
+        .await;
         let mut events = nodes[0].subscribe();
         isolate(&net, 3, 3);
         let cut_at = tokio::time::Instant::now();
@@ -59,7 +73,10 @@ fn a_silent_member_is_dropped_within_the_failure_timeout_and_writes_go_on() {
         t1.put(b"during", b"cut").await.unwrap();
         let write_wait = cut_at.elapsed();
         let failure_timeout = config("x").failure_timeout;
-        assert!(write_wait <= failure_timeout + Duration::from_millis(500), "write waited {write_wait:?}");
+        assert!(
+            write_wait <= failure_timeout + Duration::from_millis(500),
+            "write waited {write_wait:?}"
+        );
         loop {
             if let Some(Event::NodeDown { node, .. }) = events.next().await {
                 if node == "p3" {
@@ -68,8 +85,14 @@ fn a_silent_member_is_dropped_within_the_failure_timeout_and_writes_go_on() {
             }
         }
         let detected = cut_at.elapsed();
-        assert!(detected <= failure_timeout + Duration::from_millis(500), "detected after {detected:?}");
-        assert_eq!(nodes[1].table("t").unwrap().get(b"during").unwrap(), Some(b"cut".to_vec()));
+        assert!(
+            detected <= failure_timeout + Duration::from_millis(500),
+            "detected after {detected:?}"
+        );
+        assert_eq!(
+            nodes[1].table("t").unwrap().get(b"during").unwrap(),
+            Some(b"cut".to_vec())
+        );
         assert_eq!(nodes[0].members(), vec!["p1", "p2"]);
         wait_until(Duration::from_secs(3), || nodes[2].members() == vec!["p3"]).await;
         println!("silent member detected after {detected:?}; a write waited {write_wait:?}");
@@ -82,17 +105,26 @@ fn simple_netsplit_heals_with_all_values_everywhere() {
         let net = MemNet::new();
         let nodes = mem_cluster(&net, &["s1", "s2", "s3"]).await;
         nodes[0].create_table("t").await.unwrap();
-        wait_until(Duration::from_secs(5), || nodes.iter().all(|n| n.table("t").is_ok())).await;
+        wait_until(Duration::from_secs(5), || {
+            nodes.iter().all(|n| n.table("t").is_ok())
+        })
+        .await;
         let tables: Vec<_> = nodes.iter().map(|n| n.table("t").unwrap()).collect();
         tables[0].put(b"before", b"0").await.unwrap();
         isolate(&net, 3, 3);
-        wait_until(Duration::from_secs(5), || nodes[0].members().len() == 2 && nodes[2].members().len() == 1).await;
+        wait_until(Duration::from_secs(5), || {
+            nodes[0].members().len() == 2 && nodes[2].members().len() == 1
+        })
+        .await;
         tables[0].put(b"a", b"1").await.unwrap();
         tables[1].put(b"b", b"2").await.unwrap();
         tables[2].put(b"c", b"3").await.unwrap();
         tables[2].delete(b"before").await.unwrap();
         heal_all(&net, 3);
-        wait_until(Duration::from_secs(10), || nodes.iter().all(|n| n.members().len() == 3)).await;
+        wait_until(Duration::from_secs(10), || {
+            nodes.iter().all(|n| n.members().len() == 3)
+        })
+        .await;
         wait_until(Duration::from_secs(10), || {
             let d: Vec<String> = tables.iter().map(|t| t.stats().unwrap().digest).collect();
             d.iter().all(|x| *x == d[0])
@@ -102,7 +134,11 @@ fn simple_netsplit_heals_with_all_values_everywhere() {
             assert_eq!(t.get(b"a").unwrap(), Some(b"1".to_vec()));
             assert_eq!(t.get(b"b").unwrap(), Some(b"2".to_vec()));
             assert_eq!(t.get(b"c").unwrap(), Some(b"3".to_vec()));
-            assert_eq!(t.get(b"before").unwrap(), None, "a delete during the split stays deleted");
+            assert_eq!(
+                t.get(b"before").unwrap(),
+                None,
+                "a delete during the split stays deleted"
+            );
         }
     });
 }
@@ -125,16 +161,27 @@ fn conflicting_writes_in_a_silent_split_go_to_the_handler_once() {
             tables.push(n.create_table_with("t", Some(handler)).await.unwrap());
         }
         isolate(&net, 1, 3);
-        wait_until(Duration::from_secs(5), || nodes[0].members().len() == 1 && nodes[1].members().len() == 2).await;
+        wait_until(Duration::from_secs(5), || {
+            nodes[0].members().len() == 1 && nodes[1].members().len() == 2
+        })
+        .await;
         tables[0].put(b"k", b"from-c1").await.unwrap();
         tables[1].put(b"k", b"from-c2").await.unwrap();
         heal_all(&net, 3);
         wait_until(Duration::from_secs(10), || {
-            tables.iter().all(|t| t.get(b"k").unwrap() == Some(b"from-c2".to_vec()))
+            tables
+                .iter()
+                .all(|t| t.get(b"k").unwrap() == Some(b"from-c2".to_vec()))
         })
         .await;
         tokio::time::sleep(Duration::from_millis(800)).await;
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the handler runs once per conflict");
-        assert!(tables.iter().all(|t| t.get(b"k").unwrap() == Some(b"from-c2".to_vec())));
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the handler runs once per conflict"
+        );
+        assert!(tables
+            .iter()
+            .all(|t| t.get(b"k").unwrap() == Some(b"from-c2".to_vec())));
     });
 }
