@@ -484,6 +484,7 @@ fn merge_remote(
 ) {
     let mut found = Vec::new();
     if let Ok(mut store) = table.write() {
+        store.reserve(remote.len());
         for w in remote {
             let incoming = Entry {
                 value: w.value.map(Vec::into_boxed_slice),

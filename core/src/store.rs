@@ -361,8 +361,20 @@ impl TableStore {
         }
     }
 
+    /// Makes room for `additional` more keys at once (a merge chunk), so the
+    /// hash table and the digest grow once instead of step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        let hasher = &self.hasher;
+        self.slots.reserve(additional, |p| hasher.hash_one(p.key()));
+        self.grow_digest_for(self.slots.len() + additional);
+    }
+
     fn maybe_grow_digest(&mut self) {
-        let wanted = digest_bits_for(self.slots.len());
+        self.grow_digest_for(self.slots.len());
+    }
+
+    fn grow_digest_for(&mut self, len: usize) {
+        let wanted = digest_bits_for(len);
         if wanted > self.digest.bits {
             let mut digest = Digest::new(wanted);
             for p in self.slots.iter() {

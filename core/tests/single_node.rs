@@ -274,7 +274,11 @@ fn events_report_table_creation() {
         assert_eq!(ev.to_json(), r#"{"type":"table_created","table":"t"}"#);
         let _table_keeps_the_node_state_alive = node.table("t").unwrap();
         node.close().await.unwrap();
-        assert_eq!(events.next().await, None, "the subscription ends when the node closes");
+        assert_eq!(
+            events.next().await,
+            None,
+            "the subscription ends when the node closes"
+        );
         assert_eq!(node.subscribe().next().await, None);
     });
 }
