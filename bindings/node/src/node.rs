@@ -278,23 +278,25 @@ impl Node {
         ts_return_type = "Promise<Node>"
     )]
     pub fn start(env: Env, options: Unknown) -> Result<Raw> {
-        let config = unsafe { config(env.raw(), options.raw()) }?;
-        promise::spawn(
-            &env,
-            async move {
-                let node = lbmkv::Node::start(config).await?;
-                let events = node.subscribe();
-                Ok::<_, Failure>((node, events))
-            },
-            |env, (inner, events)| {
-                let node = Node {
-                    inner,
-                    events: Mutex::new(Some(events)),
-                    closed: watch::channel(false).0,
-                };
-                unsafe { ToNapiValue::to_napi_value(env, node) }.js()
-            },
-        )
+        promise::run(&env, || {
+            let config = unsafe { config(env.raw(), options.raw()) }?;
+            promise::spawn(
+                &env,
+                async move {
+                    let node = lbmkv::Node::start(config).await?;
+                    let events = node.subscribe();
+                    Ok::<_, Failure>((node, events))
+                },
+                |env, (inner, events)| {
+                    let node = Node {
+                        inner,
+                        events: Mutex::new(Some(events)),
+                        closed: watch::channel(false).0,
+                    };
+                    unsafe { ToNapiValue::to_napi_value(env, node) }.js()
+                },
+            )
+        })
     }
 
     /// The node's name.
@@ -316,19 +318,21 @@ impl Node {
         ts_return_type = "Promise<Table>"
     )]
     pub fn create_table(&self, env: Env, name: Unknown, options: Unknown) -> Result<Raw> {
-        let name = unsafe { conv::string(env.raw(), name.raw(), "table name") }?;
-        let handler = unsafe { table_handler(env.raw(), options.raw()) }?;
-        let node = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move {
-                let table = node.create_table_with(&name, handler).await?;
-                Ok::<_, Failure>((table, node))
-            },
-            |env, (table, node)| {
-                unsafe { ToNapiValue::to_napi_value(env, Table::new(table, node)) }.js()
-            },
-        )
+        promise::run(&env, || {
+            let name = unsafe { conv::string(env.raw(), name.raw(), "table name") }?;
+            let handler = unsafe { table_handler(env.raw(), options.raw()) }?;
+            let node = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move {
+                    let table = node.create_table_with(&name, handler).await?;
+                    Ok::<_, Failure>((table, node))
+                },
+                |env, (table, node)| {
+                    unsafe { ToNapiValue::to_napi_value(env, Table::new(table, node)) }.js()
+                },
+            )
+        })
     }
 
     /// The existing table `name`; throws `NO_SUCH_TABLE` when there is none.
@@ -382,43 +386,49 @@ impl Node {
     /// handshake; also lifts a `disconnect` of that node.
     #[napi(ts_args_type = "address: string", ts_return_type = "Promise<void>")]
     pub fn connect(&self, env: Env, address: Unknown) -> Result<Raw> {
-        let addr = unsafe { conv::string(env.raw(), address.raw(), "address") }?;
-        let node = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move { Ok::<_, Failure>(node.connect(&addr).await?) },
-            |env, ()| unsafe { conv::undefined(env) },
-        )
+        promise::run(&env, || {
+            let addr = unsafe { conv::string(env.raw(), address.raw(), "address") }?;
+            let node = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move { Ok::<_, Failure>(node.connect(&addr).await?) },
+                |env, ()| unsafe { conv::undefined(env) },
+            )
+        })
     }
 
     /// Drops the connection to the node `name` and refuses it until `connect`
     /// is called for it again.
     #[napi(ts_args_type = "name: string", ts_return_type = "Promise<void>")]
     pub fn disconnect(&self, env: Env, name: Unknown) -> Result<Raw> {
-        let name = unsafe { conv::string(env.raw(), name.raw(), "node name") }?;
-        let node = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move { Ok::<_, Failure>(node.disconnect(&name).await?) },
-            |env, ()| unsafe { conv::undefined(env) },
-        )
+        promise::run(&env, || {
+            let name = unsafe { conv::string(env.raw(), name.raw(), "node name") }?;
+            let node = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move { Ok::<_, Failure>(node.disconnect(&name).await?) },
+                |env, ()| unsafe { conv::undefined(env) },
+            )
+        })
     }
 
     /// Leaves the cluster (the peers see `nodedown` at once) and stops the
     /// node; later calls fail with `CLOSED`. Closing twice is harmless.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close(&self, env: Env) -> Result<Raw> {
-        let node = self.inner.clone();
-        let closed = self.closed.clone();
-        promise::spawn(
-            &env,
-            async move {
-                let out = node.close().await;
-                closed.send_replace(true);
-                Ok::<_, Failure>(out?)
-            },
-            |env, ()| unsafe { conv::undefined(env) },
-        )
+        promise::run(&env, || {
+            let node = self.inner.clone();
+            let closed = self.closed.clone();
+            promise::spawn(
+                &env,
+                async move {
+                    let out = node.close().await;
+                    closed.send_replace(true);
+                    Ok::<_, Failure>(out?)
+                },
+                |env, ()| unsafe { conv::undefined(env) },
+            )
+        })
     }
 
     /// Closes the node: `await using node = await Node.start()`.

@@ -83,3 +83,47 @@ fn rejection(env: sys::napi_env, e: crate::error::JsErr) -> napi::Error {
     // SAFETY: `value` was just created in `env`.
     napi::Error::from_unknown_without_coercion(unsafe { Unknown::from_raw_unchecked(env, value) })
 }
+
+/// Runs `start` (argument checks, then [`spawn`]); when it fails, returns a
+/// rejected Promise instead of throwing, as an `async` function would.
+pub fn run(env: &Env, start: impl FnOnce() -> Result<Raw>) -> Result<Raw> {
+    match start() {
+        Ok(p) => Ok(p),
+        Err(e) => rejected(env.raw(), e),
+    }
+}
+
+/// A Promise rejected with `e`, or with the pending JavaScript exception when
+/// there is one (a getter of an options object threw, say).
+fn rejected(env: sys::napi_env, e: crate::error::JsErr) -> Result<Raw> {
+    use crate::conv::check;
+    let mut deferred = std::ptr::null_mut();
+    let mut promise = std::ptr::null_mut();
+    let mut pending = false;
+    // SAFETY: `env` is the live env of the current call.
+    unsafe {
+        check(
+            sys::napi_is_exception_pending(env, &mut pending),
+            "napi_is_exception_pending",
+        )?;
+        let reason = if pending {
+            let mut exception = std::ptr::null_mut();
+            check(
+                sys::napi_get_and_clear_last_exception(env, &mut exception),
+                "napi_get_and_clear_last_exception",
+            )?;
+            exception
+        } else {
+            JsError::from(e).into_value(env)
+        };
+        check(
+            sys::napi_create_promise(env, &mut deferred, &mut promise),
+            "napi_create_promise",
+        )?;
+        check(
+            sys::napi_reject_deferred(env, deferred, reason),
+            "napi_reject_deferred",
+        )?;
+    }
+    Ok(Raw(promise))
+}

@@ -166,14 +166,16 @@ impl Table {
         ts_return_type = "Promise<Buffer | null>"
     )]
     pub fn put(&self, env: Env, key: Unknown, value: Unknown) -> Result<Raw> {
-        let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
-        let value = unsafe { conv::bytes_vec(env.raw(), value.raw(), "value") }?;
-        let t = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move { Ok::<_, Failure>(t.put(&key, &value).await?) },
-            opt_buffer,
-        )
+        promise::run(&env, || {
+            let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
+            let value = unsafe { conv::bytes_vec(env.raw(), value.raw(), "value") }?;
+            let t = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move { Ok::<_, Failure>(t.put(&key, &value).await?) },
+                opt_buffer,
+            )
+        })
     }
 
     /// Sets all entries atomically (an array of `[key, value]` pairs or a
@@ -183,17 +185,19 @@ impl Table {
         ts_return_type = "Promise<Array<[Buffer, Buffer]>>"
     )]
     pub fn put_many(&self, env: Env, entries: Unknown) -> Result<Raw> {
-        let entries = unsafe { self::entries(env.raw(), entries.raw()) }?;
-        let t = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move {
-                let mut prev = t.put_many(entries).await?;
-                prev.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                Ok::<_, Failure>(prev)
-            },
-            pairs,
-        )
+        promise::run(&env, || {
+            let entries = unsafe { self::entries(env.raw(), entries.raw()) }?;
+            let t = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move {
+                    let mut prev = t.put_many(entries).await?;
+                    prev.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    Ok::<_, Failure>(prev)
+                },
+                pairs,
+            )
+        })
     }
 
     /// The local value of `key`, or `null` (no network). With
@@ -204,16 +208,18 @@ impl Table {
     )]
     pub fn get(&self, env: Env, key: Unknown, options: Unknown) -> Result<Raw> {
         let raw_env = env.raw();
-        let key = unsafe { conv::bytes(raw_env, key.raw(), "key") }?;
         if unsafe { strong(raw_env, options.raw()) }? {
-            let key = key.into_vec();
-            let t = self.inner.clone();
-            return promise::spawn(
-                &env,
-                async move { Ok::<_, Failure>(t.get_strong(&key).await?) },
-                opt_buffer,
-            );
+            return promise::run(&env, || {
+                let key = unsafe { conv::bytes_vec(raw_env, key.raw(), "key") }?;
+                let t = self.inner.clone();
+                promise::spawn(
+                    &env,
+                    async move { Ok::<_, Failure>(t.get_strong(&key).await?) },
+                    opt_buffer,
+                )
+            });
         }
+        let key = unsafe { conv::bytes(raw_env, key.raw(), "key") }?;
         let v = self
             .inner
             .with_value(key.as_slice(), |v| unsafe { conv::opt_buffer(raw_env, v) })
@@ -246,13 +252,15 @@ impl Table {
         ts_return_type = "Promise<Buffer | null>"
     )]
     pub fn delete(&self, env: Env, key: Unknown) -> Result<Raw> {
-        let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
-        let t = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move { Ok::<_, Failure>(t.delete(&key).await?) },
-            opt_buffer,
-        )
+        promise::run(&env, || {
+            let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
+            let t = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move { Ok::<_, Failure>(t.delete(&key).await?) },
+                opt_buffer,
+            )
+        })
     }
 
     /// Deletes all `keys` atomically; resolves to the previous entries of
@@ -262,22 +270,24 @@ impl Table {
         ts_return_type = "Promise<Array<[Buffer, Buffer]>>"
     )]
     pub fn delete_many(&self, env: Env, keys: Unknown) -> Result<Raw> {
-        let raw_env = env.raw();
-        let items = unsafe { conv::array_items(raw_env, keys.raw(), "keys") }?;
-        let mut keys = Vec::with_capacity(items.len());
-        for (i, k) in items.into_iter().enumerate() {
-            keys.push(unsafe { conv::bytes_vec(raw_env, k, &format!("keys[{i}]")) }?);
-        }
-        let t = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move {
-                let mut prev = t.delete_many(keys).await?;
-                prev.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                Ok::<_, Failure>(prev)
-            },
-            pairs,
-        )
+        promise::run(&env, || {
+            let raw_env = env.raw();
+            let items = unsafe { conv::array_items(raw_env, keys.raw(), "keys") }?;
+            let mut keys = Vec::with_capacity(items.len());
+            for (i, k) in items.into_iter().enumerate() {
+                keys.push(unsafe { conv::bytes_vec(raw_env, k, &format!("keys[{i}]")) }?);
+            }
+            let t = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move {
+                    let mut prev = t.delete_many(keys).await?;
+                    prev.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    Ok::<_, Failure>(prev)
+                },
+                pairs,
+            )
+        })
     }
 
     /// Local entries whose key and value match the glob patterns (`*`, `?`,
@@ -310,32 +320,34 @@ impl Table {
         ts_return_type = "Promise<[Buffer | null, Buffer | null]>"
     )]
     pub fn update(&self, env: Env, key: Unknown, f: Unknown) -> Result<Raw> {
-        let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
-        let f = Arc::new(unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?);
-        let t = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move {
-                let thrown = Arc::new(Mutex::new(None));
-                let slot = thrown.clone();
-                let result = t
-                    .update_with(&key, move |k, v| {
-                        let f = f.clone();
-                        let slot = slot.clone();
-                        let k = k.to_vec();
-                        async move { outcome(callbacks::call2(&f, k, v).await, &slot) }
-                    })
-                    .await;
-                result.map_err(|e| update_failure(e, &thrown))
-            },
-            |env, (old, new)| unsafe {
-                let pair = [
-                    conv::opt_buffer(env, old.as_deref())?,
-                    conv::opt_buffer(env, new.as_deref())?,
-                ];
-                conv::array(env, &pair)
-            },
-        )
+        promise::run(&env, || {
+            let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
+            let f = Arc::new(unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?);
+            let t = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move {
+                    let thrown = Arc::new(Mutex::new(None));
+                    let slot = thrown.clone();
+                    let result = t
+                        .update_with(&key, move |k, v| {
+                            let f = f.clone();
+                            let slot = slot.clone();
+                            let k = k.to_vec();
+                            async move { outcome(callbacks::call2(&f, k, v).await, &slot) }
+                        })
+                        .await;
+                    result.map_err(|e| update_failure(e, &thrown))
+                },
+                |env, (old, new)| unsafe {
+                    let pair = [
+                        conv::opt_buffer(env, old.as_deref())?,
+                        conv::opt_buffer(env, new.as_deref())?,
+                    ];
+                    conv::array(env, &pair)
+                },
+            )
+        })
     }
 
     /// Atomic update of the whole table: `fn(key, value)` for every entry,
@@ -346,40 +358,42 @@ impl Table {
         ts_return_type = "Promise<[Array<[Buffer, Buffer]>, Array<[Buffer, Buffer]>]>"
     )]
     pub fn update_all(&self, env: Env, f: Unknown) -> Result<Raw> {
-        let f = unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?;
-        let t = self.inner.clone();
-        promise::spawn(
-            &env,
-            async move {
-                // The core calls `fn` synchronously for each entry, so the whole
-                // update runs on a blocking thread that waits for each call.
-                let joined = tokio::task::spawn_blocking(move || {
-                    let thrown = Mutex::new(None);
-                    let handle = tokio::runtime::Handle::current();
-                    let result = handle.block_on(t.update_all_with(|k, v| {
-                        let o = futures::executor::block_on(callbacks::call2(
-                            &f,
-                            k.to_vec(),
-                            Some(v.to_vec()),
-                        ));
-                        outcome(o, &thrown)
-                    }));
-                    result.map_err(|e| update_failure(e, &thrown))
-                })
-                .await;
-                match joined {
-                    Ok(r) => r,
-                    Err(e) => Err(Failure::Core(lbmkv::Error::new(
-                        lbmkv::ErrorKind::Internal,
-                        format!("updateAll failed: {e}"),
-                    ))),
-                }
-            },
-            |env, (old, new)| unsafe {
-                let pair = [conv::pairs(env, &old)?, conv::pairs(env, &new)?];
-                conv::array(env, &pair)
-            },
-        )
+        promise::run(&env, || {
+            let f = unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?;
+            let t = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move {
+                    // The core calls `fn` synchronously for each entry, so the whole
+                    // update runs on a blocking thread that waits for each call.
+                    let joined = tokio::task::spawn_blocking(move || {
+                        let thrown = Mutex::new(None);
+                        let handle = tokio::runtime::Handle::current();
+                        let result = handle.block_on(t.update_all_with(|k, v| {
+                            let o = futures::executor::block_on(callbacks::call2(
+                                &f,
+                                k.to_vec(),
+                                Some(v.to_vec()),
+                            ));
+                            outcome(o, &thrown)
+                        }));
+                        result.map_err(|e| update_failure(e, &thrown))
+                    })
+                    .await;
+                    match joined {
+                        Ok(r) => r,
+                        Err(e) => Err(Failure::Core(lbmkv::Error::new(
+                            lbmkv::ErrorKind::Internal,
+                            format!("updateAll failed: {e}"),
+                        ))),
+                    }
+                },
+                |env, (old, new)| unsafe {
+                    let pair = [conv::pairs(env, &old)?, conv::pairs(env, &new)?];
+                    conv::array(env, &pair)
+                },
+            )
+        })
     }
 
     /// Sets (or with `null` removes) this node's conflict handler for the table.
