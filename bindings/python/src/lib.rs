@@ -21,7 +21,9 @@ use lbmkv::{Config, Conflict, ConflictHandler, ErrorKind, Resolution};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
+};
 
 /// Bytes taken from a Python argument: borrowed from an immutable `bytes`
 /// object (which the caller keeps alive), copied from anything else.
@@ -70,6 +72,57 @@ fn buf<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Buf<'a>> {
         "{what} must be bytes, bytearray, memoryview or str, not {}",
         type_name(obj)
     )))
+}
+
+/// A `str` argument; anything else is a `TypeError` naming `what`.
+fn text(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    match obj.cast::<PyString>() {
+        Ok(s) => Ok(s.to_cow()?.into_owned()),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{what} must be str, not {}",
+            type_name(obj)
+        ))),
+    }
+}
+
+/// An optional duration in seconds (`int` or `float`); negative, NaN or
+/// infinite values are `InvalidArgument`.
+fn seconds_arg(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Duration>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    if obj.cast::<PyBool>().is_ok()
+        || !(obj.cast::<PyInt>().is_ok() || obj.cast::<PyFloat>().is_ok())
+    {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a number of seconds (int or float), not {}",
+            type_name(obj)
+        )));
+    }
+    let secs: f64 = obj.extract()?;
+    seconds(what, Some(secs)).py_err(obj.py())
+}
+
+/// An optional non-negative `int`; negative values are `InvalidArgument`.
+fn count_arg(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<usize>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    if obj.cast::<PyBool>().is_ok() || obj.cast::<PyInt>().is_err() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be an int, not {}",
+            type_name(obj)
+        )));
+    }
+    obj.extract::<usize>().map(Some).map_err(|_| {
+        to_py_err(
+            obj.py(),
+            lbmkv::Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{what} must be a non-negative int that fits in memory, got {obj}"),
+            ),
+        )
+    })
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -140,6 +193,7 @@ fn seconds(what: &str, secs: Option<f64>) -> lbmkv::Result<Option<Duration>> {
     }
 }
 
+/// An optional callable (`None` allowed).
 fn callable(obj: Option<Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Py<PyAny>>> {
     match obj {
         None => Ok(None),
@@ -149,6 +203,18 @@ fn callable(obj: Option<Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Py<PyA
             "{what} must be callable or None, not {}",
             type_name(&o)
         ))),
+    }
+}
+
+/// A required callable.
+fn function(obj: Bound<'_, PyAny>, what: &str) -> PyResult<Py<PyAny>> {
+    if obj.is_callable() {
+        Ok(obj.unbind())
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{what} must be callable, not {}",
+            type_name(&obj)
+        )))
     }
 }
 
@@ -240,29 +306,38 @@ impl PyNode {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        name: Option<String>,
-        listen: Option<String>,
-        seeds: Option<Vec<String>>,
+        name: Option<Bound<'_, PyAny>>,
+        listen: Option<Bound<'_, PyAny>>,
+        seeds: Option<Bound<'_, PyAny>>,
         cookie: Option<Bound<'_, PyAny>>,
-        failure_timeout: Option<f64>,
-        request_timeout: Option<f64>,
-        heartbeat_interval: Option<f64>,
-        handler_timeout: Option<f64>,
-        anti_entropy_interval: Option<f64>,
-        tombstone_retention: Option<f64>,
-        conflict_log_limit: Option<usize>,
-        max_key_size: Option<usize>,
-        max_value_size: Option<usize>,
+        failure_timeout: Option<Bound<'_, PyAny>>,
+        request_timeout: Option<Bound<'_, PyAny>>,
+        heartbeat_interval: Option<Bound<'_, PyAny>>,
+        handler_timeout: Option<Bound<'_, PyAny>>,
+        anti_entropy_interval: Option<Bound<'_, PyAny>>,
+        tombstone_retention: Option<Bound<'_, PyAny>>,
+        conflict_log_limit: Option<Bound<'_, PyAny>>,
+        max_key_size: Option<Bound<'_, PyAny>>,
+        max_value_size: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mut config = Config {
-            name,
-            ..Config::default()
-        };
-        if let Some(listen) = listen {
-            config.listen = listen;
+        let mut config = Config::default();
+        if let Some(name) = name.filter(|o| !o.is_none()) {
+            config.name = Some(text(&name, "name")?);
         }
-        if let Some(seeds) = seeds {
-            config.seeds = seeds;
+        if let Some(listen) = listen.filter(|o| !o.is_none()) {
+            config.listen = text(&listen, "listen")?;
+        }
+        if let Some(seeds) = seeds.filter(|o| !o.is_none()) {
+            let list = seeds.cast::<PyList>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "seeds must be a list of 'host:port' strings, not {}",
+                    type_name(&seeds)
+                ))
+            })?;
+            config.seeds = list
+                .iter()
+                .map(|s| text(&s, "each seed"))
+                .collect::<PyResult<_>>()?;
         }
         if let Some(cookie) = cookie.filter(|c| !c.is_none()) {
             config.cookie = Some(buf(&cookie, "cookie")?.into_vec());
@@ -300,18 +375,23 @@ impl PyNode {
             ),
         ];
         for (what, secs, field) in durations {
-            if let Some(d) = seconds(what, secs).py_err(py)? {
+            if let Some(d) = seconds_arg(secs.as_ref(), what)? {
                 *field = d;
             }
         }
-        if let Some(n) = conflict_log_limit {
-            config.conflict_log_limit = n;
-        }
-        if let Some(n) = max_key_size {
-            config.max_key_size = n;
-        }
-        if let Some(n) = max_value_size {
-            config.max_value_size = n;
+        let counts = [
+            (
+                "conflict_log_limit",
+                conflict_log_limit,
+                &mut config.conflict_log_limit,
+            ),
+            ("max_key_size", max_key_size, &mut config.max_key_size),
+            ("max_value_size", max_value_size, &mut config.max_value_size),
+        ];
+        for (what, n, field) in counts {
+            if let Some(n) = count_arg(n.as_ref(), what)? {
+                *field = n;
+            }
         }
         let node = py.detach(|| blocking::Node::start(config)).py_err(py)?;
         Ok(PyNode {
@@ -336,17 +416,21 @@ impl PyNode {
     fn create_table(
         &self,
         py: Python<'_>,
-        name: &str,
+        name: &Bound<'_, PyAny>,
         on_conflict: Option<Bound<'_, PyAny>>,
     ) -> PyResult<PyTable> {
+        let name = text(name, "the table name")?;
         let h = handler(callable(on_conflict, "on_conflict")?);
-        let inner = py.detach(|| self.inner.create_table(name, h)).py_err(py)?;
+        let inner = py
+            .detach(|| self.inner.create_table(&name, h))
+            .py_err(py)?;
         Ok(PyTable::new(inner))
     }
 
     /// The existing table `name`.
-    fn table(&self, py: Python<'_>, name: &str) -> PyResult<PyTable> {
-        let inner = self.inner.table(name).py_err(py)?;
+    fn table(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<PyTable> {
+        let name = text(name, "the table name")?;
+        let inner = self.inner.table(&name).py_err(py)?;
         Ok(PyTable::new(inner))
     }
 
@@ -372,20 +456,20 @@ impl PyNode {
     }
 
     /// Connects to the node at `addr` and waits for the handshake.
-    fn connect(&self, py: Python<'_>, addr: &str) -> PyResult<()> {
-        py.detach(|| self.inner.connect(addr)).py_err(py)
+    fn connect(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> PyResult<()> {
+        let addr = text(addr, "addr")?;
+        py.detach(|| self.inner.connect(&addr)).py_err(py)
     }
 
     /// Drops the connection to `name` and refuses it until `connect`.
-    fn disconnect(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        py.detach(|| self.inner.disconnect(name)).py_err(py)
+    fn disconnect(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let name = text(name, "the node name")?;
+        py.detach(|| self.inner.disconnect(&name)).py_err(py)
     }
 
     /// The next event as JSON, waiting at most `timeout` seconds; `None` when none came.
-    fn next_event(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<String>> {
-        let timeout = seconds("timeout", Some(timeout))
-            .py_err(py)?
-            .unwrap_or_default();
+    fn next_event(&self, py: Python<'_>, timeout: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        let timeout = seconds_arg(Some(timeout), "timeout")?.unwrap_or_default();
         let ev = py.detach(|| self.inner.next_event(timeout)).py_err(py)?;
         Ok(ev.map(|e| e.to_json()))
     }
@@ -545,8 +629,7 @@ impl PyTable {
         func: Bound<'py, PyAny>,
     ) -> PyResult<(Option<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>)> {
         let key = buf(key, "key")?;
-        let func = callable(Some(func), "the update function")?
-            .ok_or_else(|| PyTypeError::new_err("the update function must be callable"))?;
+        let func = function(func, "the update function")?;
         let mut raised: Option<PyErr> = None;
         let result = py.detach(|| {
             self.inner.update(&key, |k, v| {
@@ -576,8 +659,7 @@ impl PyTable {
         py: Python<'py>,
         func: Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
-        let func = callable(Some(func), "the update function")?
-            .ok_or_else(|| PyTypeError::new_err("the update function must be callable"))?;
+        let func = function(func, "the update function")?;
         let mut raised: Option<PyErr> = None;
         let result = py.detach(|| {
             self.inner.update_all(|k, v| {

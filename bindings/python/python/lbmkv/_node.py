@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import abc
 from types import TracebackType
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Type, Union
 
 from . import _lbmkv
-from ._errors import InvalidArgument
 from ._table import BytesLike, Table
 
 __all__ = ["Node", "ConflictHandler"]
@@ -18,16 +18,6 @@ ConflictHandler = Callable[[bytes, Optional[bytes], Optional[bytes]], Optional[B
 # Slice of waiting for events when no timeout is given, so that signals
 # (KeyboardInterrupt) are handled promptly.
 _EVENT_SLICE = 0.25
-
-
-def _count(what: str, value: Optional[int]) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise InvalidArgument(f"{what} must not be negative, got {value}")
-    return value
 
 
 class Node:
@@ -73,6 +63,8 @@ class Node:
         if seeds is not None:
             if isinstance(seeds, (str, bytes)):
                 raise TypeError("seeds must be a list of 'host:port' strings, not a single string")
+            if not isinstance(seeds, abc.Iterable):
+                raise TypeError(f"seeds must be a list of 'host:port' strings, not {type(seeds).__name__}")
             seed_list = list(seeds)
         self._n = _lbmkv.Node(
             name=name,
@@ -85,9 +77,9 @@ class Node:
             handler_timeout=handler_timeout,
             anti_entropy_interval=anti_entropy_interval,
             tombstone_retention=tombstone_retention,
-            conflict_log_limit=_count("conflict_log_limit", conflict_log_limit),
-            max_key_size=_count("max_key_size", max_key_size),
-            max_value_size=_count("max_value_size", max_value_size),
+            conflict_log_limit=conflict_log_limit,
+            max_key_size=max_key_size,
+            max_value_size=max_value_size,
         )
 
     def __enter__(self) -> Node:
