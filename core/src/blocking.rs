@@ -24,13 +24,13 @@ impl Node {
             // Same refusal as every other blocking call.
             block_on(async {})?;
         }
-        let inner = rt.block_on(async move {
+        let started = rt.block_on(async move {
             // Spawned so the node's tasks are children of the shared runtime.
-            rt.spawn(crate::Node::start(config)).await
+            rt.spawn(crate::Node::start_subscribed(config)).await
         });
-        let inner =
-            inner.map_err(|e| crate::Error::internal(format!("node start panicked: {e}")))??;
-        let events = Arc::new(tokio::sync::Mutex::new(inner.subscribe()));
+        let (inner, events) =
+            started.map_err(|e| crate::Error::internal(format!("node start panicked: {e}")))??;
+        let events = Arc::new(tokio::sync::Mutex::new(events));
         Ok(Node { inner, events })
     }
 

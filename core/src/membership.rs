@@ -31,7 +31,8 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct PeerConn {
     pub actor: ActorId,
     pub listen: String,
-    conn_id: u64,
+    /// Unique per connection, so a replaced connection's leftovers are told apart.
+    pub conn_id: u64,
     initiated_by_smaller: bool,
     tx: Mutex<Option<mpsc::UnboundedSender<Arc<[u8]>>>>,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -106,6 +107,8 @@ struct State {
     banned: HashSet<String>,
     /// Which name was last seen at which address, to skip banned peers.
     names_by_addr: HashMap<SocketAddr, String>,
+    /// Addresses this node is dialing right now.
+    in_flight: HashSet<SocketAddr>,
 }
 
 /// This node's peers and what it knows about reaching others.
@@ -219,7 +222,7 @@ impl Membership {
             // Nobody waits on the first merge with a peer that is gone.
             p.mark_synced();
             node.replication.peer_down(node, actor);
-            node.merges.peer_down(actor);
+            node.merges.connection_closed(p.conn_id);
             node.emit(Event::NodeDown {
                 node: actor.name.to_string(),
                 reason: reason.to_string(),
@@ -267,6 +270,12 @@ impl Membership {
         for p in peers {
             p.abort();
         }
+    }
+
+    fn dialing(&self, listen: &str) -> bool {
+        listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| self.lock().in_flight.contains(&a))
     }
 
     fn is_banned(&self, name: &str) -> bool {
@@ -428,6 +437,13 @@ pub(crate) async fn connect(node: &Arc<NodeInner>, addr: &str) -> Result<()> {
 }
 
 async fn dial(node: &Arc<NodeInner>, addr: SocketAddr, unban: bool) -> Result<()> {
+    node.members.lock().in_flight.insert(addr);
+    let result = dial_once(node, addr, unban).await;
+    node.members.lock().in_flight.remove(&addr);
+    result
+}
+
+async fn dial_once(node: &Arc<NodeInner>, addr: SocketAddr, unban: bool) -> Result<()> {
     let mut stream = node.net.connect(node.source_ip, addr).await.map_err(|e| {
         Error::new(
             ErrorKind::Unavailable,
@@ -538,6 +554,14 @@ async fn accept(node: &Arc<NodeInner>, mut stream: BoxStream) -> Result<()> {
             actor.name
         )));
     }
+    if actor > node.actor && node.members.dialing(&listen) {
+        // Both nodes are dialing each other; both will keep the connection the
+        // smaller one (this node) initiated, so this one would only be replaced.
+        return Err(Error::unavailable(format!(
+            "{} dialed while this node dials it; keeping this node's connection",
+            actor.name
+        )));
+    }
     let nonce = node.random_nonce();
     let proof = auth::proof(
         &node.cookie,
@@ -622,6 +646,7 @@ fn register(
         synced: watch::channel(false).0,
     });
     let mut replaced_restart = None;
+    let mut replaced_duplicate: Option<Arc<PeerConn>> = None;
     {
         let mut st = node.members.lock();
         if node.check_open().is_err() || st.banned.contains(&*actor.name) {
@@ -639,7 +664,7 @@ fn register(
                     return;
                 }
                 if let Some(old) = st.peers.remove(&existing) {
-                    old.abort();
+                    replaced_duplicate = Some(old);
                 }
                 is_new = false;
             } else {
@@ -654,10 +679,19 @@ fn register(
             t.push(w);
         }
         st.peers.insert(actor.clone(), peer.clone());
-        if !is_new {
+        if let Some(old) = replaced_duplicate.take() {
+            drop(st);
+            // Both nodes dialed each other and both keep the connection the
+            // smaller one initiated. What was in flight on the other is lost:
+            // like after a reconnect, its requests fail, its batches stop
+            // waiting, its merges end, and the merge on the kept connection
+            // reconciles the tables.
             tracing::debug!(node = %node.actor, peer = %actor, "replaced a duplicate connection");
-        }
-        if is_new {
+            old.abort();
+            old.mark_synced();
+            node.replication.peer_down(node, &actor);
+            node.merges.connection_closed(old.conn_id);
+        } else if is_new {
             drop(st);
             if let Some(old) = &replaced_restart {
                 node.members

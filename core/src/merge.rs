@@ -18,7 +18,7 @@ use crate::membership::PeerConn;
 use crate::node::{wall_clock_ms, NodeInner};
 use crate::store::Entry;
 use crate::table::{ConflictRecord, TableShared};
-use crate::vclock::{ActorId, VClock};
+use crate::vclock::VClock;
 use crate::wire::{self, Message, WireEntry, WriteOp, WriteOutcome};
 
 /// Bytes of entries per merge frame.
@@ -157,9 +157,12 @@ fn fallback_prefers(a: &Entry, b: &Entry) -> bool {
 #[derive(Default)]
 pub(crate) struct Merges {
     next_session: AtomicU64,
-    initiated: Mutex<HashMap<u64, (ActorId, mpsc::UnboundedSender<Message>)>>,
-    responding: Mutex<HashMap<(ActorId, u64), Responding>>,
-    busy_with: Mutex<std::collections::HashSet<ActorId>>,
+    /// This node's sessions: session id -> (connection id, inbox).
+    initiated: Mutex<HashMap<u64, (u64, mpsc::UnboundedSender<Message>)>>,
+    /// The peers' sessions, by (connection id, session id).
+    responding: Mutex<HashMap<(u64, u64), Responding>>,
+    /// Connections with a merge round running.
+    busy_with: Mutex<std::collections::HashSet<u64>>,
 }
 
 struct Responding {
@@ -178,13 +181,13 @@ struct Tally {
 }
 
 impl Merges {
-    /// A peer left: its sessions end.
-    pub fn peer_down(&self, actor: &ActorId) {
+    /// A connection closed: its sessions end at once.
+    pub fn connection_closed(&self, conn_id: u64) {
         if let Ok(mut m) = self.initiated.lock() {
-            m.retain(|_, (a, _)| a != actor);
+            m.retain(|_, (c, _)| *c != conn_id);
         }
         if let Ok(mut m) = self.responding.lock() {
-            m.retain(|(a, _), _| a != actor);
+            m.retain(|(c, _), _| *c != conn_id);
         }
     }
 }
@@ -246,7 +249,7 @@ pub(crate) async fn sync_all(node: Arc<NodeInner>, peer: Arc<PeerConn>) {
         let Ok(mut busy) = node.merges.busy_with.lock() else {
             return;
         };
-        busy.insert(peer.actor.clone())
+        busy.insert(peer.conn_id)
     };
     if !first {
         // A merge with this peer is running; it covers this round too.
@@ -262,7 +265,7 @@ pub(crate) async fn sync_all(node: Arc<NodeInner>, peer: Arc<PeerConn>) {
         }
     }
     if let Ok(mut busy) = node.merges.busy_with.lock() {
-        busy.remove(&peer.actor);
+        busy.remove(&peer.conn_id);
     }
     send_merge(&node, &peer, &Message::SyncAllDone);
     peer.mark_synced();
@@ -276,7 +279,7 @@ async fn sync_table(
     let session = node.merges.next_session.fetch_add(1, Ordering::Relaxed) + 1;
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Ok(mut m) = node.merges.initiated.lock() {
-        m.insert(session, (peer.actor.clone(), tx));
+        m.insert(session, (peer.conn_id, tx));
     }
     let result = run_initiator(node, peer, table, session, &mut rx).await;
     if let Ok(mut m) = node.merges.initiated.lock() {
@@ -390,7 +393,7 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                 Some((level, leaves)) => {
                     if let Ok(mut r) = node.merges.responding.lock() {
                         r.insert(
-                            (peer.actor.clone(), session),
+                            (peer.conn_id, session),
                             Responding {
                                 table: shared,
                                 bits: level,
@@ -417,7 +420,7 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
             entries,
             last,
         } if !leading => {
-            let key = (peer.actor.clone(), session);
+            let key = (peer.conn_id, session);
             let Some(mut state) = node
                 .merges
                 .responding
@@ -683,6 +686,7 @@ pub(crate) fn start_maintenance(node: &Arc<NodeInner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vclock::ActorId;
     use proptest::prelude::*;
 
     fn version(value: Option<&[u8]>, dots: &[(&str, u64, u64)]) -> Entry {

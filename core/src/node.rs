@@ -216,6 +216,20 @@ impl Node {
 
     /// Starts a node whose network goes through `net` (a simulator, for example).
     pub async fn start_with_net(config: Config, net: Arc<dyn Net>) -> Result<Node> {
+        Ok(Self::start_subscribed_with_net(config, net).await?.0)
+    }
+
+    /// Starts a node and subscribes to its events before it reaches its seeds,
+    /// so that the `node_up` of peers met during the start are seen too.
+    pub async fn start_subscribed(config: Config) -> Result<(Node, Events)> {
+        Self::start_subscribed_with_net(config, Arc::new(TcpNet)).await
+    }
+
+    /// [`Node::start_subscribed`] over `net`.
+    pub async fn start_subscribed_with_net(
+        config: Config,
+        net: Arc<dyn Net>,
+    ) -> Result<(Node, Events)> {
         config.validate()?;
         let mut rng = match config.rng_seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -237,7 +251,7 @@ impl Node {
             .local_addr()
             .map_err(|e| Error::io("cannot read the listen address", e))?;
         let address = advertised(local);
-        let (events, _) = broadcast::channel(4096);
+        let (events, first_subscriber) = broadcast::channel(4096);
         let inner = Arc::new(NodeInner {
             actor: ActorId::new(&name, incarnation),
             address,
@@ -262,10 +276,16 @@ impl Node {
         let seeds = inner.config.seeds.clone();
         let first_attempts = crate::membership::dial_seeds(&inner, &seeds);
         let _ = tokio::time::timeout(inner.config.request_timeout, first_attempts).await;
-        Ok(Node {
+        let node = Node {
             _guard: Arc::new(CloseGuard(inner.clone())),
             inner,
-        })
+        };
+        Ok((
+            node,
+            Events {
+                rx: first_subscriber,
+            },
+        ))
     }
 
     /// The node's name.
