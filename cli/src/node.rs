@@ -181,9 +181,9 @@ type Out = mpsc::UnboundedSender<String>;
 async fn run(options: Options) -> ExitCode {
     let (out, out_rx) = mpsc::unbounded_channel::<String>();
     let writer = std::thread::spawn(move || write_stdout(out_rx));
-    let code = match Node::start(options.config()).await {
-        Ok(node) => {
-            serve(node, options.events, &out).await;
+    let code = match Node::start_subscribed(options.config()).await {
+        Ok((node, events)) => {
+            serve(node, options.events.then_some(events), &out).await;
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -197,9 +197,9 @@ async fn run(options: Options) -> ExitCode {
     code
 }
 
-async fn serve(node: Node, events: bool, out: &Out) {
-    // Subscribed before READY so that no event after READY is missed.
-    let events = events.then(|| node.subscribe());
+/// Serves stdin; `events` (subscribed before the node reached its seeds) are
+/// printed after READY, from the start on.
+async fn serve(node: Node, events: Option<lbmkv::Events>, out: &Out) {
     let _ = out.send(format!("READY {} {}\n", node.name(), node.address()));
     let event_task = events.map(|mut events| {
         let out = out.clone();
