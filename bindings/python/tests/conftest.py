@@ -125,6 +125,68 @@ class PyNodeProcess(LineProcess):
         return reply["ok"]
 
 
+REPO = HERE.parents[2]
+
+
+def cli_binary() -> Path:
+    """The `lbmkv` command (crate lbmkv-cli): $LBMKV_CLI, else target/debug/lbmkv."""
+    path = Path(os.environ.get("LBMKV_CLI") or REPO / "target" / "debug" / "lbmkv")
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `cargo build -p lbmkv-cli` (make test-python does)")
+    return path
+
+
+class CliNode(LineProcess):
+    """An `lbmkv node` process, driven by its line protocol."""
+
+    def __init__(self, name: str, seeds: List[str]) -> None:
+        argv = [str(cli_binary()), "node", "--name", name, "--cookie", COOKIE, "--failure-timeout-ms", "1000"]
+        for s in seeds:
+            argv += ["--seed", s]
+        super().__init__(argv)
+        self.name = name
+        self.address = ""
+
+    def wait_ready(self) -> None:
+        word, self.name, self.address = self.readline(timeout=30).split(" ")
+        assert word == "READY"
+
+    def cmd(self, line: str) -> str:
+        """One command with a one-line reply."""
+        self.send(line)
+        return self.readline()
+
+    def items(self, line: str) -> List[str]:
+        """One command answered by `ITEM <x>` lines and `END`."""
+        self.send(line)
+        out = []
+        while True:
+            reply = self.readline()
+            if reply == "END":
+                return out
+            word, _, item = reply.partition(" ")
+            assert word == "ITEM", reply
+            out.append(item)
+
+
+@pytest.fixture
+def spawn_cli() -> Iterator[Callable[..., CliNode]]:
+    """Starts `lbmkv node` processes; all are killed at the end."""
+    procs: List[CliNode] = []
+
+    def start(name: str, seeds: Optional[List[str]] = None) -> CliNode:
+        p = CliNode(name, seeds or [])
+        procs.append(p)
+        p.wait_ready()
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            p.kill()
+
+
 @pytest.fixture
 def node() -> Iterator[lbmkv.Node]:
     """A node in this process, closed at the end."""
