@@ -742,7 +742,7 @@ lbmkv_status lbmkv_table_delete_many(const lbmkv_table *table,
  * The local entries whose key matches `key_pattern` and whose value matches
  * `value_pattern`, sorted by key, go to `*entries_out` (free with
  * `lbmkv_entries_free`). Patterns are globs on bytes: `*`, `?`, `[...]`
- * and `\` escapes; a pattern with NULL data matches everything (as `*`).
+ * and `\` escapes; `{NULL, 0}` matches everything (as `*`).
  */
 lbmkv_status lbmkv_table_match(const lbmkv_table *table,
                                lbmkv_slice key_pattern,

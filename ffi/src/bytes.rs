@@ -93,6 +93,12 @@ pub struct lbmkv_bytes {
 }
 
 impl lbmkv_bytes {
+    /// No bytes: what an output holds when there is no value.
+    pub(crate) const NONE: lbmkv_bytes = lbmkv_bytes {
+        data: ptr::null_mut(),
+        len: 0,
+    };
+
     /// Hands a copy of `bytes` (plus a NUL) to C.
     pub(crate) fn copy_of(bytes: &[u8]) -> lbmkv_bytes {
         let mut v = Vec::with_capacity(bytes.len() + 1);

@@ -36,16 +36,14 @@ castable! {
     lbmkv_table => TableState, Owned;
 }
 
-/// Stores `value` in the optional outputs of a "previous value" or "value".
-fn value_outputs(value: Option<lbmkv_bytes>, value_out: *mut lbmkv_bytes, found_out: *mut bool) {
+/// Stores `value` in the optional outputs of a "previous value" or "value";
+/// the bytes are only made when the caller asked for them.
+fn value_outputs(value: Option<Vec<u8>>, value_out: *mut lbmkv_bytes, found_out: *mut bool) {
     if let Some(found) = handle::opt_out(found_out) {
         *found = value.is_some();
     }
     if let Some(out) = handle::opt_out(value_out) {
-        *out = value.unwrap_or(lbmkv_bytes {
-            data: std::ptr::null_mut(),
-            len: 0,
-        });
+        *out = value.map_or(lbmkv_bytes::NONE, lbmkv_bytes::from_vec);
     }
 }
 
@@ -127,7 +125,7 @@ pub extern "C" fn lbmkv_table_put(
         let key = key.bytes("key")?;
         let value = value.bytes("value")?;
         let prev = t.table.put(key, value)?;
-        value_outputs(prev.map(lbmkv_bytes::from_vec), prev_out, prev_found_out);
+        value_outputs(prev, prev_out, prev_found_out);
         Ok(())
     })
 }
@@ -181,23 +179,21 @@ pub extern "C" fn lbmkv_table_get(
         let t = handle::try_ref(table, "table")?;
         let found = handle::out(found_out, "found_out")?;
         let key = key.bytes("key")?;
-        let value_out = handle::opt_out(value_out);
-        let value = if strong {
-            t.table.get_strong(key)?.map(lbmkv_bytes::from_vec)
-        } else if value_out.is_some() {
-            t.table.with_value(key, |v| v.map(lbmkv_bytes::copy_of))?
-        } else {
-            // Only the presence is wanted: nothing to copy.
-            let present = t.table.contains(key)?;
-            *found = present;
-            return Ok(());
-        };
-        *found = value.is_some();
-        if let Some(out) = value_out {
-            *out = value.unwrap_or(lbmkv_bytes {
-                data: std::ptr::null_mut(),
-                len: 0,
-            });
+        match handle::opt_out(value_out) {
+            Some(out) if !strong => {
+                // The hot path: one copy straight from the table into the output.
+                let value = t.table.with_value(key, |v| v.map(lbmkv_bytes::copy_of))?;
+                *found = value.is_some();
+                *out = value.unwrap_or(lbmkv_bytes::NONE);
+            }
+            None if !strong => *found = t.table.contains(key)?,
+            value_out => {
+                let value = t.table.get_strong(key)?;
+                *found = value.is_some();
+                if let Some(out) = value_out {
+                    *out = value.map_or(lbmkv_bytes::NONE, lbmkv_bytes::from_vec);
+                }
+            }
         }
         Ok(())
     })
@@ -235,7 +231,7 @@ pub extern "C" fn lbmkv_table_delete(
         let t = handle::try_ref(table, "table")?;
         let key = key.bytes("key")?;
         let prev = t.table.delete(key)?;
-        value_outputs(prev.map(lbmkv_bytes::from_vec), prev_out, prev_found_out);
+        value_outputs(prev, prev_out, prev_found_out);
         Ok(())
     })
 }
@@ -267,7 +263,7 @@ pub extern "C" fn lbmkv_table_delete_many(
 /// The local entries whose key matches `key_pattern` and whose value matches
 /// `value_pattern`, sorted by key, go to `*entries_out` (free with
 /// `lbmkv_entries_free`). Patterns are globs on bytes: `*`, `?`, `[...]`
-/// and `\` escapes; a pattern with NULL data matches everything (as `*`).
+/// and `\` escapes; `{NULL, 0}` matches everything (as `*`).
 #[no_mangle]
 pub extern "C" fn lbmkv_table_match(
     table: *const lbmkv_table,
@@ -280,7 +276,7 @@ pub extern "C" fn lbmkv_table_match(
         let t = handle::try_ref(table, "table")?;
         let out = handle::out(entries_out, "entries_out")?;
         let pattern = |p: lbmkv_slice, what: &str| -> Result<&[u8], Failure> {
-            if p.data.is_null() {
+            if p.data.is_null() && p.len == 0 {
                 Ok(b"*")
             } else {
                 p.bytes(what)
@@ -318,8 +314,8 @@ pub extern "C" fn lbmkv_table_update(
         let (old, new) = t
             .table
             .update(key, |k, v| callback::call_update(f, user_data, k, v))?;
-        value_outputs(old.map(lbmkv_bytes::from_vec), old_out, old_found_out);
-        value_outputs(new.map(lbmkv_bytes::from_vec), new_out, new_found_out);
+        value_outputs(old, old_out, old_found_out);
+        value_outputs(new, new_out, new_found_out);
         Ok(())
     })
 }
