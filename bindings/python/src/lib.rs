@@ -421,9 +421,7 @@ impl PyNode {
     ) -> PyResult<PyTable> {
         let name = text(name, "the table name")?;
         let h = handler(callable(on_conflict, "on_conflict")?);
-        let inner = py
-            .detach(|| self.inner.create_table(&name, h))
-            .py_err(py)?;
+        let inner = py.detach(|| self.inner.create_table(&name, h)).py_err(py)?;
         Ok(PyTable::new(inner))
     }
 

@@ -305,7 +305,15 @@ def test_failing_conflict_handler_falls_back_and_logs(
     assert records[0].exc_info[0] in (Boom, TypeError)
     events = [e for n in (a, b) for e in n.events(timeout=0.3) if e["type"] == "conflict"]
     assert [e["resolution"] for e in events] == ["handler_failed"]
-    assert sum(len(n.table("t").conflicts()) for n in (a, b)) >= 1
+    logged = [r for n in (a, b) for r in n.table("t").conflicts()]
+    assert logged
+    for rec in logged:
+        assert isinstance(rec, lbmkv.ConflictRecord)
+        assert rec.key == b"k"
+        assert {rec.kept, rec.lost} == {b"left", b"right"}
+        assert rec.kept == a.table("t")["k"]
+        assert rec.peer in (a.name, b.name)
+        assert rec.at_ms > 1_600_000_000_000
 
 
 def test_blocking_call_inside_conflict_handler_would_deadlock(
