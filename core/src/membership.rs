@@ -848,6 +848,7 @@ fn dispatch(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: Message) {
         Message::SyncAllDone => peer.mark_synced(),
         msg @ (Message::SyncDigest { .. }
         | Message::SyncLeaves { .. }
+        | Message::SyncDescend { .. }
         | Message::SyncEntries { .. }
         | Message::SyncDone { .. }) => merge::on_sync_message(node, peer, msg),
         Message::Hello { .. }

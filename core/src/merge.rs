@@ -310,28 +310,71 @@ async fn run_initiator(
             total,
         },
     );
-    let (level, theirs) = match recv_step(rx, step).await? {
+    let (mut level, final_bits, mut theirs) = match recv_step(rx, step).await? {
         Message::SyncDone { .. } => return Ok(()),
-        Message::SyncLeaves { bits, leaves, .. } => (bits, leaves),
+        Message::SyncLeaves {
+            bits,
+            final_bits,
+            leaves,
+            ..
+        } => (bits, final_bits, leaves),
         other => {
             return Err(Error::protocol(format!(
                 "unexpected merge message {other:?}"
             )))
         }
     };
-    let (buckets, mine) = {
-        let s = table.read()?;
-        let ours = s.digest_leaves(level);
+    if final_bits > bits_of(table)? || level > final_bits {
+        return Err(Error::protocol(
+            "the peer sent digests of an impossible level",
+        ));
+    }
+    // Descend the digest tree through the buckets that differ only, so the
+    // bytes exchanged follow the differences rather than the table size.
+    let mut candidates: Vec<u32> = (0..theirs.len() as u32).collect();
+    let differing = loop {
+        let ours = table.read()?.digest_buckets(level, &candidates);
         if ours.len() != theirs.len() {
-            return Err(Error::protocol("the peer sent digests of another level"));
+            return Err(Error::protocol("the peer sent a wrong number of digests"));
         }
-        let buckets: Vec<u32> = (0..ours.len())
-            .filter(|&i| ours[i] != theirs[i])
-            .map(|i| i as u32)
+        let differing: Vec<u32> = candidates
+            .iter()
+            .zip(ours.iter().zip(&theirs))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(c, _)| *c)
             .collect();
-        let mine = s.entries_in_buckets(level, &buckets);
-        (buckets, mine)
+        if level >= final_bits || differing.is_empty() {
+            break differing;
+        }
+        let next = (level + DESCENT_STEP).min(final_bits);
+        send_merge(
+            node,
+            peer,
+            &Message::SyncDescend {
+                session,
+                parent_bits: level,
+                bits: next,
+                buckets: differing.clone(),
+            },
+        );
+        theirs = match recv_step(rx, step).await? {
+            Message::SyncLeaves { bits, leaves, .. } if bits == next => leaves,
+            other => {
+                return Err(Error::protocol(format!(
+                    "unexpected merge message {other:?}"
+                )))
+            }
+        };
+        candidates = children(&differing, level, next);
+        level = next;
     };
+    let buckets = if level == final_bits {
+        differing
+    } else {
+        // Equal at a coarser level: nothing differs.
+        Vec::new()
+    };
+    let mine = table.read()?.entries_in_buckets(final_bits, &buckets);
     send_entries(node, peer, session, buckets, mine);
     // This side's entries went out first, so the peer's can be merged as they arrive.
     let mut tally = Tally::default();
@@ -352,6 +395,24 @@ async fn run_initiator(
     }
     report_merge(node, peer, table, &tally);
     Ok(())
+}
+
+/// Bits added per round of the digest descent: 16 children per differing bucket.
+const DESCENT_STEP: u8 = 4;
+/// The level of the first round of digests: 256 buckets (2 KiB).
+const FIRST_LEVEL: u8 = 8;
+
+fn bits_of(table: &TableShared) -> Result<u8> {
+    Ok(table.read()?.digest_bits())
+}
+
+/// The buckets at level `to` under `parents` (at level `from`), in order.
+fn children(parents: &[u32], from: u8, to: u8) -> Vec<u32> {
+    let shift = u32::from(to - from);
+    parents
+        .iter()
+        .flat_map(|p| (p << shift)..((p + 1) << shift))
+        .collect()
 }
 
 async fn recv_step(rx: &mut mpsc::UnboundedReceiver<Message>, step: Duration) -> Result<Message> {
@@ -384,13 +445,14 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                 Ok(s) if s.digest_total() == total => None,
                 Ok(s) => {
                     let level = bits.min(s.digest_bits());
-                    Some((level, s.digest_leaves(level)))
+                    let first = level.min(FIRST_LEVEL);
+                    Some((level, first, s.digest_leaves(first)))
                 }
                 Err(_) => None,
             };
             match answer {
                 None => send_merge(node, peer, &Message::SyncDone { session }),
-                Some((level, leaves)) => {
+                Some((level, first, leaves)) => {
                     if let Ok(mut r) = node.merges.responding.lock() {
                         r.insert(
                             (peer.conn_id, session),
@@ -407,12 +469,52 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                         peer,
                         &Message::SyncLeaves {
                             session,
-                            bits: level,
+                            bits: first,
+                            final_bits: level,
                             leaves,
                         },
                     );
                 }
             }
+        }
+        Message::SyncDescend {
+            session,
+            parent_bits,
+            bits,
+            buckets,
+        } if !leading => {
+            let state = node.merges.responding.lock().ok().and_then(|r| {
+                r.get(&(peer.conn_id, session))
+                    .map(|s| (s.table.clone(), s.bits))
+            });
+            let Some((table, final_bits)) = state else {
+                return;
+            };
+            let in_range = buckets.len() <= 1usize << parent_bits
+                && buckets.iter().all(|&b| u64::from(b) < 1u64 << parent_bits);
+            if bits > final_bits || parent_bits >= bits || bits - parent_bits > 8 || !in_range {
+                node.members.drop_peer(
+                    node,
+                    &peer.actor,
+                    Some(peer.conn_id),
+                    "asked for digests of an impossible level",
+                );
+                return;
+            }
+            let leaves = match table.read() {
+                Ok(s) => s.digest_buckets(bits, &children(&buckets, parent_bits, bits)),
+                Err(_) => return,
+            };
+            send_merge(
+                node,
+                peer,
+                &Message::SyncLeaves {
+                    session,
+                    bits,
+                    final_bits,
+                    leaves,
+                },
+            );
         }
         Message::SyncEntries {
             session,

@@ -429,6 +429,23 @@ impl TableStore {
             .collect()
     }
 
+    /// The digests of `buckets` at level `bits` (at most the stored level);
+    /// out-of-range buckets count as empty.
+    pub fn digest_buckets(&self, bits: u8, buckets: &[u32]) -> Vec<u64> {
+        let bits = bits.min(self.digest.bits);
+        let group = 1usize << (self.digest.bits - bits);
+        buckets
+            .iter()
+            .map(|&b| {
+                let start = b as usize * group;
+                self.digest
+                    .leaves
+                    .get(start..start + group)
+                    .map_or(0, |c| c.iter().fold(0, |a, x| a ^ x))
+            })
+            .collect()
+    }
+
     /// Every entry whose key falls in one of `buckets` (sorted) at level `bits`.
     pub fn entries_in_buckets(&self, bits: u8, buckets: &[u32]) -> Vec<(Box<[u8]>, Entry)> {
         if buckets.is_empty() {

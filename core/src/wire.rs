@@ -192,14 +192,30 @@ pub enum Message {
         /// The initiator's whole-table digest.
         total: u64,
     },
-    /// Merge, step 2: the responder's buckets, at the coarser of both levels.
+    /// Merge, step 2: the responder's bucket digests. First all buckets of a
+    /// coarse level, then (after each [`Message::SyncDescend`]) the children of
+    /// the buckets that differed, in order, down to the final level.
     SyncLeaves {
         /// Merge session id.
         session: u64,
         /// The level of `leaves`.
         bits: u8,
+        /// The level the descent ends at: the coarser of both nodes' levels.
+        final_bits: u8,
         /// Bucket digests.
         leaves: Vec<u64>,
+    },
+    /// Merge, step 2 again: the initiator asks for the children, at level
+    /// `bits`, of the `buckets` (at level `parent_bits`) whose digests differ.
+    SyncDescend {
+        /// Merge session id.
+        session: u64,
+        /// The level of `buckets`.
+        parent_bits: u8,
+        /// The level of the children wanted.
+        bits: u8,
+        /// The differing buckets, sorted.
+        buckets: Vec<u32>,
     },
     /// Merge, step 3 and 4: the entries of the differing buckets, in chunks.
     SyncEntries {
