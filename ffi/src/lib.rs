@@ -68,3 +68,10 @@ const _: () = assert!(
 pub extern "C" fn lbmkv_version() -> *const c_char {
     panic::ffi_boundary! { panic::static_cstr(concat!(env!("CARGO_PKG_VERSION"), "\0")) }
 }
+
+// The header promises that nodes and tables may be shared between threads.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<node::NodeState>();
+    shareable::<table::TableState>();
+};

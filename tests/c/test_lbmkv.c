@@ -719,6 +719,13 @@ static lbmkv_event *event_of_type(lbmkv_node *node, lbmkv_event_type type, long 
   return NULL;
 }
 
+/* Drops every event queued on `node`. */
+static void drain_events(lbmkv_node *node) {
+  lbmkv_event *ev = NULL;
+  while (lbmkv_node_next_event(node, 0, &ev, NULL) == LBMKV_STATUS_OK && ev != NULL)
+    lbmkv_event_free(ev);
+}
+
 static void test_split_and_heal_resolved_by_a_c_handler(void) {
   handler_state st;
   pair p;
@@ -726,7 +733,7 @@ static void test_split_and_heal_resolved_by_a_c_handler(void) {
   lbmkv_event *ev = NULL;
   lbmkv_bytes log = {NULL, 0};
   int calls, frees;
-  lbmkv_status blocking;
+  lbmkv_status blocking, first;
   memset(&st, 0, sizeof st);
   pthread_mutex_init(&st.lock, NULL);
   st.blocking_status = LBMKV_STATUS_OK;
@@ -762,8 +769,12 @@ static void test_split_and_heal_resolved_by_a_c_handler(void) {
   OK(lbmkv_table_put, tb, S("k"), S("B"), NULL, NULL);
   CHECK(value_is(ta, "A") && value_is(tb, "B"));
 
-  /* heal: the first connect may be refused by the side that still bans */
-  (void)lbmkv_node_connect(p.a, lbmkv_node_address(p.b), NULL);
+  drain_events(p.b);
+
+  /* heal: the first connect lifts a's refusal but is refused by b, which
+   * still refuses a; the second lifts b's and goes through */
+  first = lbmkv_node_connect(p.a, lbmkv_node_address(p.b), NULL);
+  CHECK(first != LBMKV_STATUS_OK);
   OK(lbmkv_node_connect, p.b, lbmkv_node_address(p.a));
   CHECK(wait_until(both_see_two, &p, 10000));
   CHECK(wait_until(both_have_handler_value, &p, 15000));
@@ -780,6 +791,13 @@ static void test_split_and_heal_resolved_by_a_c_handler(void) {
   CHECK(ev != NULL);
   CHECK(strcmp(lbmkv_event_table(ev), "shared") == 0);
   CHECK(strstr(lbmkv_event_json(ev), "\"resolution\":\"handler\"") != NULL);
+  lbmkv_event_free(ev);
+  /* the other side reports the merge of the heal */
+  ev = event_of_type(p.b, LBMKV_EVENT_TYPE_MERGED, 5000);
+  CHECK(ev != NULL);
+  CHECK(strcmp(lbmkv_event_table(ev), "shared") == 0);
+  CHECK(strcmp(lbmkv_event_node(ev), "c-n1") == 0);
+  CHECK(strstr(lbmkv_event_json(ev), "\"type\":\"merged\"") != NULL);
   lbmkv_event_free(ev);
   OK(lbmkv_table_conflicts_json, ta, &log);
   CHECK(log.len >= 2);
