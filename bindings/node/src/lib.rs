@@ -7,6 +7,9 @@
 //! callbacks (update functions, conflict handlers, the event listener) are
 //! called from the runtime through weak ThreadsafeFunctions.
 
+// napi-rs registers exports only outside `cfg(test)`.
+#![cfg_attr(test, allow(dead_code))]
+
 mod callbacks;
 mod conv;
 mod error;

@@ -89,9 +89,7 @@ pub struct NodeInfo {
 fn millis(field: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
     match v {
         None => Ok(default),
-        Some(ms) if ms.is_finite() && ms >= 0.0 && ms <= 1e13 => {
-            Ok(Duration::from_secs_f64(ms / 1000.0))
-        }
+        Some(ms) if (0.0..=1e13).contains(&ms) => Ok(Duration::from_secs_f64(ms / 1000.0)),
         Some(ms) => Err(invalid(format!(
             "{field} must be a number of milliseconds >= 0, got {ms}"
         ))),
