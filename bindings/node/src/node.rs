@@ -106,6 +106,46 @@ fn count(field: &str, v: Option<f64>, default: usize) -> Result<usize> {
     }
 }
 
+/// The fields of `NodeOptions`, as JavaScript spells them.
+const START_OPTIONS: &[&str] = &[
+    "name",
+    "listen",
+    "seeds",
+    "cookie",
+    "heartbeatIntervalMs",
+    "failureTimeoutMs",
+    "requestTimeoutMs",
+    "handlerTimeoutMs",
+    "antiEntropyIntervalMs",
+    "tombstoneRetentionMs",
+    "conflictLogLimit",
+    "maxKeySize",
+    "maxValueSize",
+];
+
+/// Rejects an options object with a key outside `known`: a misspelt option
+/// would otherwise be ignored without a word.
+///
+/// # Safety
+/// `env` and `v` must be valid for the current call; `v` must be an object.
+unsafe fn known_keys(
+    env: sys::napi_env,
+    v: sys::napi_value,
+    what: &str,
+    known: &[&str],
+) -> Result<()> {
+    for (k, _) in unsafe { conv::own_entries(env, v) }? {
+        let k = unsafe { conv::string(env, k, "option name") }?;
+        if !known.contains(&k.as_str()) {
+            return Err(invalid(format!(
+                "unknown {what} {k:?}; the options are {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the options of `Node.start` into a core configuration.
 ///
 /// # Safety
@@ -121,6 +161,7 @@ unsafe fn config(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Config
             unsafe { conv::describe_value(env, v) }
         )));
     }
+    unsafe { known_keys(env, v, "Node.start option", START_OPTIONS) }?;
     let o = unsafe { NodeOptions::from_napi_value(env, v) }
         .map_err(|e| invalid(format!("bad options: {}", e.reason)))?;
     let cookie = match o.cookie {
@@ -179,6 +220,7 @@ unsafe fn table_handler(
             unsafe { conv::describe_value(env, v) }
         )));
     }
+    unsafe { known_keys(env, v, "createTable option", &["onConflict"]) }?;
     let f = unsafe { conv::property(env, v, c"onConflict") }?;
     unsafe { handler(env, f) }
 }

@@ -78,6 +78,7 @@ test('bad table and node names are INVALID_ARGUMENT, unknown tables NO_SUCH_TABL
   }
   await rejectsWith(assert, () => node.createTable('t', 42), 'INVALID_ARGUMENT', /options/)
   await rejectsWith(assert, () => node.createTable('t', { onConflict: 'x' }), 'INVALID_ARGUMENT', /onConflict/)
+  await rejectsWith(assert, () => node.createTable('t', { onconflict: () => null }), 'INVALID_ARGUMENT', /unknown createTable option/)
   throwsWith(assert, () => node.table('missing'), 'NO_SUCH_TABLE', /missing/)
   throwsWith(assert, () => node.table(7), 'INVALID_ARGUMENT')
   await rejectsWith(assert, () => node.disconnect(''), 'INVALID_ARGUMENT')
@@ -102,6 +103,7 @@ test('bad start options are INVALID_ARGUMENT', async () => {
     [{ heartbeatIntervalMs: 100, failureTimeoutMs: 50 }, /failure_timeout/],
     [{ maxKeySize: 1.5 }, /maxKeySize/],
     [{ listen: 'nowhere' }, /host:port/],
+    [{ failureTimeout: 600 }, /unknown Node.start option "failureTimeout"/],
   ]
   for (const [opts, message] of cases) {
     await rejectsWith(assert, () => Node.start(opts), 'INVALID_ARGUMENT', message)
