@@ -221,6 +221,17 @@ unsafe fn get_into_inner(
         "napi_get_value_uint32",
     )?;
     let offset = (offset as usize).min(slab_len);
+    // A key that is itself a view of the slab (made from a value's `.buffer`)
+    // must not be written over while it is borrowed: read it from a copy.
+    let slab_range = slab_ptr as usize..(slab_ptr as usize).saturating_add(slab_len);
+    let key_range = key.as_ptr() as usize..(key.as_ptr() as usize).saturating_add(key.len());
+    let copied;
+    let key: &[u8] = if key_range.start < slab_range.end && slab_range.start < key_range.end {
+        copied = key.to_vec();
+        &copied
+    } else {
+        key
+    };
 
     let n: i64 = table
         .with_value(key, |v| match v {
