@@ -16,7 +16,8 @@ export async function tour(seeds: string[] = []): Promise<number> {
   const counters: Table = await node.createTable('counters', { onConflict: keepMax })
   const previous: Buffer | null = await counters.put('visits', '0')
   const local: Buffer | null = counters.get('visits')
-  const strong: Buffer | null = await counters.get('visits', { strong: true })
+  const pending: Promise<Buffer | null> = counters.get('visits', { strong: true })
+  const strong: Buffer | null = await pending
   const [before, after] = await counters.update('visits', (_key, v) => String(Number(v ?? 0) + 1))
   const written: Array<[Buffer, Buffer]> = await counters.putMany({ a: '1', b: new Uint8Array([50]) })
   const matched: Array<[Buffer, Buffer]> = counters.match('[ab]', '*')
