@@ -100,7 +100,7 @@ fn seconds_arg(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Du
         )));
     }
     let secs: f64 = obj.extract()?;
-    seconds(what, Some(secs)).py_err(obj.py())
+    seconds(what, secs).map(Some).py_err(obj.py())
 }
 
 /// An optional non-negative `int`; negative values are `InvalidArgument`.
@@ -171,26 +171,23 @@ fn to_py_err(py: Python<'_>, err: lbmkv::Error) -> PyErr {
 }
 
 /// Maps a core result; `py` is needed to build the exception.
-trait IntoPy<T> {
+trait CoreResultExt<T> {
     fn py_err(self, py: Python<'_>) -> PyResult<T>;
 }
 
-impl<T> IntoPy<T> for lbmkv::Result<T> {
+impl<T> CoreResultExt<T> for lbmkv::Result<T> {
     fn py_err(self, py: Python<'_>) -> PyResult<T> {
         self.map_err(|e| to_py_err(py, e))
     }
 }
 
-fn seconds(what: &str, secs: Option<f64>) -> lbmkv::Result<Option<Duration>> {
-    match secs {
-        None => Ok(None),
-        Some(s) => Duration::try_from_secs_f64(s).map(Some).map_err(|_| {
-            lbmkv::Error::new(
-                ErrorKind::InvalidArgument,
-                format!("{what} must be a finite, non-negative number of seconds, got {s}"),
-            )
-        }),
-    }
+fn seconds(what: &str, secs: f64) -> lbmkv::Result<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        lbmkv::Error::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} must be a finite, non-negative number of seconds, got {secs}"),
+        )
+    })
 }
 
 /// An optional callable (`None` allowed).

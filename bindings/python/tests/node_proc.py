@@ -64,6 +64,10 @@ def run(node: lbmkv.Node, cmd: List[Any]) -> Any:
         return None
     if op == "info":
         return node.info()
+    if op == "conflicts":
+        return [[text(r.key), text(r.kept), text(r.lost), r.peer] for r in node.table(args[0]).conflicts()]
+    if op == "events":
+        return list(node.events(timeout=0.0))
     if op == "quit":
         return None
     raise ValueError(f"unknown command {op!r}")

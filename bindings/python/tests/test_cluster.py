@@ -75,8 +75,11 @@ def test_three_python_processes_split_heal_and_merge_with_a_python_handler(spawn
     everyone = sorted(p.name for p in (a, b, c))
     for p in (a, b, c):
         wait_for(lambda: _members(p) == everyone, what=f"{p.name} to see the cluster")
-    for p in (a, b, c):
-        p.call("create", "t", "concat")
+    # The handler is registered on the node alone on its side of the split,
+    # which takes part in every merge that finds the conflict.
+    a.call("create", "t")
+    b.call("create", "t")
+    c.call("create", "t", "concat")
     a.call("put", "t", "shared", "before")
     for p in (a, b, c):
         assert p.call("get", "t", "shared") == "before"
@@ -108,10 +111,25 @@ def test_three_python_processes_split_heal_and_merge_with_a_python_handler(spawn
 
     # The Python handler of node_proc.py (concat) settled the concurrent
     # writes; the rest merged by clocks, and the delete made during the split stays.
+    # Each pair merges on its own, so each node is waited for as a whole.
+    expected = {"k": "left|right", "only-left": "1", "only-right": "2", "shared": None}
+    state: Dict[str, Any] = {}
+
+    def converged(p: PyNodeProcess) -> bool:
+        state[p.name] = {key: p.call("get", "t", key) for key in expected}
+        return state[p.name] == expected
+
     for p in (a, b, c):
-        wait_for(lambda: p.call("get", "t", "k") == "left|right", what=f"{p.name} to converge")
-        assert p.call("get", "t", "only-left") == "1"
-        assert p.call("get", "t", "only-right") == "2"
-        assert p.call("get", "t", "shared") is None
-    digests = {p.call("info")["tables"][0]["digest"] for p in (a, b, c)}
-    assert len(digests) == 1
+        try:
+            wait_for(lambda: converged(p), what=f"{p.name} to converge")
+        except AssertionError as e:
+            views = {q.name: _members(q) for q in (a, b, c)}
+            logs = {q.name: q.call("conflicts", "t") for q in (a, b, c)}
+            events = {q.name: q.call("events") for q in (a, b, c)}
+            raise AssertionError(
+                f"{e}; values: {state}; views: {views}; conflict logs: {logs}; events: {events}"
+            ) from None
+    wait_for(
+        lambda: len({p.call("info")["tables"][0]["digest"] for p in (a, b, c)}) == 1,
+        what="identical replicas",
+    )
