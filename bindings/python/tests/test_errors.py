@@ -252,28 +252,36 @@ def test_blocking_call_inside_update_fn_would_deadlock(table: lbmkv.Table) -> No
 
 
 def _conflict(
-    make_node: Callable[..., lbmkv.Node], handler: Callable[..., Any]
+    make_node: Callable[..., lbmkv.Node],
+    handler: Callable[..., Any],
+    handler_b: Optional[Callable[..., Any]] = None,
 ) -> "tuple[lbmkv.Node, lbmkv.Node]":
-    """Two nodes that write `k` apart, then meet: a conflict for `handler`."""
+    """Two nodes that write `k` apart, then meet: a conflict for the handlers
+    (`handler` on the first node, `handler_b` or the same on the second)."""
     a = make_node()
     b = make_node()
     a.create_table("t", on_conflict=handler).put("k", "left")
-    b.create_table("t", on_conflict=handler).put("k", "right")
+    b.create_table("t", on_conflict=handler_b or handler).put("k", "right")
     b.connect(a.address)
     return a, b
 
 
-def test_conflict_handler_resolves(make_node: Callable[..., lbmkv.Node]) -> None:
-    calls = []
+def test_conflict_handler_resolves_on_exactly_one_node(make_node: Callable[..., lbmkv.Node]) -> None:
+    calls: "dict[str, list[tuple[bytes, Optional[bytes], Optional[bytes]]]]" = {"a": [], "b": []}
 
-    def handler(key: bytes, local: Optional[bytes], remote: Optional[bytes]) -> bytes:
-        calls.append(key)
-        return b"|".join(sorted([local or b"-", remote or b"-"]))
+    def on(node: str) -> Callable[[bytes, Optional[bytes], Optional[bytes]], bytes]:
+        def handler(key: bytes, local: Optional[bytes], remote: Optional[bytes]) -> bytes:
+            calls[node].append((key, local, remote))
+            return b"|".join(sorted([local or b"-", remote or b"-"]))
 
-    a, b = _conflict(make_node, handler)
+        return handler
+
+    a, b = _conflict(make_node, on("a"), on("b"))
     for n in (a, b):
         wait_for(lambda: n.table("t").get("k") == b"left|right", what="the handler's value")
-    assert calls == [b"k"]
+    assert bool(calls["a"]) != bool(calls["b"]), calls
+    for key, local, remote in calls["a"] + calls["b"]:
+        assert key == b"k" and {local, remote} == {b"left", b"right"}
 
 
 def test_conflict_handler_may_delete(make_node: Callable[..., lbmkv.Node]) -> None:
@@ -304,7 +312,7 @@ def test_failing_conflict_handler_falls_back_and_logs(
     assert records[0].exc_info is not None
     assert records[0].exc_info[0] in (Boom, TypeError)
     events = [e for n in (a, b) for e in n.events(timeout=0.3) if e["type"] == "conflict"]
-    assert [e["resolution"] for e in events] == ["handler_failed"]
+    assert events and all(e["resolution"] == "handler_failed" and e["key"] == "k" for e in events), events
     logged = [r for n in (a, b) for r in n.table("t").conflicts()]
     assert logged
     for rec in logged:
