@@ -37,7 +37,6 @@ pub(crate) struct PeerConn {
     tx: Mutex<Option<mpsc::UnboundedSender<Arc<[u8]>>>>,
     tasks: Mutex<Vec<AbortHandle>>,
     writer_done: watch::Receiver<bool>,
-    handler_tables: Mutex<HashSet<String>>,
     synced: watch::Sender<bool>,
 }
 
@@ -59,24 +58,6 @@ impl PeerConn {
                 if tx.send(frame).is_ok() {
                     node.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
                 }
-            }
-        }
-    }
-
-    /// Whether this peer has a conflict handler for `table`.
-    pub fn has_handler(&self, table: &str) -> bool {
-        self.handler_tables
-            .lock()
-            .map(|h| h.contains(table))
-            .unwrap_or(false)
-    }
-
-    fn set_handler(&self, info: &TableInfo) {
-        if let Ok(mut h) = self.handler_tables.lock() {
-            if info.has_handler {
-                h.insert(info.name.clone());
-            } else {
-                h.remove(&info.name);
             }
         }
     }
@@ -109,6 +90,9 @@ struct State {
     names_by_addr: HashMap<SocketAddr, String>,
     /// Addresses this node is dialing right now.
     in_flight: HashSet<SocketAddr>,
+    /// The tables each peer has a conflict handler for, kept across reconnects
+    /// so that every connection knows them from its first message on.
+    handlers: HashMap<ActorId, HashSet<String>>,
 }
 
 /// This node's peers and what it knows about reaching others.
@@ -184,9 +168,9 @@ impl Membership {
             .map(|_| node.actor.clone());
         let st = self.lock();
         st.peers
-            .values()
-            .filter(|p| p.has_handler(table))
-            .map(|p| p.actor.clone())
+            .keys()
+            .filter(|a| st.handlers.get(*a).is_some_and(|t| t.contains(table)))
+            .cloned()
             .chain(local)
             .min()
     }
@@ -269,6 +253,17 @@ impl Membership {
         let peers: Vec<Arc<PeerConn>> = self.lock().peers.drain().map(|(_, p)| p).collect();
         for p in peers {
             p.abort();
+        }
+    }
+
+    /// Records whether `actor` has a conflict handler for a table.
+    fn set_handler(&self, actor: &ActorId, info: &TableInfo) {
+        let mut st = self.lock();
+        let tables = st.handlers.entry(actor.clone()).or_default();
+        if info.has_handler {
+            tables.insert(info.name.clone());
+        } else {
+            tables.remove(&info.name);
         }
     }
 
@@ -642,7 +637,6 @@ fn register(
         tx: Mutex::new(Some(tx)),
         tasks: Mutex::new(Vec::new()),
         writer_done: done_rx,
-        handler_tables: Mutex::new(HashSet::new()),
         synced: watch::channel(false).0,
     });
     let mut replaced_restart = None;
@@ -865,7 +859,7 @@ fn dispatch(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: Message) {
 
 fn on_table_changed(node: &Arc<NodeInner>, peer: &PeerConn, info: &TableInfo) {
     match node.ensure_table(&info.name) {
-        Ok(_) => peer.set_handler(info),
+        Ok(_) => node.members.set_handler(&peer.actor, info),
         Err(e) => tracing::warn!(peer = %peer.actor, "ignoring a table: {e}"),
     }
 }

@@ -580,6 +580,13 @@ struct Found {
 
 /// Merges a chunk of the peer's versions into the local table, then settles
 /// the conflicts found in it.
+///
+/// When a member of the view has a conflict handler for the table, only that
+/// member (the smallest such actor id) settles a conflict: it stores the
+/// fallback with the merged clock and runs the handler, whose decision is then
+/// written everywhere. Every other node keeps its own version until that write
+/// arrives, so that the handler node still sees the conflict whichever pair of
+/// nodes merged first.
 fn merge_remote(
     node: &Arc<NodeInner>,
     peer: &PeerConn,
@@ -587,6 +594,8 @@ fn merge_remote(
     remote: Vec<WireEntry>,
     tally: &mut Tally,
 ) {
+    let handler_node = node.members.handler_node(node, &table.name);
+    let settles_here = handler_node.as_ref().is_none_or(|h| *h == node.actor);
     let mut found = Vec::new();
     if let Ok(mut store) = table.write() {
         store.reserve(remote.len());
@@ -600,6 +609,10 @@ fn merge_remote(
                 Some(local) => {
                     let m = merge_versions(&local, &incoming);
                     if m.conflict {
+                        tally.conflicts += 1;
+                        if !settles_here {
+                            continue;
+                        }
                         found.push(Found {
                             key: w.key.clone(),
                             local: local.value.as_deref().map(<[u8]>::to_vec),
@@ -618,24 +631,16 @@ fn merge_remote(
             store.insert(&w.key, merged.value.as_deref(), &merged.clock);
         }
     }
-    tally.conflicts += found.len();
-    if found.is_empty() {
-        return;
-    }
-    let handler_node = node.members.handler_node(node, &table.name);
     for f in found {
-        match &handler_node {
-            Some(h) if *h == node.actor => {
-                tokio::spawn(resolve_with_handler(
-                    node.clone(),
-                    table.clone(),
-                    f,
-                    peer.actor.name.to_string(),
-                ));
-            }
-            // The handler node finds the same conflict in its own merge.
-            Some(_) => {}
-            None => settle_by_fallback(node, table, f, &peer.actor.name, ResolutionKind::Fallback),
+        if handler_node.is_some() {
+            tokio::spawn(resolve_with_handler(
+                node.clone(),
+                table.clone(),
+                f,
+                peer.actor.name.to_string(),
+            ));
+        } else {
+            settle_by_fallback(node, table, f, &peer.actor.name, ResolutionKind::Fallback);
         }
     }
 }
@@ -680,67 +685,54 @@ async fn resolve_with_handler(
     f: Found,
     peer: String,
 ) {
-    let Some(handler) = table.handler() else {
-        settle_by_fallback(&node, &table, f, &peer, ResolutionKind::Fallback);
-        return;
+    let decided = match table.handler() {
+        None => Err("the handler was removed".to_string()),
+        Some(handler) => {
+            let conflict = Conflict {
+                table: table.name.to_string(),
+                key: f.key.clone(),
+                local: f.local.clone(),
+                remote: f.remote.clone(),
+            };
+            match tokio::time::timeout(node.config.handler_timeout, handler.resolve(conflict)).await
+            {
+                Ok(result) => result,
+                Err(_) => Err("it timed out".to_string()),
+            }
+        }
     };
-    let conflict = Conflict {
-        table: table.name.to_string(),
+    let (new, how) = match decided {
+        Ok(Resolution::Value(v)) => (Some(v), ResolutionKind::Handler),
+        Ok(Resolution::Delete) => (None, ResolutionKind::Handler),
+        Err(e) => {
+            tracing::warn!(table = %table.name, "conflict handler failed: {e}");
+            // The other nodes kept their versions: they learn the fallback
+            // through the same write a decision would have made.
+            (f.kept.clone(), ResolutionKind::HandlerFailed)
+        }
+    };
+    let op = WriteOp::Resolve {
         key: f.key.clone(),
-        local: f.local.clone(),
-        remote: f.remote.clone(),
+        merged: f.merged_clock.clone(),
+        new,
     };
-    let decided =
-        match tokio::time::timeout(node.config.handler_timeout, handler.resolve(conflict)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(table = %table.name, "conflict handler failed: {e}");
-                settle_by_fallback(&node, &table, f, &peer, ResolutionKind::HandlerFailed);
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(table = %table.name, "conflict handler timed out");
-                settle_by_fallback(&node, &table, f, &peer, ResolutionKind::HandlerFailed);
-                return;
-            }
-        };
-    let new = match decided {
-        Resolution::Value(v) => Some(v),
-        Resolution::Delete => None,
-    };
-    // The sequencer may not have merged this key yet: retry while its clock is
-    // behind the merged one; stop when a newer write superseded the conflict.
-    let deadline = tokio::time::Instant::now() + node.config.request_timeout;
-    loop {
-        let op = WriteOp::CompareAndSet {
-            key: f.key.clone(),
-            expected: Some(f.merged_clock.clone()),
-            new: new.clone(),
-        };
-        match crate::replication::submit(&node, &table, op).await {
-            Ok(WriteOutcome::Mismatch {
-                clock: Some(current),
-                ..
-            }) if !current.descends(&f.merged_clock) && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(WriteOutcome::Swapped) => {
-                node.emit(Event::Conflict {
-                    table: table.name.to_string(),
-                    key: String::from_utf8_lossy(&f.key).into_owned(),
-                    resolution: ResolutionKind::Handler,
-                });
-                return;
-            }
-            Ok(_) => {
-                tracing::info!(table = %table.name, "a newer write superseded a conflict resolution");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(table = %table.name, "cannot write a conflict resolution: {e}");
-                settle_by_fallback(&node, &table, f, &peer, ResolutionKind::HandlerFailed);
-                return;
-            }
+    match crate::replication::submit(&node, &table, op).await {
+        Ok(WriteOutcome::Swapped) if how == ResolutionKind::Handler => {
+            node.emit(Event::Conflict {
+                table: table.name.to_string(),
+                key: String::from_utf8_lossy(&f.key).into_owned(),
+                resolution: how,
+            });
+        }
+        Ok(WriteOutcome::Swapped) => settle_by_fallback(&node, &table, f, &peer, how),
+        Ok(_) => {
+            tracing::info!(table = %table.name, "a newer write superseded a conflict resolution")
+        }
+        Err(e) => {
+            // The fallback this node stored stays, and anti-entropy carries it
+            // to the others (its merged clock descends their versions).
+            tracing::warn!(table = %table.name, "cannot write a conflict resolution: {e}");
+            settle_by_fallback(&node, &table, f, &peer, ResolutionKind::HandlerFailed);
         }
     }
 }

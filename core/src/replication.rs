@@ -424,13 +424,20 @@ fn execute(
     changes: &mut Vec<WireEntry>,
 ) -> Reply {
     let limits = (node.config.max_key_size, node.config.max_value_size);
+    let mut write_over =
+        |store: &mut TableStore, key: Vec<u8>, value: Option<Vec<u8>>, base: Option<&VClock>| {
+            let mut clock = store.clock(&key).unwrap_or_else(VClock::fresh);
+            if let Some(base) = base {
+                clock.merge_from(base);
+            }
+            clock.increment(&node.actor, now);
+            clock.prune(now, &PruneLimits::default());
+            let old = store.insert(&key, value.as_deref(), &clock);
+            changes.push(WireEntry { key, value, clock });
+            old
+        };
     let mut write = |store: &mut TableStore, key: Vec<u8>, value: Option<Vec<u8>>| {
-        let mut clock = store.clock(&key).unwrap_or_else(VClock::fresh);
-        clock.increment(&node.actor, now);
-        clock.prune(now, &PruneLimits::default());
-        let old = store.insert(&key, value.as_deref(), &clock);
-        changes.push(WireEntry { key, value, clock });
-        old
+        write_over(store, key, value, None)
     };
     let check = |key: &[u8], value: Option<&[u8]>| -> std::result::Result<(), WriteRefusal> {
         if key.len() > limits.0 || value.is_some_and(|v| v.len() > limits.1) {
@@ -508,5 +515,15 @@ fn execute(
             Ok(WriteOutcome::Swapped)
         }
         WriteOp::Read(key) => Ok(WriteOutcome::Value(store.value(&key).map(<[u8]>::to_vec))),
+        WriteOp::Resolve { key, merged, new } => {
+            check(&key, new.as_deref())?;
+            if let Some(current) = store.clock(&key) {
+                if current.descends(&merged) && !current.equal(&merged) {
+                    return Ok(WriteOutcome::Superseded);
+                }
+            }
+            write_over(store, key, new, Some(&merged));
+            Ok(WriteOutcome::Swapped)
+        }
     }
 }

@@ -71,6 +71,17 @@ pub enum WriteOp {
     },
     /// Read `key` at the sequencer, ordered after every write before it.
     Read(Vec<u8>),
+    /// Settle a merge conflict: write `new` (`None`: delete) with a clock that
+    /// dominates `merged` (the merge of both sides' clocks) and the key's current
+    /// clock, unless a write made after the merge superseded it.
+    Resolve {
+        /// The key.
+        key: Vec<u8>,
+        /// The merge of the conflicting versions' clocks.
+        merged: VClock,
+        /// The decided value, or `None` to delete.
+        new: Option<Vec<u8>>,
+    },
 }
 
 /// The sequencer's answer to a [`WriteOp`].
@@ -91,6 +102,8 @@ pub enum WriteOutcome {
     TableMismatch,
     /// Strong read result.
     Value(Option<Vec<u8>>),
+    /// A resolution found a newer write in its place and wrote nothing.
+    Superseded,
 }
 
 /// Why a sequencer did not take a write.

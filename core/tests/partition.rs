@@ -185,3 +185,57 @@ fn conflicting_writes_in_a_silent_split_go_to_the_handler_once() {
             .all(|t| t.get(b"k").unwrap() == Some(b"from-c2".to_vec())));
     });
 }
+
+#[test]
+fn every_conflict_reaches_the_handler_node_whichever_pair_merges_first() {
+    runtime().block_on(async {
+        let net = MemNet::new();
+        let nodes = mem_cluster(&net, &["h1", "h2", "h3"]).await;
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tables = Vec::new();
+        for n in &nodes {
+            let calls = calls.clone();
+            let me = n.name().to_string();
+            let handler = lbmkv::handler_fn(move |c| {
+                calls.lock().unwrap().push((me.clone(), c.key.clone()));
+                let l = c.local.clone().unwrap_or_default();
+                let r = c.remote.clone().unwrap_or_default();
+                Ok(Resolution::Value(
+                    [
+                        l.min(r.clone()),
+                        b"+".to_vec(),
+                        r.max(c.local.clone().unwrap_or_default()),
+                    ]
+                    .concat(),
+                ))
+            });
+            tables.push(n.create_table_with("t", Some(handler)).await.unwrap());
+        }
+        for round in 0..5u8 {
+            let key = format!("k{round}").into_bytes();
+            // h3 alone on one side: h1 (the handler node) and h2 on the other.
+            isolate(&net, 3, 3);
+            wait_until(Duration::from_secs(5), || {
+                nodes[2].members().len() == 1 && nodes[0].members().len() == 2
+            })
+            .await;
+            tables[1].put(&key, b"left").await.unwrap();
+            tables[2].put(&key, b"right").await.unwrap();
+            heal_all(&net, 3);
+            let want = b"left+right".to_vec();
+            wait_until(Duration::from_secs(10), || {
+                tables
+                    .iter()
+                    .all(|t| t.get(&key).unwrap().as_deref() == Some(&want[..]))
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 5, "one handler call per conflict: {calls:?}");
+        assert!(
+            calls.iter().all(|(node, _)| node == "h1"),
+            "the smallest handler node decides: {calls:?}"
+        );
+    });
+}
