@@ -843,6 +843,8 @@ fn dispatch(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: Message) {
         msg @ (Message::SyncDigest { .. }
         | Message::SyncLeaves { .. }
         | Message::SyncDescend { .. }
+        | Message::SyncSummary { .. }
+        | Message::SyncWant { .. }
         | Message::SyncEntries { .. }
         | Message::SyncDone { .. }) => merge::on_sync_message(node, peer, msg),
         Message::Hello { .. }

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, ResolutionKind};
 use crate::membership::PeerConn;
 use crate::node::{wall_clock_ms, NodeInner};
-use crate::store::Entry;
+use crate::store::{Entry, HashedEntry};
 use crate::table::{ConflictRecord, TableShared};
 use crate::vclock::VClock;
 use crate::wire::{self, Message, WireEntry, WriteOp, WriteOutcome};
@@ -168,8 +168,12 @@ pub(crate) struct Merges {
 struct Responding {
     table: Arc<TableShared>,
     bits: u8,
-    /// Whether this side's entries of the differing buckets went out already.
-    answered: bool,
+    /// The differing buckets, from the first summary chunk.
+    buckets: Vec<u32>,
+    /// The initiator's (key hash, entry hash) pairs so far.
+    summary: Vec<(u64, u64)>,
+    /// The initiator's whole entries so far (for buckets empty here).
+    entries: Vec<WireEntry>,
     tally: Tally,
 }
 
@@ -204,28 +208,30 @@ fn send_merge(node: &NodeInner, peer: &PeerConn, msg: &Message) {
     }
 }
 
+fn to_wire(h: HashedEntry) -> WireEntry {
+    WireEntry {
+        key: h.key.into_vec(),
+        value: h.entry.value.map(<[u8]>::into_vec),
+        clock: h.entry.clock,
+    }
+}
+
+/// Sends `entries` as `SyncEntries` chunks of about [`CHUNK_BYTES`], the last
+/// one marked (an empty one when there is nothing to send).
 fn send_entries(
     node: &NodeInner,
     peer: &PeerConn,
     session: u64,
-    mut buckets: Vec<u32>,
-    entries: Vec<(Box<[u8]>, Entry)>,
+    entries: impl Iterator<Item = WireEntry>,
 ) {
     let mut chunk = Vec::new();
     let mut size = 0;
-    let total = entries.len();
-    for (i, (key, e)) in entries.into_iter().enumerate() {
-        let w = WireEntry {
-            key: key.into_vec(),
-            value: e.value.map(<[u8]>::into_vec),
-            clock: e.clock,
-        };
+    for w in entries {
         size += wire::encoded_len(&w);
         chunk.push(w);
-        if size >= CHUNK_BYTES && i + 1 < total {
+        if size >= CHUNK_BYTES {
             let msg = Message::SyncEntries {
                 session,
-                buckets: std::mem::take(&mut buckets),
                 entries: std::mem::take(&mut chunk),
                 last: false,
             };
@@ -235,8 +241,53 @@ fn send_entries(
     }
     let msg = Message::SyncEntries {
         session,
-        buckets,
         entries: chunk,
+        last: true,
+    };
+    send_merge(node, peer, &msg);
+}
+
+/// Sends this side's part of the differing `buckets` as `SyncSummary` chunks:
+/// summaries, or whole entries where the peer's bucket digest is 0 (empty).
+fn send_summary(
+    node: &NodeInner,
+    peer: &PeerConn,
+    session: u64,
+    bits: u8,
+    buckets: Vec<u32>,
+    peer_empty: &std::collections::HashSet<u32>,
+    mine: &[HashedEntry],
+) {
+    let mut buckets = buckets;
+    let mut summary = Vec::new();
+    let mut entries = Vec::new();
+    let mut size = 0;
+    for h in mine {
+        if peer_empty.contains(&(crate::store::bucket_of(h.key_hash, bits) as u32)) {
+            let w = to_wire(h.clone());
+            size += wire::encoded_len(&w);
+            entries.push(w);
+        } else {
+            summary.push((h.key_hash, h.entry_hash));
+            size += 16;
+        }
+        if size >= CHUNK_BYTES {
+            let msg = Message::SyncSummary {
+                session,
+                buckets: std::mem::take(&mut buckets),
+                summary: std::mem::take(&mut summary),
+                entries: std::mem::take(&mut entries),
+                last: false,
+            };
+            send_merge(node, peer, &msg);
+            size = 0;
+        }
+    }
+    let msg = Message::SyncSummary {
+        session,
+        buckets,
+        summary,
+        entries,
         last: true,
     };
     send_merge(node, peer, &msg);
@@ -332,19 +383,19 @@ async fn run_initiator(
     // Descend the digest tree through the buckets that differ only, so the
     // bytes exchanged follow the differences rather than the table size.
     let mut candidates: Vec<u32> = (0..theirs.len() as u32).collect();
-    let differing = loop {
+    let (differing, their_digests) = loop {
         let ours = table.read()?.digest_buckets(level, &candidates);
         if ours.len() != theirs.len() {
             return Err(Error::protocol("the peer sent a wrong number of digests"));
         }
-        let differing: Vec<u32> = candidates
+        let (differing, their_digests): (Vec<u32>, Vec<u64>) = candidates
             .iter()
             .zip(ours.iter().zip(&theirs))
             .filter(|(_, (a, b))| a != b)
-            .map(|(c, _)| *c)
-            .collect();
+            .map(|(c, (_, b))| (*c, *b))
+            .unzip();
         if level >= final_bits || differing.is_empty() {
-            break differing;
+            break (differing, their_digests);
         }
         let next = (level + DESCENT_STEP).min(final_bits);
         send_merge(
@@ -368,15 +419,39 @@ async fn run_initiator(
         candidates = children(&differing, level, next);
         level = next;
     };
-    let buckets = if level == final_bits {
-        differing
+    let (buckets, their_digests) = if level == final_bits {
+        (differing, their_digests)
     } else {
         // Equal at a coarser level: nothing differs.
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
-    let mine = table.read()?.entries_in_buckets(final_bits, &buckets);
-    send_entries(node, peer, session, buckets, mine);
-    // This side's entries went out first, so the peer's can be merged as they arrive.
+    // Where the peer's bucket is empty, whole entries go at once; elsewhere
+    // summaries first, then only the entries that differ, both ways.
+    let peer_empty: std::collections::HashSet<u32> = buckets
+        .iter()
+        .zip(&their_digests)
+        .filter(|(_, d)| **d == 0)
+        .map(|(b, _)| *b)
+        .collect();
+    let mine = table
+        .read()?
+        .hashed_entries_in_buckets(final_bits, &buckets);
+    send_summary(node, peer, session, final_bits, buckets, &peer_empty, &mine);
+    let want: std::collections::HashSet<u64> = match recv_step(rx, step).await? {
+        Message::SyncWant { want, .. } => want.into_iter().collect(),
+        other => {
+            return Err(Error::protocol(format!(
+                "unexpected merge message {other:?}"
+            )))
+        }
+    };
+    // Sent before anything of the peer's is merged: this side's versions as
+    // they were when the merge compared them.
+    let wanted = mine
+        .into_iter()
+        .filter(|h| want.contains(&h.key_hash))
+        .map(to_wire);
+    send_entries(node, peer, session, wanted);
     let mut tally = Tally::default();
     loop {
         match recv_step(rx, step).await? {
@@ -459,7 +534,9 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                             Responding {
                                 table: shared,
                                 bits: level,
-                                answered: false,
+                                buckets: Vec::new(),
+                                summary: Vec::new(),
+                                entries: Vec::new(),
                                 tally: Tally::default(),
                             },
                         );
@@ -516,9 +593,68 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                 },
             );
         }
-        Message::SyncEntries {
+        Message::SyncSummary {
             session,
             buckets,
+            summary,
+            entries,
+            last,
+        } if !leading => {
+            let key = (peer.conn_id, session);
+            let (table, bits, buckets, summary, theirs_whole) = {
+                let Ok(mut r) = node.merges.responding.lock() else {
+                    return;
+                };
+                let Some(state) = r.get_mut(&key) else {
+                    return;
+                };
+                if !buckets.is_empty() {
+                    state.buckets = buckets;
+                }
+                state.summary.extend(summary);
+                state.entries.extend(entries);
+                if !last {
+                    return;
+                }
+                (
+                    state.table.clone(),
+                    state.bits,
+                    std::mem::take(&mut state.buckets),
+                    std::mem::take(&mut state.summary),
+                    std::mem::take(&mut state.entries),
+                )
+            };
+            let mine = match table.read() {
+                Ok(s) => s.hashed_entries_in_buckets(bits, &buckets),
+                Err(_) => Vec::new(),
+            };
+            let theirs: std::collections::HashSet<(u64, u64)> = summary.iter().copied().collect();
+            let ours: std::collections::HashSet<(u64, u64)> =
+                mine.iter().map(|h| (h.key_hash, h.entry_hash)).collect();
+            let mut want: Vec<u64> = summary
+                .iter()
+                .filter(|pair| !ours.contains(pair))
+                .map(|(kh, _)| *kh)
+                .collect();
+            want.sort_unstable();
+            want.dedup();
+            send_merge(node, peer, &Message::SyncWant { session, want });
+            // This side's versions go out before anything of the peer's is merged.
+            let differing = mine
+                .into_iter()
+                .filter(|h| !theirs.contains(&(h.key_hash, h.entry_hash)))
+                .map(to_wire);
+            send_entries(node, peer, session, differing);
+            let mut tally = Tally::default();
+            merge_remote(node, peer, &table, theirs_whole, &mut tally);
+            if let Ok(mut r) = node.merges.responding.lock() {
+                if let Some(s) = r.get_mut(&key) {
+                    s.tally = tally;
+                }
+            }
+        }
+        Message::SyncEntries {
+            session,
             entries,
             last,
         } if !leading => {
@@ -532,16 +668,6 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
             else {
                 return;
             };
-            if !state.answered {
-                // This side's snapshot of the differing buckets goes out before
-                // anything of the peer's is merged into them.
-                let mine = match state.table.read() {
-                    Ok(s) => s.entries_in_buckets(state.bits, &buckets),
-                    Err(_) => Vec::new(),
-                };
-                send_entries(node, peer, session, Vec::new(), mine);
-                state.answered = true;
-            }
             let table = state.table.clone();
             merge_remote(node, peer, &table, entries, &mut state.tally);
             if last {
@@ -553,6 +679,7 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
         other => {
             let session = match &other {
                 Message::SyncLeaves { session, .. }
+                | Message::SyncWant { session, .. }
                 | Message::SyncEntries { session, .. }
                 | Message::SyncDone { session } => *session,
                 _ => return,

@@ -198,6 +198,19 @@ pub fn bucket_of(key_hash: u64, bits: u8) -> usize {
     }
 }
 
+/// A stored entry with the hashes a merge compares.
+#[derive(Clone, Debug)]
+pub struct HashedEntry {
+    /// [`key_hash`] of the key.
+    pub key_hash: u64,
+    /// The entry's contribution to the digest.
+    pub entry_hash: u64,
+    /// The key.
+    pub key: Box<[u8]>,
+    /// The entry.
+    pub entry: Entry,
+}
+
 /// Counters reported by `info`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -446,21 +459,24 @@ impl TableStore {
             .collect()
     }
 
-    /// Every entry whose key falls in one of `buckets` (sorted) at level `bits`.
-    pub fn entries_in_buckets(&self, bits: u8, buckets: &[u32]) -> Vec<(Box<[u8]>, Entry)> {
+    /// Every entry whose key falls in one of `buckets` (sorted) at level
+    /// `bits`, with its key hash and its digest contribution.
+    pub fn hashed_entries_in_buckets(&self, bits: u8, buckets: &[u32]) -> Vec<HashedEntry> {
         if buckets.is_empty() {
             return Vec::new();
         }
-        let all = buckets.len() == 1usize << bits;
         self.slots
             .iter()
-            .filter(|p| {
-                all || {
-                    let b = bucket_of(key_hash(p.key()), bits) as u32;
-                    buckets.binary_search(&b).is_ok()
-                }
+            .filter_map(|p| {
+                let kh = key_hash(p.key());
+                let b = bucket_of(kh, bits) as u32;
+                buckets.binary_search(&b).is_ok().then(|| HashedEntry {
+                    key_hash: kh,
+                    entry_hash: self.packed_hash(kh, p),
+                    key: Box::from(p.key()),
+                    entry: self.decode(p),
+                })
             })
-            .map(|p| (Box::from(p.key()), self.decode(p)))
             .collect()
     }
 
@@ -547,8 +563,10 @@ mod tests {
         let (l1, l2) = (s1.digest_leaves(bits), s2.digest_leaves(bits));
         let differing: Vec<usize> = (0..l1.len()).filter(|&i| l1[i] != l2[i]).collect();
         assert_eq!(differing, vec![bucket_of(key_hash(&key), bits)]);
-        let found = s2.entries_in_buckets(bits, &[differing[0] as u32]);
-        assert!(found.iter().any(|(k, _)| *k == key));
+        let found = s2.hashed_entries_in_buckets(bits, &[differing[0] as u32]);
+        assert!(found
+            .iter()
+            .any(|h| h.key == key && h.key_hash == key_hash(&key)));
     }
 
     #[test]

@@ -230,13 +230,35 @@ pub enum Message {
         /// The differing buckets, sorted.
         buckets: Vec<u32>,
     },
-    /// Merge, step 3 and 4: the entries of the differing buckets, in chunks.
+    /// Merge, step 3, in chunks: the initiator's side of the differing buckets
+    /// at the final level: a (key hash, entry hash) summary of each entry, or
+    /// the entry itself where the responder's bucket is empty.
+    SyncSummary {
+        /// Merge session id.
+        session: u64,
+        /// The differing buckets (first chunk only).
+        buckets: Vec<u32>,
+        /// (key hash, entry hash) of initiator entries.
+        summary: Vec<(u64, u64)>,
+        /// Whole initiator entries, for buckets the responder has nothing in.
+        entries: Vec<WireEntry>,
+        /// Whether this is the last chunk.
+        last: bool,
+    },
+    /// Merge, step 4: the key hashes whose initiator entries the responder
+    /// lacks or has in another version (its own such entries follow).
+    SyncWant {
+        /// Merge session id.
+        session: u64,
+        /// Key hashes wanted.
+        want: Vec<u64>,
+    },
+    /// Merge, steps 4 and 5, in chunks: entries the other side lacks or has
+    /// in another version.
     SyncEntries {
         /// Merge session id.
         session: u64,
-        /// The differing buckets (first chunk of the initiator only).
-        buckets: Vec<u32>,
-        /// Entries of those buckets.
+        /// The entries.
         entries: Vec<WireEntry>,
         /// Whether this is the last chunk.
         last: bool,
