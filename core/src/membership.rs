@@ -836,7 +836,7 @@ fn dispatch(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: Message) {
         }
         Message::WriteReply { id, result } => replication::on_write_reply(node, id, result),
         Message::Apply { id, table, entries } => {
-            replication::on_apply(node, peer, id, &table, entries)
+            replication::on_apply(node, peer, id, &table, entries.0)
         }
         Message::ApplyAck { id } => replication::on_apply_ack(node, &peer.actor, id),
         Message::SyncAllDone => peer.mark_synced(),

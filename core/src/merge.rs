@@ -168,12 +168,11 @@ pub(crate) struct Merges {
 struct Responding {
     table: Arc<TableShared>,
     bits: u8,
-    /// The differing buckets, from the first summary chunk.
-    buckets: Vec<u32>,
+    /// This side's entries of the differing buckets, taken at the first
+    /// summary chunk, before anything of the peer's was merged.
+    mine: Vec<HashedEntry>,
     /// The initiator's (key hash, entry hash) pairs so far.
     summary: Vec<(u64, u64)>,
-    /// The initiator's whole entries so far (for buckets empty here).
-    entries: Vec<WireEntry>,
     tally: Tally,
 }
 
@@ -232,7 +231,7 @@ fn send_entries(
         if size >= CHUNK_BYTES {
             let msg = Message::SyncEntries {
                 session,
-                entries: std::mem::take(&mut chunk),
+                entries: wire::Entries(std::mem::take(&mut chunk)),
                 last: false,
             };
             send_merge(node, peer, &msg);
@@ -241,7 +240,7 @@ fn send_entries(
     }
     let msg = Message::SyncEntries {
         session,
-        entries: chunk,
+        entries: wire::Entries(chunk),
         last: true,
     };
     send_merge(node, peer, &msg);
@@ -249,6 +248,7 @@ fn send_entries(
 
 /// Sends this side's part of the differing `buckets` as `SyncSummary` chunks:
 /// summaries, or whole entries where the peer's bucket digest is 0 (empty).
+/// Returns the summarized entries, which the peer may ask for next.
 fn send_summary(
     node: &NodeInner,
     peer: &PeerConn,
@@ -256,19 +256,21 @@ fn send_summary(
     bits: u8,
     buckets: Vec<u32>,
     peer_empty: &std::collections::HashSet<u32>,
-    mine: &[HashedEntry],
-) {
+    mine: Vec<HashedEntry>,
+) -> Vec<HashedEntry> {
     let mut buckets = buckets;
+    let mut kept = Vec::new();
     let mut summary = Vec::new();
     let mut entries = Vec::new();
     let mut size = 0;
     for h in mine {
         if peer_empty.contains(&(crate::store::bucket_of(h.key_hash, bits) as u32)) {
-            let w = to_wire(h.clone());
+            let w = to_wire(h);
             size += wire::encoded_len(&w);
             entries.push(w);
         } else {
             summary.push((h.key_hash, h.entry_hash));
+            kept.push(h);
             size += 16;
         }
         if size >= CHUNK_BYTES {
@@ -276,7 +278,7 @@ fn send_summary(
                 session,
                 buckets: std::mem::take(&mut buckets),
                 summary: std::mem::take(&mut summary),
-                entries: std::mem::take(&mut entries),
+                entries: wire::Entries(std::mem::take(&mut entries)),
                 last: false,
             };
             send_merge(node, peer, &msg);
@@ -287,10 +289,11 @@ fn send_summary(
         session,
         buckets,
         summary,
-        entries,
+        entries: wire::Entries(entries),
         last: true,
     };
     send_merge(node, peer, &msg);
+    kept
 }
 
 /// Merges every table with `peer` (this node is the smaller actor, so it leads),
@@ -436,7 +439,7 @@ async fn run_initiator(
     let mine = table
         .read()?
         .hashed_entries_in_buckets(final_bits, &buckets);
-    send_summary(node, peer, session, final_bits, buckets, &peer_empty, &mine);
+    let mine = send_summary(node, peer, session, final_bits, buckets, &peer_empty, mine);
     let want: std::collections::HashSet<u64> = match recv_step(rx, step).await? {
         Message::SyncWant { want, .. } => want.into_iter().collect(),
         other => {
@@ -456,7 +459,7 @@ async fn run_initiator(
     loop {
         match recv_step(rx, step).await? {
             Message::SyncEntries { entries, last, .. } => {
-                merge_remote(node, peer, table, entries, &mut tally);
+                merge_remote(node, peer, table, entries.0, &mut tally);
                 if last {
                     break;
                 }
@@ -534,9 +537,8 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                             Responding {
                                 table: shared,
                                 bits: level,
-                                buckets: Vec::new(),
+                                mine: Vec::new(),
                                 summary: Vec::new(),
-                                entries: Vec::new(),
                                 tally: Tally::default(),
                             },
                         );
@@ -601,56 +603,50 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
             last,
         } if !leading => {
             let key = (peer.conn_id, session);
-            let (table, bits, buckets, summary, theirs_whole) = {
-                let Ok(mut r) = node.merges.responding.lock() else {
-                    return;
-                };
-                let Some(state) = r.get_mut(&key) else {
-                    return;
-                };
-                if !buckets.is_empty() {
-                    state.buckets = buckets;
-                }
-                state.summary.extend(summary);
-                state.entries.extend(entries);
-                if !last {
-                    return;
-                }
-                (
-                    state.table.clone(),
-                    state.bits,
-                    std::mem::take(&mut state.buckets),
-                    std::mem::take(&mut state.summary),
-                    std::mem::take(&mut state.entries),
-                )
+            let Some(mut state) = node
+                .merges
+                .responding
+                .lock()
+                .ok()
+                .and_then(|mut r| r.remove(&key))
+            else {
+                return;
             };
-            let mine = match table.read() {
-                Ok(s) => s.hashed_entries_in_buckets(bits, &buckets),
-                Err(_) => Vec::new(),
-            };
-            let theirs: std::collections::HashSet<(u64, u64)> = summary.iter().copied().collect();
-            let ours: std::collections::HashSet<(u64, u64)> =
-                mine.iter().map(|h| (h.key_hash, h.entry_hash)).collect();
-            let mut want: Vec<u64> = summary
-                .iter()
-                .filter(|pair| !ours.contains(pair))
-                .map(|(kh, _)| *kh)
-                .collect();
-            want.sort_unstable();
-            want.dedup();
-            send_merge(node, peer, &Message::SyncWant { session, want });
-            // This side's versions go out before anything of the peer's is merged.
-            let differing = mine
-                .into_iter()
-                .filter(|h| !theirs.contains(&(h.key_hash, h.entry_hash)))
-                .map(to_wire);
-            send_entries(node, peer, session, differing);
-            let mut tally = Tally::default();
-            merge_remote(node, peer, &table, theirs_whole, &mut tally);
+            let table = state.table.clone();
+            if !buckets.is_empty() {
+                // The snapshot this side compares and sends: taken before the
+                // peer's whole entries (for buckets empty here) are merged.
+                state.mine = match table.read() {
+                    Ok(s) => s.hashed_entries_in_buckets(state.bits, &buckets),
+                    Err(_) => return,
+                };
+            }
+            state.summary.extend(summary);
+            merge_remote(node, peer, &table, entries.0, &mut state.tally);
+            if last {
+                let theirs: std::collections::HashSet<(u64, u64)> =
+                    state.summary.drain(..).collect();
+                let ours: std::collections::HashSet<(u64, u64)> = state
+                    .mine
+                    .iter()
+                    .map(|h| (h.key_hash, h.entry_hash))
+                    .collect();
+                let mut want: Vec<u64> = theirs
+                    .iter()
+                    .filter(|pair| !ours.contains(pair))
+                    .map(|(kh, _)| *kh)
+                    .collect();
+                want.sort_unstable();
+                want.dedup();
+                send_merge(node, peer, &Message::SyncWant { session, want });
+                let differing = std::mem::take(&mut state.mine)
+                    .into_iter()
+                    .filter(|h| !theirs.contains(&(h.key_hash, h.entry_hash)))
+                    .map(to_wire);
+                send_entries(node, peer, session, differing);
+            }
             if let Ok(mut r) = node.merges.responding.lock() {
-                if let Some(s) = r.get_mut(&key) {
-                    s.tally = tally;
-                }
+                r.insert(key, state);
             }
         }
         Message::SyncEntries {
@@ -669,7 +665,7 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                 return;
             };
             let table = state.table.clone();
-            merge_remote(node, peer, &table, entries, &mut state.tally);
+            merge_remote(node, peer, &table, entries.0, &mut state.tally);
             if last {
                 report_merge(node, peer, &table, &state.tally);
             } else if let Ok(mut r) = node.merges.responding.lock() {

@@ -402,7 +402,7 @@ fn replicate(
     let msg = Message::Apply {
         id,
         table: table.name.to_string(),
-        entries,
+        entries: crate::wire::Entries(entries),
     };
     match crate::wire::encode_frame(&msg) {
         Ok(frame) => {

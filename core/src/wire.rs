@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::vclock::{ActorId, VClock};
+use crate::vclock::{ActorId, Dot, VClock};
 
 /// First field of every handshake message: "LBKV".
 pub const MAGIC: u32 = 0x4c42_4b56;
@@ -24,6 +24,97 @@ pub struct WireEntry {
     pub value: Option<Vec<u8>>,
     /// The version's clock.
     pub clock: VClock,
+}
+
+/// Entries as sent in one message: each actor once, and every dot as an
+/// index into that list, so a batch of entries written by the same few nodes
+/// carries their names once instead of once per entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entries(pub Vec<WireEntry>);
+
+#[derive(Serialize)]
+struct EntriesOut<'a> {
+    actors: Vec<&'a ActorId>,
+    entries: Vec<EntryOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct EntryOut<'a> {
+    key: &'a serde_bytes::Bytes,
+    value: Option<&'a serde_bytes::Bytes>,
+    dots: Vec<(u32, Dot)>,
+}
+
+#[derive(Deserialize)]
+struct EntriesIn {
+    actors: Vec<ActorId>,
+    entries: Vec<EntryIn>,
+}
+
+#[derive(Deserialize)]
+struct EntryIn {
+    #[serde(with = "serde_bytes")]
+    key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    value: Option<Vec<u8>>,
+    dots: Vec<(u32, Dot)>,
+}
+
+impl Serialize for Entries {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let mut out = EntriesOut {
+            actors: Vec::new(),
+            entries: Vec::with_capacity(self.0.len()),
+        };
+        for e in &self.0 {
+            let mut dots = Vec::with_capacity(e.clock.len());
+            for (actor, dot) in e.clock.dots() {
+                // Few actors per message: a linear search beats hashing names.
+                let i = match out.actors.iter().position(|a| *a == actor) {
+                    Some(i) => i,
+                    None => {
+                        out.actors.push(actor);
+                        out.actors.len() - 1
+                    }
+                };
+                dots.push((i as u32, *dot));
+            }
+            out.entries.push(EntryOut {
+                key: serde_bytes::Bytes::new(&e.key),
+                value: e.value.as_deref().map(serde_bytes::Bytes::new),
+                dots,
+            });
+        }
+        out.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let input = EntriesIn::deserialize(deserializer)?;
+        let mut entries = Vec::with_capacity(input.entries.len());
+        for e in input.entries {
+            let mut dots = Vec::with_capacity(e.dots.len());
+            for (i, dot) in e.dots {
+                let actor = input
+                    .actors
+                    .get(i as usize)
+                    .ok_or_else(|| serde::de::Error::custom("a dot names an unknown actor"))?;
+                dots.push((actor.clone(), dot));
+            }
+            entries.push(WireEntry {
+                key: e.key,
+                value: e.value,
+                clock: VClock::from_dots(dots),
+            });
+        }
+        Ok(Entries(entries))
+    }
 }
 
 /// A peer as told to other peers for transitive connect.
@@ -187,7 +278,7 @@ pub enum Message {
         /// The table.
         table: String,
         /// The new versions.
-        entries: Vec<WireEntry>,
+        entries: Entries,
     },
     /// A batch was applied.
     ApplyAck {
@@ -241,7 +332,7 @@ pub enum Message {
         /// (key hash, entry hash) of initiator entries.
         summary: Vec<(u64, u64)>,
         /// Whole initiator entries, for buckets the responder has nothing in.
-        entries: Vec<WireEntry>,
+        entries: Entries,
         /// Whether this is the last chunk.
         last: bool,
     },
@@ -259,7 +350,7 @@ pub enum Message {
         /// Merge session id.
         session: u64,
         /// The entries.
-        entries: Vec<WireEntry>,
+        entries: Entries,
         /// Whether this is the last chunk.
         last: bool,
     },
@@ -308,6 +399,58 @@ mod tests {
         let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(len, frame.len() - 4);
         assert_eq!(decode(&frame[4..]).unwrap(), msg);
+    }
+
+    #[test]
+    fn entries_carry_each_actor_once_and_round_trip() {
+        let (a, b) = (ActorId::new("node-a", 1), ActorId::new("node-b", 2));
+        let mut clock = VClock::fresh();
+        clock.increment(&a, 10);
+        clock.increment(&b, 20);
+        let entries: Vec<WireEntry> = (0..100u8)
+            .map(|i| WireEntry {
+                key: vec![i],
+                value: (i % 3 != 0).then(|| vec![i; 10]),
+                clock: clock.clone(),
+            })
+            .collect();
+        let msg = Message::Apply {
+            id: 1,
+            table: "t".into(),
+            entries: Entries(entries),
+        };
+        let frame = encode_frame(&msg).unwrap();
+        assert_eq!(decode(&frame[4..]).unwrap(), msg);
+        let names = frame.windows(6).filter(|w| *w == b"node-a").count();
+        assert_eq!(names, 1, "the actor's name is sent once per message");
+    }
+
+    #[test]
+    fn a_dot_naming_an_unknown_actor_is_refused() {
+        #[derive(Serialize)]
+        struct Forged<'a> {
+            actors: Vec<ActorId>,
+            entries: Vec<EntryOut<'a>>,
+        }
+        let dot = Dot {
+            counter: 1,
+            timestamp_ms: 1,
+        };
+        let forged = |actors: Vec<ActorId>| {
+            postcard::to_allocvec(&Forged {
+                actors,
+                entries: vec![EntryOut {
+                    key: serde_bytes::Bytes::new(b"k"),
+                    value: None,
+                    dots: vec![(0, dot)],
+                }],
+            })
+            .unwrap()
+        };
+        // The same bytes decode once the index names an actor that was sent.
+        let good = postcard::from_bytes::<Entries>(&forged(vec![ActorId::new("a", 1)])).unwrap();
+        assert_eq!(good.0[0].clock.counter(&ActorId::new("a", 1)), 1);
+        assert!(postcard::from_bytes::<Entries>(&forged(vec![])).is_err());
     }
 
     #[test]
