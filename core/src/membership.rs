@@ -712,11 +712,13 @@ fn register(
     ensure_dialer(node, &listen, None);
 }
 
-async fn run_reader(node: Weak<NodeInner>, peer: Arc<PeerConn>, mut rd: ReadHalf<BoxStream>) {
+async fn run_reader(node: Weak<NodeInner>, peer: Arc<PeerConn>, rd: ReadHalf<BoxStream>) {
     let (failure_timeout, max_frame) = match node.upgrade() {
         Some(n) => (n.config.failure_timeout, n.config.max_frame_size),
         None => return,
     };
+    // Buffered, so that one read takes in every frame that arrived at once.
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
     loop {
         let frame = tokio::time::timeout(failure_timeout, read_frame(&mut rd, max_frame)).await;
         let Some(n) = node.upgrade() else { return };
