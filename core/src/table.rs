@@ -1,6 +1,6 @@
 //! Table handles: the public read and write operations of one replicated table.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -45,6 +45,32 @@ pub(crate) struct TableShared {
     handler: RwLock<Option<Arc<dyn ConflictHandler>>>,
     conflicts: Mutex<VecDeque<ConflictRecord>>,
     stopped: AtomicBool,
+    /// One lock per key with an `update` running on this node, so updates of
+    /// one key from this node take turns instead of failing each other's
+    /// compare-and-set (and a hot key stays fair).
+    update_locks: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The turn of one `update` on one key; gives the turn on and forgets the key's
+/// lock when nobody else waits for it.
+struct UpdateTurn<'a> {
+    locks: &'a Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a [u8],
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UpdateTurn<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        if let Ok(mut locks) = self.locks.lock() {
+            if locks
+                .get(self.key)
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+            {
+                locks.remove(self.key);
+            }
+        }
+    }
 }
 
 impl TableShared {
@@ -58,6 +84,7 @@ impl TableShared {
             handler: RwLock::new(None),
             conflicts: Mutex::new(VecDeque::new()),
             stopped: AtomicBool::new(false),
+            update_locks: Mutex::new(HashMap::new()),
         });
         node.spawn(replication::run_sequencer(
             Arc::downgrade(node),
@@ -124,6 +151,20 @@ impl TableShared {
             tombstones: s.tombstones,
             conflicts: self.conflicts.lock().map(|l| l.len()).unwrap_or(0),
             digest: format!("{digest:016x}"),
+        }
+    }
+
+    /// Waits for this node's turn to update `key`.
+    async fn update_turn<'a>(&'a self, key: &'a [u8]) -> UpdateTurn<'a> {
+        let lock = self
+            .update_locks
+            .lock()
+            .map(|mut l| l.entry(key.to_vec()).or_default().clone())
+            .unwrap_or_default();
+        UpdateTurn {
+            locks: &self.update_locks,
+            key,
+            guard: Some(lock.lock_owned().await),
         }
     }
 
@@ -290,7 +331,8 @@ impl Table {
     }
 
     /// [`Table::update`] with a fallible, possibly asynchronous `f`; an error from
-    /// `f` aborts the update and is returned as is.
+    /// `f` aborts the update and is returned as is. Updates of one key from one
+    /// node take turns, so `f` must not itself update the same key.
     pub async fn update_with<F, Fut>(&self, key: &[u8], mut f: F) -> Result<Updated>
     where
         F: FnMut(&[u8], Option<Vec<u8>>) -> Fut,
@@ -299,6 +341,11 @@ impl Table {
         self.node.check_open()?;
         self.check_key(key)?;
         let deadline = tokio::time::Instant::now() + self.node.config.request_timeout;
+        let _turn = tokio::time::timeout_at(deadline, self.shared.update_turn(key))
+            .await
+            .map_err(|_| {
+                Error::timeout("other updates of this key kept it busy until the request timeout")
+            })?;
         let (mut value, mut clock) = {
             let store = self.shared.read()?;
             match store.entry(key) {
@@ -467,4 +514,43 @@ fn previous(outcome: WriteOutcome) -> Result<Entries> {
 
 fn unexpected(outcome: &WriteOutcome) -> Error {
     Error::internal(format!("unexpected answer from the sequencer: {outcome:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, Node};
+
+    #[test]
+    fn update_turns_are_forgotten_when_no_update_waits() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = Config {
+                cookie: Some(b"t".to_vec()),
+                ..Config::default()
+            };
+            let node = Node::start(config).await.unwrap();
+            let t = node.create_table("t").await.unwrap();
+            let mut tasks = Vec::new();
+            for i in 0..4u8 {
+                let t = t.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..50 {
+                        t.update(&[i % 2], |_, v| Some(vec![v.map_or(0, |v| v[0]) + 1]))
+                            .await
+                            .unwrap();
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            assert_eq!(t.get(&[0]).unwrap(), Some(vec![100]));
+            assert_eq!(t.get(&[1]).unwrap(), Some(vec![100]));
+            assert!(t.shared.update_locks.lock().unwrap().is_empty());
+        });
+    }
 }
