@@ -438,7 +438,7 @@ async fn run_initiator(
         .collect();
     let mine = table
         .read()?
-        .hashed_entries_in_buckets(final_bits, &buckets);
+        .hashed_entries_in_buckets(final_bits, &buckets, |b| !peer_empty.contains(&b));
     let mine = send_summary(node, peer, session, final_bits, buckets, &peer_empty, mine);
     let want: std::collections::HashSet<u64> = match recv_step(rx, step).await? {
         Message::SyncWant { want, .. } => want.into_iter().collect(),
@@ -617,7 +617,7 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                 // The snapshot this side compares and sends: taken before the
                 // peer's whole entries (for buckets empty here) are merged.
                 state.mine = match table.read() {
-                    Ok(s) => s.hashed_entries_in_buckets(state.bits, &buckets),
+                    Ok(s) => s.hashed_entries_in_buckets(state.bits, &buckets, |_| true),
                     Err(_) => return,
                 };
             }

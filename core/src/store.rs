@@ -460,8 +460,14 @@ impl TableStore {
     }
 
     /// Every entry whose key falls in one of `buckets` (sorted) at level
-    /// `bits`, with its key hash and its digest contribution.
-    pub fn hashed_entries_in_buckets(&self, bits: u8, buckets: &[u32]) -> Vec<HashedEntry> {
+    /// `bits`, with its key hash and its digest contribution (left 0 in the
+    /// buckets for which `hash_wanted` says no: entries sent whole need none).
+    pub fn hashed_entries_in_buckets(
+        &self,
+        bits: u8,
+        buckets: &[u32],
+        hash_wanted: impl Fn(u32) -> bool,
+    ) -> Vec<HashedEntry> {
         if buckets.is_empty() {
             return Vec::new();
         }
@@ -472,7 +478,11 @@ impl TableStore {
                 let b = bucket_of(kh, bits) as u32;
                 buckets.binary_search(&b).is_ok().then(|| HashedEntry {
                     key_hash: kh,
-                    entry_hash: self.packed_hash(kh, p),
+                    entry_hash: if hash_wanted(b) {
+                        self.packed_hash(kh, p)
+                    } else {
+                        0
+                    },
                     key: Box::from(p.key()),
                     entry: self.decode(p),
                 })
@@ -563,7 +573,7 @@ mod tests {
         let (l1, l2) = (s1.digest_leaves(bits), s2.digest_leaves(bits));
         let differing: Vec<usize> = (0..l1.len()).filter(|&i| l1[i] != l2[i]).collect();
         assert_eq!(differing, vec![bucket_of(key_hash(&key), bits)]);
-        let found = s2.hashed_entries_in_buckets(bits, &[differing[0] as u32]);
+        let found = s2.hashed_entries_in_buckets(bits, &[differing[0] as u32], |_| true);
         assert!(found
             .iter()
             .any(|h| h.key == key && h.key_hash == key_hash(&key)));
