@@ -184,6 +184,18 @@ struct Tally {
 }
 
 impl Merges {
+    /// Takes the state of a session this node answers, while it handles a message of it.
+    fn take_responding(&self, key: (u64, u64)) -> Option<Responding> {
+        self.responding.lock().ok().and_then(|mut r| r.remove(&key))
+    }
+
+    /// Puts a session's state back for its next message.
+    fn put_responding(&self, key: (u64, u64), state: Responding) {
+        if let Ok(mut r) = self.responding.lock() {
+            r.insert(key, state);
+        }
+    }
+
     /// A connection closed: its sessions end at once.
     pub fn connection_closed(&self, conn_id: u64) {
         if let Ok(mut m) = self.initiated.lock() {
@@ -531,18 +543,16 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
             match answer {
                 None => send_merge(node, peer, &Message::SyncDone { session }),
                 Some((level, first, leaves)) => {
-                    if let Ok(mut r) = node.merges.responding.lock() {
-                        r.insert(
-                            (peer.conn_id, session),
-                            Responding {
-                                table: shared,
-                                bits: level,
-                                mine: Vec::new(),
-                                summary: Vec::new(),
-                                tally: Tally::default(),
-                            },
-                        );
-                    }
+                    node.merges.put_responding(
+                        (peer.conn_id, session),
+                        Responding {
+                            table: shared,
+                            bits: level,
+                            mine: Vec::new(),
+                            summary: Vec::new(),
+                            tally: Tally::default(),
+                        },
+                    );
                     send_merge(
                         node,
                         peer,
@@ -603,13 +613,7 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
             last,
         } if !leading => {
             let key = (peer.conn_id, session);
-            let Some(mut state) = node
-                .merges
-                .responding
-                .lock()
-                .ok()
-                .and_then(|mut r| r.remove(&key))
-            else {
+            let Some(mut state) = node.merges.take_responding(key) else {
                 return;
             };
             let table = state.table.clone();
@@ -645,9 +649,7 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                     .map(to_wire);
                 send_entries(node, peer, session, differing);
             }
-            if let Ok(mut r) = node.merges.responding.lock() {
-                r.insert(key, state);
-            }
+            node.merges.put_responding(key, state);
         }
         Message::SyncEntries {
             session,
@@ -655,21 +657,15 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
             last,
         } if !leading => {
             let key = (peer.conn_id, session);
-            let Some(mut state) = node
-                .merges
-                .responding
-                .lock()
-                .ok()
-                .and_then(|mut r| r.remove(&key))
-            else {
+            let Some(mut state) = node.merges.take_responding(key) else {
                 return;
             };
             let table = state.table.clone();
             merge_remote(node, peer, &table, entries.0, &mut state.tally);
             if last {
                 report_merge(node, peer, &table, &state.tally);
-            } else if let Ok(mut r) = node.merges.responding.lock() {
-                r.insert(key, state);
+            } else {
+                node.merges.put_responding(key, state);
             }
         }
         other => {
