@@ -33,13 +33,14 @@ options:
   --request-timeout-ms MS  bound of one write, strong read or connect (default 5000)
   --anti-entropy-ms MS     interval of digest comparisons with peers (default 1000)
 
-commands: create T | put T K V | get T K | sget T K | del T K | match T KPAT [VPAT]
+commands: create T [max] | put T K V | get T K | sget T K | del T K | match T KPAT [VPAT]
           incr T K | tables | members | info | connect ADDR | disconnect NAME
           addr | help | quit";
 
 /// The lines of the `help` command.
 const COMMANDS: &[&str] = &[
-    "create T              create table T (idempotent) -> OK",
+    "create T [max]        create table T (idempotent) -> OK; with `max`, this node",
+    "                      settles merge conflicts of T by keeping the larger number",
     "put T K V             set K to V (V = rest of the line) -> OK | PREV <old>",
     "get T K               local read -> VALUE <v> | NIL",
     "sget T K              strong read at the sequencer -> VALUE <v> | NIL",
@@ -445,11 +446,13 @@ impl Shell {
         let command = String::from_utf8_lossy(command).to_ascii_lowercase();
         match command.as_str() {
             "create" => {
-                let (Some(name), true) = (t.next(), t.is_done()) else {
-                    return Err(usage("create T"));
+                let (name, handler) = match (t.next(), t.next(), t.is_done()) {
+                    (Some(name), None, true) => (name, None),
+                    (Some(name), Some(b"max"), true) => (name, Some(keep_max())),
+                    _ => return Err(usage("create T [max]")),
                 };
                 let name = lbmkv::name_from_bytes("table name", name)?;
-                self.node.create_table(name).await?;
+                self.node.create_table_with(name, handler).await?;
                 Ok(ok())
             }
             "put" => {
@@ -556,6 +559,35 @@ impl Shell {
             )),
         }
     }
+}
+
+/// The conflict handler of `create T max` (the one of lbm_kv's sequencer
+/// sample): the larger decimal number wins; values that are not numbers
+/// compare as bytes, after any number; a deleted side loses.
+fn keep_max() -> std::sync::Arc<dyn lbmkv::ConflictHandler> {
+    fn rank(v: &Option<Vec<u8>>) -> (u8, Option<u128>, Option<&[u8]>) {
+        match v {
+            None => (0, None, None),
+            Some(b) => match std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<u128>().ok())
+            {
+                Some(n) => (1, Some(n), None),
+                None => (2, None, Some(b.as_slice())),
+            },
+        }
+    }
+    lbmkv::handler_fn(|c| {
+        let winner = if rank(&c.local) >= rank(&c.remote) {
+            &c.local
+        } else {
+            &c.remote
+        };
+        Ok(match winner {
+            Some(v) => lbmkv::Resolution::Value(v.clone()),
+            None => lbmkv::Resolution::Delete,
+        })
+    })
 }
 
 #[cfg(test)]

@@ -299,6 +299,58 @@ fn a_conflict_without_handler_keeps_the_newest_write_everywhere_and_logs_the_los
 }
 
 #[test]
+fn a_conflict_with_a_handler_gets_the_handlers_value_everywhere() {
+    let _serial = serial();
+    let mut fw = Firewall::new();
+    let mut nodes = start(&["hd1", "hd2", "hd3"], "hand");
+    for n in nodes.iter_mut() {
+        n.expect("create hand max", "OK");
+    }
+    nodes[0].expect("put hand x 1", "OK");
+
+    let cut_at = Instant::now();
+    {
+        let (ab, c) = nodes.split_at(2);
+        fw.split(&[&ab[0], &ab[1]], &[&c[0]]);
+    }
+    {
+        let (ab, c) = nodes.split_at_mut(2);
+        let (ab_names, c_names) = (names(ab), names(c));
+        wait_detected(ab, &c_names, cut_at);
+        wait_detected(c, &ab_names, cut_at);
+    }
+    // The fallback would keep the newer write (5); the handler keeps the larger (70).
+    nodes[1].expect("put hand x 70", "PREV 1");
+    std::thread::sleep(Duration::from_millis(50));
+    nodes[2].expect("put hand x 5", "PREV 1");
+
+    heal_and_converge(&mut fw, &mut nodes, "hand");
+    // The handler's decision is a replicated write made just after the merge.
+    wait_until(
+        Duration::from_secs(10),
+        "the handler's value everywhere",
+        || nodes.iter_mut().all(|n| n.one("get hand x") == "VALUE 70"),
+    );
+    for n in nodes.iter_mut() {
+        let conflicts = table_stat(&n.info(), "hand", "conflicts")
+            .as_u64()
+            .unwrap_or(0);
+        assert_eq!(conflicts, 0, "a decided conflict is not a logged loss");
+    }
+    let events: Vec<serde_json::Value> = nodes.iter_mut().flat_map(|n| n.events_seen()).collect();
+    let decided: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "conflict" && e["table"] == "hand" && e["key"] == "x")
+        .collect();
+    assert_eq!(
+        decided.len(),
+        1,
+        "one node decided the conflict once: {decided:?}"
+    );
+    assert_eq!(decided[0]["resolution"], "handler");
+}
+
+#[test]
 fn a_key_deleted_on_one_side_of_a_split_stays_deleted_after_heal() {
     let _serial = serial();
     let mut fw = Firewall::new();
