@@ -208,6 +208,20 @@ fn heal_and_converge(fw: &mut Firewall, nodes: &mut [NodeProc], table: &str) -> 
     took
 }
 
+/// Cuts the third of three nodes off from the first two, and waits until both
+/// sides have seen the other side go down.
+fn cut_off_the_third(fw: &mut Firewall, nodes: &mut [NodeProc]) {
+    let cut_at = Instant::now();
+    {
+        let (ab, c) = nodes.split_at(2);
+        fw.split(&[&ab[0], &ab[1]], &[&c[0]]);
+    }
+    let (ab, c) = nodes.split_at_mut(2);
+    let (ab_names, c_names) = (names(ab), names(c));
+    wait_detected(ab, &c_names, cut_at);
+    wait_detected(c, &ab_names, cut_at);
+}
+
 fn names(nodes: &[NodeProc]) -> Vec<String> {
     nodes.iter().map(|n| n.name.clone()).collect()
 }
@@ -219,15 +233,8 @@ fn simple_netsplit_writes_on_both_sides_are_everywhere_after_heal() {
     let mut nodes = start(&["ns1", "ns2", "ns3"], "split");
     nodes[0].expect("put split before both", "OK");
 
-    let cut_at = Instant::now();
-    {
-        let (ab, c) = nodes.split_at(2);
-        fw.split(&[&ab[0], &ab[1]], &[&c[0]]);
-    }
+    cut_off_the_third(&mut fw, &mut nodes);
     let (ab, c) = nodes.split_at_mut(2);
-    let (ab_names, c_names) = (names(ab), names(c));
-    wait_detected(ab, &c_names, cut_at);
-    wait_detected(c, &ab_names, cut_at);
     ab[0].wait_members(2, Duration::from_secs(2));
     c[0].wait_members(1, Duration::from_secs(2));
 
@@ -260,17 +267,7 @@ fn a_conflict_without_handler_keeps_the_newest_write_everywhere_and_logs_the_los
     let mut nodes = start(&["cf1", "cf2", "cf3"], "conf");
     nodes[0].expect("put conf x base", "OK");
 
-    let cut_at = Instant::now();
-    {
-        let (ab, c) = nodes.split_at(2);
-        fw.split(&[&ab[0], &ab[1]], &[&c[0]]);
-    }
-    {
-        let (ab, c) = nodes.split_at_mut(2);
-        let (ab_names, c_names) = (names(ab), names(c));
-        wait_detected(ab, &c_names, cut_at);
-        wait_detected(c, &ab_names, cut_at);
-    }
+    cut_off_the_third(&mut fw, &mut nodes);
     nodes[0].expect("put conf x older", "PREV base");
     // Clock dots carry millisecond timestamps: the second write is newer.
     std::thread::sleep(Duration::from_millis(50));
@@ -308,17 +305,7 @@ fn a_conflict_with_a_handler_gets_the_handlers_value_everywhere() {
     }
     nodes[0].expect("put hand x 1", "OK");
 
-    let cut_at = Instant::now();
-    {
-        let (ab, c) = nodes.split_at(2);
-        fw.split(&[&ab[0], &ab[1]], &[&c[0]]);
-    }
-    {
-        let (ab, c) = nodes.split_at_mut(2);
-        let (ab_names, c_names) = (names(ab), names(c));
-        wait_detected(ab, &c_names, cut_at);
-        wait_detected(c, &ab_names, cut_at);
-    }
+    cut_off_the_third(&mut fw, &mut nodes);
     // The fallback would keep the newer write (5); the handler keeps the larger (70).
     nodes[1].expect("put hand x 70", "PREV 1");
     std::thread::sleep(Duration::from_millis(50));
@@ -358,17 +345,7 @@ fn a_key_deleted_on_one_side_of_a_split_stays_deleted_after_heal() {
     nodes[0].expect("put del doomed v", "OK");
     nodes[0].expect("put del kept v", "OK");
 
-    let cut_at = Instant::now();
-    {
-        let (ab, c) = nodes.split_at(2);
-        fw.split(&[&ab[0], &ab[1]], &[&c[0]]);
-    }
-    {
-        let (ab, c) = nodes.split_at_mut(2);
-        let (ab_names, c_names) = (names(ab), names(c));
-        wait_detected(ab, &c_names, cut_at);
-        wait_detected(c, &ab_names, cut_at);
-    }
+    cut_off_the_third(&mut fw, &mut nodes);
     nodes[2].expect("del del doomed", "PREV v");
     // The other side writes too, just not that key.
     nodes[1].expect("put del other w", "OK");
