@@ -351,6 +351,10 @@ async fn sync_table(
     if let Ok(mut m) = node.merges.initiated.lock() {
         m.remove(&session);
     }
+    if result.is_err() {
+        // The peer may hold this session's state (a snapshot of its buckets): let it go.
+        send_merge(node, peer, &Message::SyncDone { session });
+    }
     result
 }
 
@@ -650,6 +654,10 @@ pub(crate) fn on_sync_message(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: 
                 send_entries(node, peer, session, differing);
             }
             node.merges.put_responding(key, state);
+        }
+        Message::SyncDone { session } if !leading => {
+            // The initiator gave the session up.
+            node.merges.take_responding((peer.conn_id, session));
         }
         Message::SyncEntries {
             session,
