@@ -190,7 +190,11 @@ impl Table {
     where
         F: FnMut(&[u8], &[u8]) -> Result<Option<Vec<u8>>>,
     {
-        block_on(self.inner.update_all_with(f))?
+        let mut f = f;
+        block_on(
+            self.inner
+                .update_all_with(|k, v| std::future::ready(f(k, &v))),
+        )?
     }
 
     /// See [`crate::Table::len`].

@@ -394,13 +394,16 @@ impl Table {
     where
         F: FnMut(&[u8], &[u8]) -> Option<Vec<u8>>,
     {
-        self.update_all_with(|k, v| Ok(f(k, v))).await
+        self.update_all_with(|k, v| std::future::ready(Ok(f(k, &v))))
+            .await
     }
 
-    /// [`Table::update_all`] with a fallible `f`; an error aborts the whole update.
-    pub async fn update_all_with<F>(&self, mut f: F) -> Result<(Entries, Entries)>
+    /// [`Table::update_all`] with a fallible, possibly asynchronous `f`; an
+    /// error from `f` aborts the whole update and is returned as is.
+    pub async fn update_all_with<F, Fut>(&self, mut f: F) -> Result<(Entries, Entries)>
     where
-        F: FnMut(&[u8], &[u8]) -> Result<Option<Vec<u8>>>,
+        F: FnMut(&[u8], Vec<u8>) -> Fut,
+        Fut: Future<Output = Result<Option<Vec<u8>>>>,
     {
         self.node.check_open()?;
         let deadline = tokio::time::Instant::now() + self.node.config.request_timeout;
@@ -418,7 +421,7 @@ impl Table {
             let mut new = Vec::new();
             let mut changes = Vec::new();
             for (k, v) in snapshot {
-                let result = f(&k, &v)?;
+                let result = f(&k, v.clone()).await?;
                 if result.as_deref() == Some(v.as_slice()) {
                     continue;
                 }

@@ -359,34 +359,22 @@ impl Table {
     )]
     pub fn update_all(&self, env: Env, f: Unknown) -> Result<Raw> {
         promise::run(&env, || {
-            let f = unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?;
+            let f = Arc::new(unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?);
             let t = self.inner.clone();
             promise::spawn(
                 &env,
                 async move {
-                    // The core calls `fn` synchronously for each entry, so the whole
-                    // update runs on a blocking thread that waits for each call.
-                    let joined = tokio::task::spawn_blocking(move || {
-                        let thrown = Mutex::new(None);
-                        let handle = tokio::runtime::Handle::current();
-                        let result = handle.block_on(t.update_all_with(|k, v| {
-                            let o = futures::executor::block_on(callbacks::call2(
-                                &f,
-                                k.to_vec(),
-                                Some(v.to_vec()),
-                            ));
-                            outcome(o, &thrown)
-                        }));
-                        result.map_err(|e| update_failure(e, &thrown))
-                    })
-                    .await;
-                    match joined {
-                        Ok(r) => r,
-                        Err(e) => Err(Failure::Core(lbmkv::Error::new(
-                            lbmkv::ErrorKind::Internal,
-                            format!("updateAll failed: {e}"),
-                        ))),
-                    }
+                    let thrown = Arc::new(Mutex::new(None));
+                    let slot = thrown.clone();
+                    let result = t
+                        .update_all_with(move |k, v| {
+                            let f = f.clone();
+                            let slot = slot.clone();
+                            let k = k.to_vec();
+                            async move { outcome(callbacks::call2(&f, k, Some(v)).await, &slot) }
+                        })
+                        .await;
+                    result.map_err(|e| update_failure(e, &thrown))
                 },
                 |env, (old, new)| unsafe {
                     let pair = [conv::pairs(env, &old)?, conv::pairs(env, &new)?];
