@@ -377,3 +377,60 @@ fn handler_registered_only_on_one_node_runs_once_per_conflict() {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     });
 }
+
+#[test]
+fn a_wrong_magic_version_or_first_message_closes_the_connection_and_nothing_else() {
+    use lbmkv::vclock::ActorId;
+    use lbmkv::wire::{encode_frame, Message, MAGIC, PROTOCOL_VERSION};
+    use std::io::{Read, Write};
+
+    runtime().block_on(async {
+        let node = start("guarded").await;
+        let t = node.create_table("t").await.unwrap();
+        t.put(b"k", b"v").await.unwrap();
+        let hello = |magic, version| Message::Hello {
+            magic,
+            version,
+            actor: ActorId::new("intruder", 1),
+            listen: "127.0.0.1:1".into(),
+            nonce: [7; 32],
+        };
+        let attempts = [
+            ("wrong protocol version", hello(MAGIC, PROTOCOL_VERSION + 1)),
+            ("wrong magic", hello(MAGIC ^ 1, PROTOCOL_VERSION)),
+            ("a first message that is not Hello", Message::Heartbeat),
+        ];
+        let addr = node.address().to_string();
+        for (what, msg) in attempts {
+            let frame = encode_frame(&msg).unwrap();
+            let addr = addr.clone();
+            let closed = tokio::task::spawn_blocking(move || {
+                let mut s = std::net::TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(&frame).unwrap();
+                let mut buf = [0u8; 64];
+                // The node answers nothing and closes: end of stream or a reset,
+                // long before the read timeout.
+                match s.read(&mut buf) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                    Ok(_) => false,
+                }
+            })
+            .await
+            .unwrap();
+            assert!(closed, "{what}: the connection stays open or got an answer");
+        }
+        assert_eq!(node.members(), vec!["guarded"]);
+        assert_eq!(t.get(b"k").unwrap(), Some(b("v")));
+        // The node still serves: a real peer joins and reads the table.
+        let peer = Node::start(lbmkv::Config {
+            seeds: vec![addr.clone()],
+            ..config("friend")
+        })
+        .await
+        .unwrap();
+        let pt = peer.create_table("t").await.unwrap();
+        assert_eq!(pt.get(b"k").unwrap(), Some(b("v")));
+    });
+}
