@@ -133,7 +133,7 @@ impl Membership {
     }
 
     /// The live peers.
-    pub fn peers(&self, _node: &NodeInner) -> Vec<Arc<PeerConn>> {
+    pub fn peers(&self) -> Vec<Arc<PeerConn>> {
         self.lock().peers.values().cloned().collect()
     }
 
@@ -144,7 +144,7 @@ impl Membership {
 
     /// Sends `msg` to every live peer.
     pub fn broadcast(&self, node: &NodeInner, msg: &Message) {
-        let peers = self.peers(node);
+        let peers = self.peers();
         if peers.is_empty() {
             return;
         }
@@ -232,7 +232,7 @@ impl Membership {
 
     /// Tells every peer this node leaves and waits briefly for the words to go out.
     pub async fn say_goodbye(&self, node: &NodeInner) {
-        let peers = self.peers(node);
+        let peers = self.peers();
         for p in &peers {
             p.send(node, &Message::Leaving);
             if let Ok(mut tx) = p.tx.lock() {
@@ -249,7 +249,7 @@ impl Membership {
     }
 
     /// Closes every connection (the node is shutting down).
-    pub fn close_all(&self, _node: &NodeInner) {
+    pub fn close_all(&self) {
         let peers: Vec<Arc<PeerConn>> = self.lock().peers.drain().map(|(_, p)| p).collect();
         for p in peers {
             p.abort();
@@ -699,7 +699,7 @@ fn register(
     }
     let members: Vec<PeerInfo> = node
         .members
-        .peers(node)
+        .peers()
         .iter()
         .filter(|p| p.actor != actor)
         .map(|p| PeerInfo {

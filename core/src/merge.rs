@@ -873,7 +873,7 @@ pub(crate) fn start_maintenance(node: &Arc<NodeInner>) {
         loop {
             tokio::time::sleep(interval).await;
             let Some(node) = weak.upgrade() else { return };
-            for peer in node.members.peers(&node) {
+            for peer in node.members.peers() {
                 if node.actor < peer.actor {
                     tokio::spawn(sync_all(node.clone(), peer));
                 }

@@ -136,18 +136,13 @@ impl NodeInner {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.members.close_all(self);
+        self.members.close_all();
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.abort_all();
         }
         self.replication.fail_all();
         if let Ok(mut events) = self.events.lock() {
             events.take();
-        }
-        if let Ok(tables) = self.tables.read() {
-            for t in tables.values() {
-                t.stop();
-            }
         }
     }
 }

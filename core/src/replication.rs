@@ -348,7 +348,7 @@ pub(crate) async fn run_sequencer(
             }
             continue;
         }
-        let peers = node.members.peers(&node);
+        let peers = node.members.peers();
         let now = wall_clock_ms();
         let mut changes = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());

@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
@@ -44,7 +43,6 @@ pub(crate) struct TableShared {
     pub jobs: mpsc::Sender<WriteJob>,
     handler: RwLock<Option<Arc<dyn ConflictHandler>>>,
     conflicts: Mutex<VecDeque<ConflictRecord>>,
-    stopped: AtomicBool,
     /// One lock per key with an `update` running on this node, so updates of
     /// one key from this node take turns instead of failing each other's
     /// compare-and-set (and a hot key stays fair).
@@ -83,7 +81,6 @@ impl TableShared {
             jobs: tx,
             handler: RwLock::new(None),
             conflicts: Mutex::new(VecDeque::new()),
-            stopped: AtomicBool::new(false),
             update_locks: Mutex::new(HashMap::new()),
         });
         node.spawn(replication::run_sequencer(
@@ -166,10 +163,6 @@ impl TableShared {
             key,
             guard: Some(lock.lock_owned().await),
         }
-    }
-
-    pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Release);
     }
 }
 
