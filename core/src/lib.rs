@@ -1,8 +1,9 @@
 //! lbmkv: an embedded, replicated, partition-tolerant in-memory key-value store.
 //!
 //! Every node holds a full replica of every table. Writes to a table are ordered
-//! by its sequencer (the member with the smallest actor id) and acknowledged
-//! once every member of the view applied them; reads are local. When nodes that
+//! by its sequencer (the member with the smallest actor id among those that hold
+//! the cluster's state, once every member of the view agrees on it) and
+//! acknowledged once every member of the view applied them; reads are local. When nodes that
 //! were apart meet again, tables are merged key by key with vector clocks and
 //! the table's conflict handler decides between concurrent versions.
 //!
@@ -16,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod agreement;
 mod auth;
 pub mod blocking;
 mod config;

@@ -38,6 +38,13 @@ pub(crate) struct PeerConn {
     tasks: Mutex<Vec<AbortHandle>>,
     writer_done: watch::Receiver<bool>,
     synced: watch::Sender<bool>,
+    /// Merge rounds this node asked for on this connection (run here when this
+    /// node initiates merges on it, else asked of the peer).
+    pub rounds_asked: AtomicU64,
+    /// Merge rounds the peer asked of this node.
+    pub rounds_asked_by_peer: AtomicU64,
+    /// How many of this node's asked-for rounds are done.
+    pub rounds_done: watch::Sender<u64>,
 }
 
 impl PeerConn {
@@ -62,9 +69,33 @@ impl PeerConn {
         }
     }
 
+    /// Queues a small control message that traffic statistics leave out.
+    pub fn send_control(&self, msg: &Message) {
+        match wire::encode_frame(msg) {
+            Ok(frame) => {
+                if let Ok(tx) = self.tx.lock() {
+                    if let Some(tx) = tx.as_ref() {
+                        let _ = tx.send(frame.into());
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot encode a message: {e}"),
+        }
+    }
+
     /// The first merge after connecting finished.
     pub fn mark_synced(&self) {
         self.synced.send_replace(true);
+    }
+
+    /// Whether the first merge after connecting finished.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Whether the connection is closed for sending.
+    pub fn is_closed(&self) -> bool {
+        self.tx.lock().map(|tx| tx.is_none()).unwrap_or(true)
     }
 
     fn abort(&self) {
@@ -121,17 +152,6 @@ impl Membership {
         v
     }
 
-    /// The sequencer of every table in this node's view: the smallest actor id.
-    pub fn sequencer(&self, node: &NodeInner) -> ActorId {
-        let st = self.lock();
-        st.peers
-            .keys()
-            .min()
-            .filter(|a| **a < node.actor)
-            .cloned()
-            .unwrap_or_else(|| node.actor.clone())
-    }
-
     /// The live peers.
     pub fn peers(&self) -> Vec<Arc<PeerConn>> {
         self.lock().peers.values().cloned().collect()
@@ -175,22 +195,6 @@ impl Membership {
             .min()
     }
 
-    /// Waits until the first merge with every current peer finished, or `limit` passed.
-    pub async fn wait_initial_sync(&self, limit: Duration) {
-        let receivers: Vec<watch::Receiver<bool>> = self
-            .lock()
-            .peers
-            .values()
-            .map(|p| p.synced.subscribe())
-            .collect();
-        let all = async {
-            for mut rx in receivers {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, all).await;
-    }
-
     /// Removes the connection to `actor` (only connection `conn_id` when given).
     pub fn drop_peer(&self, node: &NodeInner, actor: &ActorId, conn_id: Option<u64>, reason: &str) {
         let removed = {
@@ -205,6 +209,7 @@ impl Membership {
             p.abort();
             // Nobody waits on the first merge with a peer that is gone.
             p.mark_synced();
+            node.agreement.peer_down(actor, p.conn_id);
             node.replication.peer_down(node, actor);
             node.merges.connection_closed(p.conn_id);
             node.emit(Event::NodeDown {
@@ -638,6 +643,9 @@ fn register(
         tasks: Mutex::new(Vec::new()),
         writer_done: done_rx,
         synced: watch::channel(false).0,
+        rounds_asked: AtomicU64::new(0),
+        rounds_asked_by_peer: AtomicU64::new(0),
+        rounds_done: watch::channel(0).0,
     });
     let mut replaced_restart = None;
     let mut replaced_duplicate: Option<Arc<PeerConn>> = None;
@@ -665,6 +673,8 @@ fn register(
                 replaced_restart = Some(existing);
             }
         }
+        // Before the reader starts, so that the peer's first status finds it.
+        node.agreement.peer_up(peer.clone());
         let weak = Arc::downgrade(node);
         let r = tokio::spawn(run_reader(weak.clone(), peer.clone(), rd)).abort_handle();
         let w = tokio::spawn(run_writer(weak, peer.clone(), rx, wr, done_tx)).abort_handle();
@@ -677,13 +687,13 @@ fn register(
             drop(st);
             // Both nodes dialed each other and both keep the connection the
             // smaller one initiated. What was in flight on the other is lost:
-            // like after a reconnect, its requests fail, its batches stop
-            // waiting, its merges end, and the merge on the kept connection
-            // reconciles the tables.
+            // its requests fail, its batches fail (the peer stays in the view
+            // without them, so they cannot count as acknowledged), its merges
+            // end, and the merge on the kept connection reconciles the tables.
             tracing::debug!(node = %node.actor, peer = %actor, "replaced a duplicate connection");
             old.abort();
             old.mark_synced();
-            node.replication.peer_down(node, &actor);
+            node.replication.connection_replaced(node, &actor);
             node.merges.connection_closed(old.conn_id);
         } else if is_new {
             drop(st);
@@ -841,7 +851,23 @@ fn dispatch(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: Message) {
             replication::on_apply(node, peer, id, &table, entries.0)
         }
         Message::ApplyAck { id } => replication::on_apply_ack(node, &peer.actor, id),
-        Message::SyncAllDone => peer.mark_synced(),
+        Message::SyncAllDone { served } => merge::on_round_done(peer, served),
+        Message::SyncRequest => merge::on_round_asked(node, peer),
+        Message::Status {
+            ready,
+            follows,
+            applied_from,
+            echo,
+        } => {
+            let job = node
+                .agreement
+                .on_status(peer, ready, follows, applied_from, echo);
+            if let Some(job) = job {
+                crate::agreement::run_catch_up(node, job);
+            }
+        }
+        Message::Probe { id } => node.agreement.on_probe(peer, id),
+        Message::ApplyRefused { id } => replication::on_apply_refused(node, &peer.actor, id),
         msg @ (Message::SyncDigest { .. }
         | Message::SyncLeaves { .. }
         | Message::SyncDescend { .. }

@@ -308,33 +308,106 @@ fn send_summary(
     kept
 }
 
-/// Merges every table with `peer` (this node is the smaller actor, so it leads),
-/// then tells the peer the first merge is complete.
+/// Merges every table with `peer` (this node is the smaller actor, so it leads
+/// the merges on this connection), then tells the peer. When a round is already
+/// running, that one runs another afterwards if a round was asked for meanwhile.
 pub(crate) async fn sync_all(node: Arc<NodeInner>, peer: Arc<PeerConn>) {
-    let first = {
-        let Ok(mut busy) = node.merges.busy_with.lock() else {
-            return;
+    loop {
+        let first = match node.merges.busy_with.lock() {
+            Ok(mut busy) => busy.insert(peer.conn_id),
+            Err(_) => return,
         };
-        busy.insert(peer.conn_id)
-    };
-    if !first {
-        // A merge with this peer is running; it covers this round too.
-        return;
+        if !first {
+            return;
+        }
+        let asked = loop {
+            let asked = (
+                peer.rounds_asked.load(Ordering::Acquire),
+                peer.rounds_asked_by_peer.load(Ordering::Acquire),
+            );
+            sync_every_table(&node, &peer).await;
+            peer.rounds_done.send_if_modified(|done| {
+                let grew = asked.0 > *done;
+                *done = (*done).max(asked.0);
+                grew
+            });
+            send_merge(&node, &peer, &Message::SyncAllDone { served: asked.1 });
+            peer.mark_synced();
+            if !round_asked_since(&peer, asked) {
+                break asked;
+            }
+        };
+        if let Ok(mut busy) = node.merges.busy_with.lock() {
+            busy.remove(&peer.conn_id);
+        }
+        // A round asked for between the last check and the release above
+        // found the connection busy and left it to this loop.
+        if !round_asked_since(&peer, asked) {
+            return;
+        }
     }
+}
+
+fn round_asked_since(peer: &PeerConn, asked: (u64, u64)) -> bool {
+    peer.rounds_asked.load(Ordering::Acquire) > asked.0
+        || peer.rounds_asked_by_peer.load(Ordering::Acquire) > asked.1
+}
+
+async fn sync_every_table(node: &Arc<NodeInner>, peer: &Arc<PeerConn>) {
     let names: Vec<String> = node.table_infos().into_iter().map(|t| t.name).collect();
     for name in names {
         let Some(table) = node.table(&name) else {
             continue;
         };
-        if let Err(e) = sync_table(&node, &peer, &table).await {
+        if let Err(e) = sync_table(node, peer, &table).await {
             tracing::warn!(node = %node.actor, peer = %peer.actor, table = %name, "merge failed: {e}");
         }
     }
-    if let Ok(mut busy) = node.merges.busy_with.lock() {
-        busy.remove(&peer.conn_id);
+}
+
+/// A merge of every table with `peer` that begins now (or after the one
+/// running): returns whether it finished within `limit`.
+pub(crate) async fn merge_round(
+    node: &Arc<NodeInner>,
+    peer: &Arc<PeerConn>,
+    limit: Duration,
+) -> bool {
+    let id = peer.rounds_asked.fetch_add(1, Ordering::AcqRel) + 1;
+    if node.actor < peer.actor {
+        tokio::spawn(sync_all(node.clone(), peer.clone()));
+    } else {
+        peer.send_control(&Message::SyncRequest);
     }
-    send_merge(&node, &peer, &Message::SyncAllDone);
+    let mut done = peer.rounds_done.subscribe();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if *done.borrow_and_update() >= id {
+            return true;
+        }
+        if peer.is_closed() || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // Woken by a finished round, or now and then to notice a closed connection.
+        let _ = tokio::time::timeout(crate::node::SETTLE_PAUSE * 10, done.changed()).await;
+    }
+}
+
+/// The peer finished a round of merges it leads on this connection.
+pub(crate) fn on_round_done(peer: &PeerConn, served: u64) {
+    peer.rounds_done.send_if_modified(|done| {
+        let grew = served > *done;
+        *done = (*done).max(served);
+        grew
+    });
     peer.mark_synced();
+}
+
+/// The peer asks for a round of merges, which this node leads.
+pub(crate) fn on_round_asked(node: &Arc<NodeInner>, peer: &Arc<PeerConn>) {
+    if node.actor < peer.actor {
+        peer.rounds_asked_by_peer.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(sync_all(node.clone(), peer.clone()));
+    }
 }
 
 async fn sync_table(
@@ -779,6 +852,18 @@ fn report_merge(node: &NodeInner, peer: &PeerConn, table: &TableShared, tally: &
         keys_changed: tally.changed,
         conflicts: tally.conflicts,
     });
+}
+
+/// A conflict settled by the fallback outside a merge (a replica received a
+/// version that did not descend its own): logged and reported like any other.
+pub(crate) fn report_unsettled(node: &NodeInner, table: &TableShared, record: ConflictRecord) {
+    tracing::warn!(node = %node.actor, table = %table.name, peer = %record.peer, "a replicated version was concurrent with the local one; settled by the fallback");
+    node.emit(Event::Conflict {
+        table: table.name.to_string(),
+        key: String::from_utf8_lossy(&record.key).into_owned(),
+        resolution: ResolutionKind::Fallback,
+    });
+    table.log_conflict(record, node.config.conflict_log_limit);
 }
 
 fn settle_by_fallback(

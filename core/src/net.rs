@@ -230,7 +230,8 @@ impl Net for MemNet {
                 st.next_port = st.next_port.max(20_000) + 1;
                 addr.set_port(st.next_port);
             }
-            if st.listeners.contains_key(&addr) {
+            // A listener whose node is gone frees its address, as a closed socket does.
+            if st.listeners.get(&addr).is_some_and(|tx| !tx.is_closed()) {
                 return Err(io::Error::new(io::ErrorKind::AddrInUse, "address in use"));
             }
             let (tx, rx) = mpsc::unbounded_channel();

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
+use crate::agreement::Agreement;
 use crate::auth;
 use crate::config::{validate_name, Config};
 use crate::error::{Error, ErrorKind, Result};
@@ -51,6 +52,7 @@ pub(crate) struct NodeInner {
     pub closed: AtomicBool,
     pub rng: Mutex<StdRng>,
     pub members: Membership,
+    pub agreement: Agreement,
     pub replication: Replication,
     pub merges: Merges,
     pub stats: Stats,
@@ -258,6 +260,7 @@ impl Node {
             closed: AtomicBool::new(false),
             rng: Mutex::new(rng),
             members: Membership::new(),
+            agreement: Agreement::new(ActorId::new(&name, incarnation), config.failure_timeout),
             replication: Replication::default(),
             merges: Merges::default(),
             stats: Stats::default(),
@@ -268,9 +271,11 @@ impl Node {
         crate::membership::start(&inner, listener);
         crate::merge::start_maintenance(&inner);
         crate::replication::start_ack_watchdog(&inner);
+        crate::agreement::start(&inner);
         let seeds = inner.config.seeds.clone();
         let first_attempts = crate::membership::dial_seeds(&inner, &seeds);
         let _ = tokio::time::timeout(inner.config.request_timeout, first_attempts).await;
+        crate::agreement::start_join(&inner);
         let node = Node {
             _guard: Arc::new(CloseGuard(inner.clone())),
             inner,
@@ -324,13 +329,16 @@ impl Node {
         self.inner
             .members
             .broadcast(&self.inner, &Message::TableChanged(info));
-        // The first merge with each peer streams whole tables, which can take a
-        // while for large ones: wait for it well beyond one request timeout
-        // (each of its steps has that timeout, and a peer that goes away ends it).
-        self.inner
-            .members
-            .wait_initial_sync(self.inner.config.request_timeout * 12)
-            .await;
+        // A joining node's first merges stream whole tables, which can take a
+        // while for large ones: wait for them well beyond one request timeout
+        // (each of their steps has that timeout, and a peer that goes away ends it).
+        let limit = self.inner.config.request_timeout * 12;
+        if !self.inner.agreement.wait_ready(limit).await {
+            return Err(Error::unavailable(format!(
+                "the table's state did not arrive from the cluster within {} s",
+                limit.as_secs()
+            )));
+        }
         Ok(Table::new(self.inner.clone(), shared))
     }
 

@@ -13,7 +13,7 @@ use crate::membership::PeerConn;
 use crate::merge::merge_versions;
 use crate::node::{wall_clock_ms, NodeInner, SETTLE_PAUSE};
 use crate::store::{Entry, TableStore};
-use crate::table::TableShared;
+use crate::table::{ConflictRecord, TableShared};
 use crate::vclock::{ActorId, PruneLimits, VClock};
 use crate::wire::{Message, WireEntry, WriteOp, WriteOutcome, WriteRefusal};
 
@@ -94,8 +94,40 @@ impl Replication {
         finished.iter().filter_map(|id| acks.remove(id)).collect()
     }
 
-    /// A peer left the view: its unanswered requests fail, and batches stop waiting for it.
+    /// A peer left the view: its unanswered requests fail, and batches stop
+    /// waiting for it (they are acknowledged by every member that remains).
     pub fn peer_down(&self, node: &NodeInner, actor: &ActorId) {
+        self.fail_requests_to(actor);
+        deliver(node, self.acknowledge(actor, None));
+    }
+
+    /// A peer's connection was replaced by another while the peer stays in the
+    /// view: what it had not acknowledged was lost with the old connection, so
+    /// those batches fail instead of counting as applied.
+    pub fn connection_replaced(&self, node: &NodeInner, actor: &ActorId) {
+        self.fail_requests_to(actor);
+        let lost: Vec<PendingAck> = match self.acks.lock() {
+            Ok(mut acks) => {
+                let ids: Vec<u64> = acks
+                    .iter()
+                    .filter(|(_, p)| p.waiting.contains(actor))
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.iter().filter_map(|id| acks.remove(id)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        fail_batches(
+            node,
+            lost,
+            &format!(
+                "the connection to {} was replaced before it applied the write",
+                actor.name
+            ),
+        );
+    }
+
+    fn fail_requests_to(&self, actor: &ActorId) {
         if let Ok(mut reqs) = self.requests.lock() {
             let ids: Vec<u64> = reqs
                 .iter()
@@ -111,7 +143,6 @@ impl Replication {
                 }
             }
         }
-        deliver(node, self.acknowledge(actor, None));
     }
 
     /// Members that let a batch wait longer than the failure timeout.
@@ -136,6 +167,22 @@ impl Replication {
         }
         if let Ok(mut acks) = self.acks.lock() {
             acks.clear();
+        }
+    }
+}
+
+/// Answers every write of `batches` with `Unavailable`: the sequencer applied
+/// them, but not every member did, so they may or may not last.
+fn fail_batches(node: &NodeInner, batches: Vec<PendingAck>, why: &str) {
+    for batch in batches {
+        for (to, _) in batch.replies {
+            to.send(
+                node,
+                Err(WriteRefusal::Failed(
+                    ErrorKind::Unavailable,
+                    format!("{why}; it may or may not have taken effect"),
+                )),
+            );
         }
     }
 }
@@ -180,7 +227,16 @@ pub(crate) async fn submit(
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         node.check_open()?;
-        let sequencer = node.members.sequencer(node);
+        let Some(sequencer) = node.agreement.follows() else {
+            // No member holds the cluster's state yet (every one is joining).
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::unavailable(
+                    "no member of the view is ready to order writes",
+                ));
+            }
+            tokio::time::sleep(SETTLE_PAUSE).await;
+            continue;
+        };
         let (tx, rx) = oneshot::channel();
         if sequencer == node.actor {
             let job = WriteJob {
@@ -282,7 +338,8 @@ pub(crate) fn on_write_reply(node: &NodeInner, id: u64, result: Reply) {
     }
 }
 
-/// A batch from a sequencer: apply it in order, then acknowledge.
+/// A batch from a sequencer: applied in order and acknowledged when it comes
+/// from the sequencer this node follows, refused otherwise.
 pub(crate) fn on_apply(
     node: &Arc<NodeInner>,
     peer: &Arc<PeerConn>,
@@ -290,36 +347,72 @@ pub(crate) fn on_apply(
     table: &str,
     entries: Vec<WireEntry>,
 ) {
-    match node.ensure_table(table) {
-        Ok(shared) => {
-            if let Ok(mut store) = shared.write() {
-                for e in entries {
-                    apply_replicated(&mut store, e);
-                }
-            }
-        }
-        Err(e) => tracing::warn!(peer = %peer.actor, "refusing a batch: {e}"),
+    let mut agreement = node.agreement.lock();
+    if !agreement.may_apply_from(&peer.actor) {
+        drop(agreement);
+        tracing::debug!(node = %node.actor, peer = %peer.actor, "refusing a batch from a sequencer this node does not follow");
+        peer.send(node, &Message::ApplyRefused { id });
+        return;
     }
-    peer.send(node, &Message::ApplyAck { id });
+    let applied = node.ensure_table(table).and_then(|shared| {
+        let mut store = shared.write()?;
+        let conflicts: Vec<ConflictRecord> = entries
+            .into_iter()
+            .filter_map(|e| apply_replicated(&mut store, e, &peer.actor.name))
+            .collect();
+        Ok((shared.clone(), conflicts))
+    });
+    match applied {
+        Ok((shared, conflicts)) => {
+            agreement.applied_from(&peer.actor);
+            drop(agreement);
+            for record in conflicts {
+                crate::merge::report_unsettled(node, &shared, record);
+            }
+            peer.send(node, &Message::ApplyAck { id });
+        }
+        Err(e) => {
+            drop(agreement);
+            tracing::warn!(node = %node.actor, peer = %peer.actor, "refusing a batch: {e}");
+            peer.send(node, &Message::ApplyRefused { id });
+        }
+    }
 }
 
-/// Stores a version from a sequencer: it normally descends the local one; if a
-/// merge made the local one newer or concurrent, the merge rule decides.
-fn apply_replicated(store: &mut TableStore, e: WireEntry) {
+/// Stores a version from the sequencer. It normally descends the local one; when
+/// it does not (a merge brought a version the sequencer has not seen yet), the
+/// merge rule decides, and a conflict it settles by the fallback is returned
+/// to be logged and reported.
+fn apply_replicated(store: &mut TableStore, e: WireEntry, sender: &str) -> Option<ConflictRecord> {
     match store.clock(&e.key) {
         Some(local) if !e.clock.descends(&local) => {
-            let Some(local) = store.entry(&e.key) else {
-                return;
-            };
+            let local = store.entry(&e.key)?;
             let incoming = Entry {
                 value: e.value.map(Vec::into_boxed_slice),
                 clock: e.clock,
             };
-            let merged = merge_versions(&local, &incoming).entry;
-            store.insert(&e.key, merged.value.as_deref(), &merged.clock);
+            let merged = merge_versions(&local, &incoming);
+            store.insert(&e.key, merged.entry.value.as_deref(), &merged.entry.clock);
+            merged.conflict.then(|| {
+                let kept = merged.entry.value.as_deref().map(<[u8]>::to_vec);
+                let local = local.value.as_deref().map(<[u8]>::to_vec);
+                let lost = if kept == local {
+                    incoming.value.as_deref().map(<[u8]>::to_vec)
+                } else {
+                    local
+                };
+                ConflictRecord {
+                    key: e.key,
+                    kept,
+                    lost,
+                    peer: sender.to_string(),
+                    at_ms: wall_clock_ms(),
+                }
+            })
         }
         _ => {
             store.insert(&e.key, e.value.as_deref(), &e.clock);
+            None
         }
     }
 }
@@ -329,8 +422,26 @@ pub(crate) fn on_apply_ack(node: &NodeInner, peer: &ActorId, id: u64) {
     deliver(node, node.replication.acknowledge(peer, Some(id)));
 }
 
-/// The sequencer task of one table: takes writes in batches, applies them in
-/// order, replicates each batch and answers once every member acknowledged.
+/// A member refused a batch: it follows another sequencer now.
+pub(crate) fn on_apply_refused(node: &NodeInner, peer: &ActorId, id: u64) {
+    let refused = node
+        .replication
+        .acks
+        .lock()
+        .ok()
+        .and_then(|mut acks| acks.remove(&id));
+    fail_batches(
+        node,
+        refused.into_iter().collect(),
+        &format!(
+            "{} follows another sequencer and refused the write",
+            peer.name
+        ),
+    );
+}
+
+/// The sequencer task of one table: takes writes in batches and orders each
+/// batch while this node is the active sequencer (see [`crate::agreement`]).
 pub(crate) async fn run_sequencer(
     node: Weak<NodeInner>,
     table: Arc<TableShared>,
@@ -342,41 +453,64 @@ pub(crate) async fn run_sequencer(
             return;
         }
         let Some(node) = node.upgrade() else { return };
-        if node.members.sequencer(&node) != node.actor {
-            for job in batch.drain(..) {
-                job.reply.send(&node, Err(WriteRefusal::NotSequencer));
-            }
-            continue;
-        }
-        let peers = node.members.peers();
-        let now = wall_clock_ms();
-        let mut changes = Vec::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        match table.write() {
-            Ok(mut store) => {
-                for job in batch.drain(..) {
-                    let outcome = execute(&node, &mut store, job.op, now, &mut changes);
-                    replies.push((job.reply, outcome));
-                }
-            }
-            Err(e) => {
-                for job in batch.drain(..) {
-                    job.reply.send(
-                        &node,
-                        Err(WriteRefusal::Failed(e.kind(), e.message().to_string())),
-                    );
-                }
-                continue;
-            }
-        }
-        if changes.is_empty() || peers.is_empty() {
-            for (reply, outcome) in replies {
-                reply.send(&node, outcome);
-            }
-            continue;
-        }
-        replicate(&node, &table, &peers, changes, replies);
+        sequence_batch(&node, &table, &mut batch);
     }
+}
+
+/// Applies a batch of writes in order, replicates it and arranges its answers;
+/// refuses it when this node is not the active sequencer. Runs under the
+/// agreement lock, so the batch is executed and queued to the members as a
+/// whole before this node can turn to another sequencer.
+fn sequence_batch(node: &Arc<NodeInner>, table: &Arc<TableShared>, batch: &mut Vec<WriteJob>) {
+    let mut agreement = node.agreement.lock();
+    if !agreement.is_active(tokio::time::Instant::now()) {
+        drop(agreement);
+        for job in batch.drain(..) {
+            job.reply.send(node, Err(WriteRefusal::NotSequencer));
+        }
+        return;
+    }
+    // A request whose connection ended has nobody left to answer, and its
+    // sender was told it failed: ordering it now would add a write nobody
+    // knows of.
+    batch.retain(|job| match &job.reply {
+        ReplyTo::Remote { peer, .. } => agreement.is_live(peer),
+        ReplyTo::Local(_) => true,
+    });
+    let peers = agreement.peer_conns();
+    let now = wall_clock_ms();
+    let mut changes = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    match table.write() {
+        Ok(mut store) => {
+            for job in batch.drain(..) {
+                let outcome = execute(node, &mut store, job.op, now, &mut changes);
+                replies.push((job.reply, outcome));
+            }
+        }
+        Err(e) => {
+            drop(agreement);
+            for job in batch.drain(..) {
+                job.reply.send(
+                    node,
+                    Err(WriteRefusal::Failed(e.kind(), e.message().to_string())),
+                );
+            }
+            return;
+        }
+    }
+    if changes.is_empty() || peers.is_empty() {
+        if !changes.is_empty() {
+            agreement.applied_from(&node.actor);
+        }
+        drop(agreement);
+        for (reply, outcome) in replies {
+            reply.send(node, outcome);
+        }
+        return;
+    }
+    agreement.applied_from(&node.actor);
+    replicate(node, table, &peers, changes, replies);
 }
 
 /// Sends a batch to `peers`; its answers go out when all of them acknowledged
@@ -517,8 +651,11 @@ fn execute(
         WriteOp::Read(key) => Ok(WriteOutcome::Value(store.value(&key).map(<[u8]>::to_vec))),
         WriteOp::Resolve { key, merged, new } => {
             check(&key, new.as_deref())?;
+            // Only a version the merge saw may be replaced: a write made
+            // after it (one `merged` does not descend) wins, and the handler
+            // node meets it again as a conflict if its own copy differs.
             if let Some(current) = store.clock(&key) {
-                if current.descends(&merged) && !current.equal(&merged) {
+                if !merged.descends(&current) {
                     return Ok(WriteOutcome::Superseded);
                 }
             }

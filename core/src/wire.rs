@@ -9,7 +9,7 @@ use crate::vclock::{ActorId, Dot, VClock};
 /// First field of every handshake message: "LBKV".
 pub const MAGIC: u32 = 0x4c42_4b56;
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bound on any frame before the peer is authenticated.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
@@ -359,8 +359,44 @@ pub enum Message {
         /// Merge session id.
         session: u64,
     },
-    /// The initiator finished the merge of every table after a connect.
-    SyncAllDone,
+    /// The initiator finished a merge of every table (the first one after a
+    /// connect, an anti-entropy round, or one the peer asked for).
+    SyncAllDone {
+        /// How many of the peer's [`Message::SyncRequest`]s had arrived when
+        /// this round began: the rounds it asked for that are now done.
+        served: u64,
+    },
+    /// Asks the peer (the initiator of merges on this connection) for a merge
+    /// of every table that begins after this message arrives.
+    SyncRequest,
+    /// Where the sender stands in its view: whether it holds the cluster's
+    /// state, which sequencer it follows, and whose batches it last applied.
+    /// Sent after connecting, whenever one of these changes, and in answer to
+    /// every [`Message::Probe`].
+    Status {
+        /// The sender finished its first merge with the members it joined
+        /// (or started alone), so it may sequence.
+        ready: bool,
+        /// The sequencer the sender follows (itself included), if any.
+        follows: Option<ActorId>,
+        /// The sequencer whose batches the sender applied last (itself if it
+        /// sequenced), if any.
+        applied_from: Option<ActorId>,
+        /// The newest [`Message::Probe`] id the sender received from the
+        /// receiver (0: none).
+        echo: u64,
+    },
+    /// A node that believes it is the sequencer asks its peers to confirm
+    /// that they follow it; each answers with a [`Message::Status`].
+    Probe {
+        /// Probe id, echoed in the answer.
+        id: u64,
+    },
+    /// A batch was refused: the sender does not follow its sequencer.
+    ApplyRefused {
+        /// The batch id.
+        id: u64,
+    },
 }
 
 /// Encodes `msg` as one frame (length prefix included).

@@ -3,57 +3,12 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, runtime, wait_until};
+use common::{config, heal_all, isolate, mem_cluster, runtime, wait_until};
 use lbmkv::net::MemNet;
-use lbmkv::{Event, Node, Resolution};
-
-fn ip(n: u8) -> IpAddr {
-    IpAddr::from([127, 0, 0, n])
-}
-
-async fn mem_cluster(net: &MemNet, names: &[&str]) -> Vec<Node> {
-    let mut nodes: Vec<Node> = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let cfg = lbmkv::Config {
-            listen: format!("{}:7000", ip(i as u8 + 1)),
-            seeds: nodes
-                .first()
-                .map(|n| n.address().to_string())
-                .into_iter()
-                .collect(),
-            ..config(name)
-        };
-        nodes.push(
-            Node::start_with_net(cfg, Arc::new(net.clone()))
-                .await
-                .unwrap(),
-        );
-    }
-    wait_until(Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.members().len() == names.len())
-    })
-    .await;
-    nodes
-}
-
-/// Cuts node `n` (1-based) off from every other of `total` nodes.
-fn isolate(net: &MemNet, n: u8, total: u8) {
-    for other in (1..=total).filter(|&o| o != n) {
-        net.cut(ip(n), ip(other));
-    }
-}
-
-fn heal_all(net: &MemNet, total: u8) {
-    for a in 1..=total {
-        for b in 1..=total {
-            net.heal(ip(a), ip(b));
-        }
-    }
-}
+use lbmkv::{Event, Resolution};
 
 #[test]
 fn a_silent_member_is_dropped_within_the_failure_timeout_and_writes_go_on() {

@@ -1,8 +1,11 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use lbmkv::net::MemNet;
 use lbmkv::{Config, Node};
 
 /// A multi-thread runtime for one test.
@@ -60,5 +63,54 @@ pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
             "condition not reached within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The address of the `n`th node (1-based) of an in-memory cluster.
+pub fn ip(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+/// Starts node number `n` (1-based, its address is [`ip`]`(n)`) on `net`, seeded with `seeds`.
+pub async fn mem_node(net: &MemNet, n: u8, name: &str, seeds: &[&Node]) -> Node {
+    let cfg = Config {
+        listen: format!("{}:7000", ip(n)),
+        seeds: seeds.iter().map(|s| s.address().to_string()).collect(),
+        ..config(name)
+    };
+    Node::start_with_net(cfg, Arc::new(net.clone()))
+        .await
+        .expect("node start")
+}
+
+/// Starts one node per name on `net` (at 127.0.0.1, .2, ...), each seeded with
+/// the first, and waits until every view is whole.
+pub async fn mem_cluster(net: &MemNet, names: &[&str]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let seeds: Vec<&Node> = nodes.first().into_iter().collect();
+        let node = mem_node(net, i as u8 + 1, name, &seeds).await;
+        nodes.push(node);
+    }
+    wait_until(Duration::from_secs(10), || {
+        nodes.iter().all(|n| n.members().len() == names.len())
+    })
+    .await;
+    nodes
+}
+
+/// Cuts node `n` (1-based) off from every other of `total` nodes.
+pub fn isolate(net: &MemNet, n: u8, total: u8) {
+    for other in (1..=total).filter(|&o| o != n) {
+        net.cut(ip(n), ip(other));
+    }
+}
+
+/// Heals every link between the first `total` nodes.
+pub fn heal_all(net: &MemNet, total: u8) {
+    for a in 1..=total {
+        for b in 1..=total {
+            net.heal(ip(a), ip(b));
+        }
     }
 }

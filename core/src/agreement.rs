@@ -1,0 +1,415 @@
+//! Sequencer agreement: which member of a view orders its writes, and when it
+//! may.
+//!
+//! Every node *follows* one sequencer: the smallest actor id among the members
+//! of its view that are *ready*. A node is ready once it holds the cluster's
+//! state: it started alone, or it finished its first merge with every member
+//! it joined. A node that is joining therefore never takes over the ordering,
+//! however its name sorts; it follows whoever orders meanwhile.
+//!
+//! A node orders writes only while it is *active*:
+//! - it follows itself;
+//! - every peer of its view follows it, and confirmed so in answer to a probe
+//!   sent less than [`LEASE_SHARE`] of the failure timeout ago. A peer declares
+//!   a node down only after a whole failure timeout without a byte from it, so
+//!   while the confirmation holds, that peer has not turned to a sequencer of
+//!   its own behind this node's back (a paused or cut-off sequencer stops
+//!   ordering before the others replace it);
+//! - it merged with every peer that may hold writes it has not seen (one that
+//!   last applied another sequencer's batches, or sequenced itself), in a merge
+//!   that began after that peer turned to it.
+//!
+//! A replica applies batches only from the sequencer it follows and refuses the
+//! others, so a write is acknowledged only when every member of the view applied
+//! it under one sequencer. Changes of what this node follows, the execution of a
+//! batch at the sequencer and the application of a batch at a replica all happen
+//! under one lock: a node that turns to a new sequencer has no write of the old
+//! one half-done that the new one's merge could miss.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::membership::PeerConn;
+use crate::node::NodeInner;
+use crate::vclock::ActorId;
+use crate::wire::Message;
+
+/// The share of the failure timeout a peer's confirmation lasts, counted from
+/// when the probe it answers was sent.
+const LEASE_SHARE: f64 = 0.75;
+
+/// What this node knows of one peer of its view.
+struct Peer {
+    conn: Arc<PeerConn>,
+    ready: bool,
+    follows: Option<ActorId>,
+    applied_from: Option<ActorId>,
+    /// Until when the peer's confirmation that it follows this node holds.
+    confirmed_until: Option<Instant>,
+    /// The newest probe id received from the peer, echoed in each status.
+    probe_seen: u64,
+    /// This node merged with the peer since it turned to this node (or the
+    /// peer had nothing this node lacks).
+    caught_up: bool,
+    /// Counts the peer's turns to this node, so that a merge that finishes
+    /// is credited to the turn it was started for.
+    turn: u64,
+}
+
+/// The agreement state of one node; see the module documentation.
+pub(crate) struct State {
+    me: ActorId,
+    lease: Duration,
+    ready: bool,
+    follows: Option<ActorId>,
+    applied_from: Option<ActorId>,
+    peers: HashMap<ActorId, Peer>,
+    next_probe: u64,
+    /// Probes sent within the last lease, with when they were sent.
+    probes: VecDeque<(u64, Instant)>,
+}
+
+/// A merge this node must finish with a peer before it may sequence.
+pub(crate) struct CatchUp {
+    conn: Arc<PeerConn>,
+    turn: u64,
+}
+
+/// The node's agreement state behind its lock, and a signal for readiness.
+pub(crate) struct Agreement {
+    state: Mutex<State>,
+    ready: watch::Sender<bool>,
+}
+
+impl Agreement {
+    pub fn new(me: ActorId, failure_timeout: Duration) -> Self {
+        Agreement {
+            state: Mutex::new(State {
+                me,
+                lease: failure_timeout.mul_f64(LEASE_SHARE),
+                ready: false,
+                follows: None,
+                applied_from: None,
+                peers: HashMap::new(),
+                next_probe: 0,
+                probes: VecDeque::new(),
+            }),
+            ready: watch::channel(false).0,
+        }
+    }
+
+    /// The agreement state. A panic while it was held leaves it as consistent
+    /// as any single step does (each step is a few field updates), so a
+    /// poisoned lock is taken over rather than stopping every write.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sequencer this node follows, if any.
+    pub fn follows(&self) -> Option<ActorId> {
+        self.lock().follows.clone()
+    }
+
+    /// Waits until this node is ready, for at most `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let mut rx = self.ready.subscribe();
+        let ready = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
+        ready.is_ok()
+    }
+
+    /// This node holds the cluster's state from now on.
+    pub fn set_ready(&self) {
+        {
+            let mut st = self.lock();
+            if st.ready {
+                return;
+            }
+            st.ready = true;
+            st.reconsider();
+            st.tell_everyone();
+        }
+        self.ready.send_replace(true);
+    }
+
+    /// A connection to a peer joined the view (or replaced its previous one).
+    pub fn peer_up(&self, conn: Arc<PeerConn>) {
+        let mut st = self.lock();
+        let actor = conn.actor.clone();
+        match st.peers.get_mut(&actor) {
+            Some(p) => p.conn = conn.clone(),
+            None => {
+                st.peers.insert(
+                    actor,
+                    Peer {
+                        conn: conn.clone(),
+                        ready: false,
+                        follows: None,
+                        applied_from: None,
+                        confirmed_until: None,
+                        probe_seen: 0,
+                        caught_up: false,
+                        turn: 0,
+                    },
+                );
+            }
+        }
+        st.tell(&conn);
+    }
+
+    /// Connection `conn_id` to `actor` left the view.
+    pub fn peer_down(&self, actor: &ActorId, conn_id: u64) {
+        let mut st = self.lock();
+        if st
+            .peers
+            .get(actor)
+            .is_some_and(|p| p.conn.conn_id == conn_id)
+        {
+            st.peers.remove(actor);
+            st.reconsider();
+        }
+    }
+
+    /// A peer's [`Message::Status`]; returns the merge to run when the peer just
+    /// turned to this node carrying writes it may lack.
+    pub fn on_status(
+        &self,
+        conn: &PeerConn,
+        ready: bool,
+        follows: Option<ActorId>,
+        applied_from: Option<ActorId>,
+        echo: u64,
+    ) -> Option<CatchUp> {
+        let mut st = self.lock();
+        let me = st.me.clone();
+        let now = Instant::now();
+        let lease = st.lease;
+        let sent = st
+            .probes
+            .iter()
+            .find(|(id, _)| *id == echo)
+            .map(|(_, at)| *at);
+        let p = st.peers.get_mut(&conn.actor)?;
+        if p.conn.conn_id != conn.conn_id {
+            return None;
+        }
+        let turned_to_me = follows.as_ref() == Some(&me) && p.follows.as_ref() != Some(&me);
+        p.ready = ready;
+        p.follows = follows;
+        p.applied_from = applied_from;
+        let mut catch_up = None;
+        if p.follows.as_ref() != Some(&me) {
+            p.confirmed_until = None;
+            p.caught_up = false;
+        } else {
+            if let Some(sent) = sent {
+                p.confirmed_until = Some(sent + lease);
+            }
+            if turned_to_me {
+                p.turn += 1;
+                p.caught_up = p.applied_from.as_ref().is_none_or(|a| *a == me);
+                if !p.caught_up {
+                    catch_up = Some(CatchUp {
+                        conn: p.conn.clone(),
+                        turn: p.turn,
+                    });
+                }
+                // A fresh confirmation now rather than at the next probe round.
+                let id = st.new_probe(now);
+                if let Some(p) = st.peers.get(&conn.actor) {
+                    p.conn.send_control(&Message::Probe { id });
+                }
+            }
+        }
+        st.reconsider();
+        catch_up
+    }
+
+    /// A peer's probe: answer with this node's status.
+    pub fn on_probe(&self, conn: &PeerConn, id: u64) {
+        let mut st = self.lock();
+        if let Some(p) = st.peers.get_mut(&conn.actor) {
+            if p.conn.conn_id == conn.conn_id {
+                p.probe_seen = p.probe_seen.max(id);
+                let conn = p.conn.clone();
+                st.tell(&conn);
+            }
+        }
+    }
+
+    /// The merge started for `turn` of `actor` finished.
+    fn caught_up(&self, actor: &ActorId, conn_id: u64, turn: u64) {
+        let mut st = self.lock();
+        let me = st.me.clone();
+        if let Some(p) = st.peers.get_mut(actor) {
+            if p.conn.conn_id == conn_id && p.turn == turn && p.follows.as_ref() == Some(&me) {
+                p.caught_up = true;
+            }
+        }
+    }
+
+    /// Whether a merge for `turn` of `actor` over `conn_id` is still wanted.
+    fn catch_up_wanted(&self, actor: &ActorId, conn_id: u64, turn: u64) -> bool {
+        let st = self.lock();
+        st.peers.get(actor).is_some_and(|p| {
+            p.conn.conn_id == conn_id
+                && p.turn == turn
+                && !p.caught_up
+                && p.follows.as_ref() == Some(&st.me)
+        })
+    }
+
+    /// Asks every peer to confirm that it follows this node, if it does.
+    fn probe_round(&self) {
+        let mut st = self.lock();
+        if st.follows.as_ref() != Some(&st.me) || st.peers.is_empty() {
+            return;
+        }
+        let id = st.new_probe(Instant::now());
+        for p in st.peers.values() {
+            p.conn.send_control(&Message::Probe { id });
+        }
+    }
+}
+
+impl State {
+    /// Whether this node may order writes now.
+    pub fn is_active(&self, now: Instant) -> bool {
+        self.follows.as_ref() == Some(&self.me)
+            && self.peers.values().all(|p| {
+                p.follows.as_ref() == Some(&self.me)
+                    && p.caught_up
+                    && p.confirmed_until.is_some_and(|t| t > now)
+            })
+    }
+
+    /// The connections of the view's peers.
+    pub fn peer_conns(&self) -> Vec<Arc<PeerConn>> {
+        self.peers.values().map(|p| p.conn.clone()).collect()
+    }
+
+    /// Whether connection `conn_id` is the live one of a view member.
+    pub fn is_live(&self, conn: &PeerConn) -> bool {
+        self.peers
+            .get(&conn.actor)
+            .is_some_and(|p| p.conn.conn_id == conn.conn_id)
+    }
+
+    /// Whether a batch from `sender` may be applied: it is the sequencer this node follows.
+    pub fn may_apply_from(&self, sender: &ActorId) -> bool {
+        self.follows.as_ref() == Some(sender)
+    }
+
+    /// This node applied (or, as sequencer, executed) a batch of `sequencer`'s.
+    pub fn applied_from(&mut self, sequencer: &ActorId) {
+        if self.applied_from.as_ref() != Some(sequencer) {
+            self.applied_from = Some(sequencer.clone());
+        }
+    }
+
+    fn new_probe(&mut self, now: Instant) -> u64 {
+        self.next_probe += 1;
+        let id = self.next_probe;
+        self.probes.push_back((id, now));
+        while self
+            .probes
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > self.lease)
+        {
+            self.probes.pop_front();
+        }
+        id
+    }
+
+    /// Recomputes the sequencer to follow; tells every peer when it changed.
+    fn reconsider(&mut self) {
+        let mine = self.ready.then(|| self.me.clone());
+        let best = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.ready)
+            .map(|(a, _)| a.clone())
+            .chain(mine)
+            .min();
+        if best != self.follows {
+            tracing::debug!(node = %self.me, from = ?self.follows, to = ?best, "follows another sequencer");
+            self.follows = best;
+            self.tell_everyone();
+        }
+    }
+
+    fn status_for(&self, probe_seen: u64) -> Message {
+        Message::Status {
+            ready: self.ready,
+            follows: self.follows.clone(),
+            applied_from: self.applied_from.clone(),
+            echo: probe_seen,
+        }
+    }
+
+    fn tell(&self, conn: &PeerConn) {
+        let seen = self.peers.get(&conn.actor).map_or(0, |p| p.probe_seen);
+        conn.send_control(&self.status_for(seen));
+    }
+
+    fn tell_everyone(&self) {
+        for p in self.peers.values() {
+            p.conn.send_control(&self.status_for(p.probe_seen));
+        }
+    }
+}
+
+/// Starts the probe rounds of a node (every heartbeat interval) and, once its
+/// first attempts at its seeds are over, the wait for its first merges that
+/// makes it ready.
+pub(crate) fn start(node: &Arc<NodeInner>) {
+    let weak = Arc::downgrade(node);
+    let every = node.config.heartbeat_interval;
+    node.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(node) = weak.upgrade() else { return };
+            node.agreement.probe_round();
+        }
+    });
+}
+
+/// Makes the node ready once it has merged with every peer it has (at once
+/// when it has none: it starts a cluster of its own).
+pub(crate) fn start_join(node: &Arc<NodeInner>) {
+    let weak = Arc::downgrade(node);
+    node.spawn(async move {
+        loop {
+            let Some(node) = weak.upgrade() else { return };
+            if node.members.peers().iter().all(|p| p.is_synced()) {
+                node.agreement.set_ready();
+                return;
+            }
+            drop(node);
+            tokio::time::sleep(crate::node::SETTLE_PAUSE).await;
+        }
+    });
+}
+
+/// Runs the merge a peer's turn asks for, again until it finishes while it is
+/// still wanted, then credits it.
+pub(crate) fn run_catch_up(node: &Arc<NodeInner>, job: CatchUp) {
+    let weak = Arc::downgrade(node);
+    node.spawn(async move {
+        let (actor, conn_id) = (job.conn.actor.clone(), job.conn.conn_id);
+        loop {
+            let Some(node) = weak.upgrade() else { return };
+            if !node.agreement.catch_up_wanted(&actor, conn_id, job.turn) {
+                return;
+            }
+            let limit = node.config.request_timeout * 12;
+            if crate::merge::merge_round(&node, &job.conn, limit).await {
+                node.agreement.caught_up(&actor, conn_id, job.turn);
+                return;
+            }
+        }
+    });
+}
