@@ -34,6 +34,8 @@ pub struct NodeProc {
     /// `EVENT` lines read so far and not yet taken, with their arrival time.
     events: Vec<(Instant, Value)>,
     log: PathBuf,
+    /// Stopped with `SIGSTOP` by `pause` and not yet resumed.
+    paused: bool,
 }
 
 /// Options of one node process.
@@ -136,6 +138,7 @@ impl NodeProc {
             lines,
             events: Vec::new(),
             log,
+            paused: false,
         };
         let first = node.next_line(Duration::from_secs(15), "READY");
         let mut parts = first.split(' ');
@@ -399,10 +402,42 @@ impl NodeProc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the process with `SIGSTOP`: it keeps its sockets open but neither
+    /// answers nor sends heartbeats until `resume`. Dropping a paused node
+    /// continues it before killing it.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+        self.paused = true;
+    }
+
+    /// Continues a process stopped by `pause` with `SIGCONT`.
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+        self.paused = false;
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            self.fail(&format!(
+                "kill {sig} {} failed: {status:?}",
+                self.child.id()
+            ));
+        }
+    }
 }
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        // Not reaped yet (`try_wait` gives `None`), so the pid is still its own.
+        if self.paused && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
