@@ -377,16 +377,35 @@ pub(crate) fn start(node: &Arc<NodeInner>) {
     });
 }
 
-/// Makes the node ready once it has merged with every peer it has (at once
-/// when it has none: it starts a cluster of its own).
+/// Makes the node ready once it has finished its first merge with every peer
+/// it has. A node that meets nobody starts a cluster of its own and is ready at
+/// once; one whose peers all left before a merge finished waits for them to
+/// come back, and takes the ordering on itself only after a failure timeout
+/// alone (they are gone: it is the cluster now).
 pub(crate) fn start_join(node: &Arc<NodeInner>) {
     let weak = Arc::downgrade(node);
     node.spawn(async move {
+        let mut met_anyone = false;
+        let mut alone_since = Instant::now();
         loop {
             let Some(node) = weak.upgrade() else { return };
-            if node.members.peers().iter().all(|p| p.is_synced()) {
+            let peers = node.members.peers();
+            let alone_enough = || alone_since.elapsed() >= node.config.failure_timeout;
+            let ready = match peers.is_empty() {
+                true => !met_anyone || alone_enough(),
+                false => peers.iter().all(|p| p.is_synced()),
+            };
+            if ready {
                 node.agreement.set_ready();
                 return;
+            }
+            if peers.is_empty() {
+                if met_anyone && alone_since.elapsed() < crate::node::SETTLE_PAUSE {
+                    tracing::info!(node = %node.actor, "every peer left before the first merge finished; waiting for them");
+                }
+            } else {
+                met_anyone = true;
+                alone_since = Instant::now();
             }
             drop(node);
             tokio::time::sleep(crate::node::SETTLE_PAUSE).await;
