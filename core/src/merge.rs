@@ -797,6 +797,7 @@ fn merge_remote(
     let handler_node = node.members.handler_node(node, &table.name);
     let settles_here = handler_node.as_ref().is_none_or(|h| *h == node.actor);
     let mut found = Vec::new();
+    let cutoff = node.tombstone_cutoff_ms();
     if let Ok(mut store) = table.write() {
         store.reserve(remote.len());
         for w in remote {
@@ -804,7 +805,13 @@ fn merge_remote(
                 value: w.value.map(Vec::into_boxed_slice),
                 clock: w.clock,
             };
-            let merged = match store.entry(&w.key) {
+            let local = store
+                .entry(&w.key)
+                .filter(|l| !l.is_expired_tombstone(cutoff));
+            let merged = match local {
+                // A tombstone past its retention is not brought back where it
+                // was purged (nor where it never was).
+                None if incoming.is_expired_tombstone(cutoff) => continue,
                 None => incoming,
                 Some(local) => {
                     let m = merge_versions(&local, &incoming);
@@ -972,7 +979,7 @@ pub(crate) fn start_maintenance(node: &Arc<NodeInner>) {
         loop {
             tokio::time::sleep(every).await;
             let Some(node) = weak.upgrade() else { return };
-            let cutoff = wall_clock_ms().saturating_sub(retention.as_millis() as u64);
+            let cutoff = node.tombstone_cutoff_ms();
             let tables: Vec<Arc<TableShared>> = match node.tables.read() {
                 Ok(t) => t.values().cloned().collect(),
                 Err(_) => return,

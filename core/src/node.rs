@@ -96,6 +96,11 @@ impl NodeInner {
         nonce
     }
 
+    /// Tombstones whose newest dot is older than this are past their retention.
+    pub fn tombstone_cutoff_ms(&self) -> u64 {
+        wall_clock_ms().saturating_sub(self.config.tombstone_retention.as_millis() as u64)
+    }
+
     pub fn table(&self, name: &str) -> Option<Arc<TableShared>> {
         self.tables.read().ok()?.get(name).cloned()
     }

@@ -354,11 +354,12 @@ pub(crate) fn on_apply(
         peer.send(node, &Message::ApplyRefused { id });
         return;
     }
+    let cutoff = node.tombstone_cutoff_ms();
     let applied = node.ensure_table(table).and_then(|shared| {
         let mut store = shared.write()?;
         let conflicts: Vec<ConflictRecord> = entries
             .into_iter()
-            .filter_map(|e| apply_replicated(&mut store, e, &peer.actor.name))
+            .filter_map(|e| apply_replicated(&mut store, e, &peer.actor.name, cutoff))
             .collect();
         Ok((shared.clone(), conflicts))
     });
@@ -383,10 +384,21 @@ pub(crate) fn on_apply(
 /// it does not (a merge brought a version the sequencer has not seen yet), the
 /// merge rule decides, and a conflict it settles by the fallback is returned
 /// to be logged and reported.
-fn apply_replicated(store: &mut TableStore, e: WireEntry, sender: &str) -> Option<ConflictRecord> {
+fn apply_replicated(
+    store: &mut TableStore,
+    e: WireEntry,
+    sender: &str,
+    cutoff_ms: u64,
+) -> Option<ConflictRecord> {
     match store.clock(&e.key) {
         Some(local) if !e.clock.descends(&local) => {
             let local = store.entry(&e.key)?;
+            if local.is_expired_tombstone(cutoff_ms) {
+                // Past its retention the tombstone counts as absent here, as it
+                // already is where it was purged (the sequencer, for one).
+                store.insert(&e.key, e.value.as_deref(), &e.clock);
+                return None;
+            }
             let incoming = Entry {
                 value: e.value.map(Vec::into_boxed_slice),
                 clock: e.clock,

@@ -30,6 +30,19 @@ pub struct Entry {
     pub clock: VClock,
 }
 
+impl Entry {
+    /// Whether this is a tombstone past its retention (newest dot before
+    /// `cutoff_ms`): purged where it is found, and treated as absent everywhere
+    /// until then, so a purge is never undone by a copy that survives elsewhere.
+    pub fn is_expired_tombstone(&self, cutoff_ms: u64) -> bool {
+        self.value.is_none()
+            && self
+                .clock
+                .newest_dot()
+                .is_none_or(|(_, dot)| dot.timestamp_ms < cutoff_ms)
+    }
+}
+
 /// The stable hash of a key, which also picks its digest bucket.
 pub fn key_hash(key: &[u8]) -> u64 {
     stable_hash_bytes(KEY_HASH_SEED, key)
