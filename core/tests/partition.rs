@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, heal_all, isolate, mem_cluster, runtime, wait_until};
+use common::{config, heal_all, isolate, mem_cluster, mem_node_with, runtime, wait_until};
 use lbmkv::net::MemNet;
 use lbmkv::{Event, Resolution};
 
@@ -191,6 +191,95 @@ fn every_conflict_reaches_the_handler_node_whichever_pair_merges_first() {
         assert!(
             calls.iter().all(|(node, _)| node == "h1"),
             "the smallest handler node decides: {calls:?}"
+        );
+    });
+}
+
+#[test]
+fn a_write_acknowledged_while_the_handler_decides_is_not_overwritten_unseen() {
+    runtime().block_on(async {
+        let net = MemNet::new();
+        // "a" sequences and has no handler; "b" is the handler node, and slow.
+        // Anti-entropy seldom (the split and heal take about a second), so
+        // that "a" still has its own version of the key when it takes the
+        // write after the merge, and when the handler's decision arrives.
+        let rare = |name| lbmkv::Config {
+            anti_entropy_interval: Duration::from_secs(3),
+            ..config(name)
+        };
+        let a = mem_node_with(&net, 1, rare("a"), &[]).await;
+        let b = mem_node_with(&net, 2, rare("b"), &[&a]).await;
+        wait_until(Duration::from_secs(5), || b.members().len() == 2).await;
+        let nodes = [a, b];
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let started_tx = std::sync::Mutex::new(started_tx);
+        let handler = {
+            let seen = seen.clone();
+            lbmkv::handler_fn(move |c| {
+                seen.lock()
+                    .unwrap()
+                    .push((c.local.clone(), c.remote.clone()));
+                let _ = started_tx.lock().unwrap().send(());
+                std::thread::sleep(Duration::from_millis(1000));
+                Ok(Resolution::Value(b"H".to_vec()))
+            })
+        };
+        let ta = nodes[0].create_table("t").await.unwrap();
+        let tb = nodes[1]
+            .create_table_with("t", Some(handler))
+            .await
+            .unwrap();
+        isolate(&net, 2, 2);
+        wait_until(Duration::from_secs(5), || {
+            nodes[0].members().len() == 1 && nodes[1].members().len() == 1
+        })
+        .await;
+        ta.put(b"k", b"A").await.unwrap();
+        tb.put(b"k", b"B").await.unwrap();
+        heal_all(&net, 2);
+        let started = tokio::task::spawn_blocking(move || {
+            started_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+        });
+        assert!(started.await.unwrap(), "the handler never ran");
+        // Written after the merge, while the handler still decides.
+        let mut put = Err(lbmkv::Error::new(lbmkv::ErrorKind::Unavailable, "not yet"));
+        for _ in 0..100 {
+            put = ta.put(b"k", b"NEW").await;
+            if put.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        put.expect("the write after the merge");
+        wait_until(Duration::from_secs(15), || {
+            ta.stats().unwrap().digest == tb.stats().unwrap().digest
+                && ta.get(b"k").unwrap() == tb.get(b"k").unwrap()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let last = ta.get(b"k").unwrap();
+        assert_eq!(last, tb.get(b"k").unwrap());
+        let new = Some(b"NEW".to_vec());
+        let handler_saw_new = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(l, r)| *l == new || *r == new);
+        let logged = ta
+            .conflicts()
+            .unwrap()
+            .iter()
+            .chain(tb.conflicts().unwrap().iter())
+            .any(|c| c.lost == new);
+        println!(
+            "final {last:?}; handler calls {:?}; logged {logged}",
+            seen.lock().unwrap()
+        );
+        assert!(
+            last == new || handler_saw_new || logged,
+            "the acknowledged write vanished unseen: value {last:?}, handler calls {:?}",
+            seen.lock().unwrap()
         );
     });
 }

@@ -73,10 +73,15 @@ pub fn ip(n: u8) -> IpAddr {
 
 /// Starts node number `n` (1-based, its address is [`ip`]`(n)`) on `net`, seeded with `seeds`.
 pub async fn mem_node(net: &MemNet, n: u8, name: &str, seeds: &[&Node]) -> Node {
+    mem_node_with(net, n, config(name), seeds).await
+}
+
+/// [`mem_node`] with the configuration `cfg`.
+pub async fn mem_node_with(net: &MemNet, n: u8, cfg: Config, seeds: &[&Node]) -> Node {
     let cfg = Config {
         listen: format!("{}:7000", ip(n)),
         seeds: seeds.iter().map(|s| s.address().to_string()).collect(),
-        ..config(name)
+        ..cfg
     };
     Node::start_with_net(cfg, Arc::new(net.clone()))
         .await
