@@ -293,6 +293,11 @@ impl Node {
         ))
     }
 
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.inner.actor.name

@@ -676,3 +676,54 @@ fn execute(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Node};
+
+    fn pending(waiting: ActorId) -> (PendingAck, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        let batch = PendingAck {
+            waiting: vec![waiting],
+            replies: vec![(ReplyTo::Local(tx), Ok(WriteOutcome::Swapped))],
+            deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        };
+        (batch, rx)
+    }
+
+    #[test]
+    fn a_replaced_connection_fails_the_batches_it_had_not_acknowledged() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = Config {
+                cookie: Some(b"t".to_vec()),
+                ..Config::default()
+            };
+            let node = Node::start(config).await.unwrap();
+            let inner = node.inner();
+            let peer = ActorId::new("peer", 1);
+            let (batch, mut replaced) = pending(peer.clone());
+            inner.replication.acks.lock().unwrap().insert(1, batch);
+            let (batch, mut gone) = pending(ActorId::new("other", 2));
+            inner.replication.acks.lock().unwrap().insert(2, batch);
+
+            inner.replication.connection_replaced(inner, &peer);
+            match replaced.try_recv() {
+                Ok(Err(WriteRefusal::Failed(ErrorKind::Unavailable, _))) => {}
+                other => panic!("a batch lost with its connection answered {other:?}"),
+            }
+            assert!(gone.try_recv().is_err(), "other batches keep waiting");
+
+            // A member that leaves the view no longer holds a batch up.
+            inner
+                .replication
+                .peer_down(inner, &ActorId::new("other", 2));
+            assert_eq!(gone.try_recv().unwrap(), Ok(WriteOutcome::Swapped));
+            node.close().await.unwrap();
+        });
+    }
+}
