@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use crate::membership::PeerConn;
 use crate::node::NodeInner;
 use crate::vclock::ActorId;
-use crate::wire::Message;
+use crate::wire::{Message, Status};
 
 /// The share of the failure timeout a peer's confirmation lasts, counted from
 /// when the probe it answers was sent.
@@ -58,6 +58,8 @@ struct Peer {
     /// Counts the peer's turns to this node, so that a merge that finishes
     /// is credited to the turn it was started for.
     turn: u64,
+    /// The peer's own peers.
+    view: Vec<ActorId>,
 }
 
 /// The agreement state of one node; see the module documentation.
@@ -71,6 +73,8 @@ pub(crate) struct State {
     next_probe: u64,
     /// Probes sent within the last lease, with when they were sent.
     probes: VecDeque<(u64, Instant)>,
+    /// Nodes a peer sees and this node does not, since when.
+    unreachable: HashMap<ActorId, Instant>,
 }
 
 /// A merge this node must finish with a peer before it may sequence.
@@ -97,6 +101,7 @@ impl Agreement {
                 peers: HashMap::new(),
                 next_probe: 0,
                 probes: VecDeque::new(),
+                unreachable: HashMap::new(),
             }),
             ready: watch::channel(false).0,
         }
@@ -153,11 +158,14 @@ impl Agreement {
                         probe_seen: 0,
                         caught_up: false,
                         turn: 0,
+                        view: Vec::new(),
                     },
                 );
             }
         }
-        st.tell(&conn);
+        // Every peer learns of the new member (its view changed), the new one
+        // of everything.
+        st.tell_everyone();
     }
 
     /// Connection `conn_id` to `actor` left the view.
@@ -170,19 +178,20 @@ impl Agreement {
         {
             st.peers.remove(actor);
             st.reconsider();
+            st.tell_everyone();
         }
     }
 
     /// A peer's [`Message::Status`]; returns the merge to run when the peer just
     /// turned to this node carrying writes it may lack.
-    pub fn on_status(
-        &self,
-        conn: &PeerConn,
-        ready: bool,
-        follows: Option<ActorId>,
-        applied_from: Option<ActorId>,
-        echo: u64,
-    ) -> Option<CatchUp> {
+    pub fn on_status(&self, conn: &PeerConn, status: Status) -> Option<CatchUp> {
+        let Status {
+            ready,
+            follows,
+            applied_from,
+            echo,
+            view,
+        } = status;
         let mut st = self.lock();
         let me = st.me.clone();
         let now = Instant::now();
@@ -200,6 +209,7 @@ impl Agreement {
         p.ready = ready;
         p.follows = follows;
         p.applied_from = applied_from;
+        p.view = view;
         let mut catch_up = None;
         if p.follows.as_ref() != Some(&me) {
             p.confirmed_until = None;
@@ -273,6 +283,46 @@ impl Agreement {
             p.conn.send_control(&Message::Probe { id });
         }
     }
+
+    /// The peers this node leaves to settle a partial partition, each with the
+    /// node it sees that this one cannot reach.
+    ///
+    /// The rule, the same on every node: when a peer has seen a node X for
+    /// longer than `patience` while this node has not reached X, the larger of
+    /// this node and X steps out: it leaves every peer that sees the smaller.
+    /// What remains are views that agree (each side of the missing link keeps
+    /// the members that do not need it), and the step-out ends once the
+    /// larger reaches the smaller again.
+    fn partial_partition(&self, patience: Duration) -> Vec<(ActorId, ActorId)> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let seen: Vec<ActorId> = st
+            .peers
+            .values()
+            .flat_map(|p| p.view.iter())
+            .filter(|a| **a != st.me && !st.peers.contains_key(*a))
+            .cloned()
+            .collect();
+        st.unreachable.retain(|a, _| seen.contains(a));
+        for a in seen {
+            st.unreachable.entry(a).or_insert(now);
+        }
+        let smaller_unreachable: Vec<ActorId> = st
+            .unreachable
+            .iter()
+            .filter(|(a, since)| **a < st.me && now.duration_since(**since) >= patience)
+            .map(|(a, _)| a.clone())
+            .collect();
+        let mut victims = Vec::new();
+        for x in smaller_unreachable {
+            for (actor, p) in &st.peers {
+                if p.view.contains(&x) && !victims.iter().any(|(v, _)| v == actor) {
+                    victims.push((actor.clone(), x.clone()));
+                }
+            }
+        }
+        victims
+    }
 }
 
 impl State {
@@ -342,12 +392,13 @@ impl State {
     }
 
     fn status_for(&self, probe_seen: u64) -> Message {
-        Message::Status {
+        Message::Status(Status {
             ready: self.ready,
             follows: self.follows.clone(),
             applied_from: self.applied_from.clone(),
             echo: probe_seen,
-        }
+            view: self.peers.keys().cloned().collect(),
+        })
     }
 
     fn tell(&self, conn: &PeerConn) {
@@ -362,17 +413,33 @@ impl State {
     }
 }
 
-/// Starts the probe rounds of a node (every heartbeat interval) and, once its
-/// first attempts at its seeds are over, the wait for its first merges that
-/// makes it ready.
+/// How long a peer must see a node this one cannot reach before the partial
+/// partition rule acts, in failure timeouts: long enough for a new member's
+/// connections to every other member to form, and for a link that dropped
+/// for a moment to come back.
+const PARTIAL_PARTITION_PATIENCE: u32 = 3;
+/// How long a node that stepped out of a partial partition keeps the peers it
+/// left away (unless it reaches the node they see sooner), in failure timeouts.
+const STEP_OUT_FOR: u32 = 10;
+
+/// Starts the probe rounds of a node and its watch for partial partitions,
+/// every heartbeat interval.
 pub(crate) fn start(node: &Arc<NodeInner>) {
     let weak = Arc::downgrade(node);
     let every = node.config.heartbeat_interval;
+    let failure_timeout = node.config.failure_timeout;
     node.spawn(async move {
         loop {
             tokio::time::sleep(every).await;
             let Some(node) = weak.upgrade() else { return };
             node.agreement.probe_round();
+            let victims = node
+                .agreement
+                .partial_partition(failure_timeout * PARTIAL_PARTITION_PATIENCE);
+            if !victims.is_empty() {
+                node.members
+                    .step_out(&node, victims, failure_timeout * STEP_OUT_FOR);
+            }
         }
     });
 }

@@ -117,6 +117,9 @@ struct State {
     dialing: HashSet<String>,
     /// Names refused until `connect` is called for them.
     banned: HashSet<String>,
+    /// Names kept away for a while because they see a node this one cannot
+    /// reach (a partial partition), with that node and until when.
+    quarantined: HashMap<String, (ActorId, tokio::time::Instant)>,
     /// Which name was last seen at which address, to skip banned peers.
     names_by_addr: HashMap<SocketAddr, String>,
     /// Addresses this node is dialing right now.
@@ -124,6 +127,17 @@ struct State {
     /// The tables each peer has a conflict handler for, kept across reconnects
     /// so that every connection knows them from its first message on.
     handlers: HashMap<ActorId, HashSet<String>>,
+}
+
+impl State {
+    /// Whether connections with `name` are refused now.
+    fn refuses(&self, name: &str) -> bool {
+        self.banned.contains(name)
+            || self
+                .quarantined
+                .get(name)
+                .is_some_and(|(_, until)| *until > tokio::time::Instant::now())
+    }
 }
 
 /// This node's peers and what it knows about reaching others.
@@ -279,7 +293,25 @@ impl Membership {
     }
 
     fn is_banned(&self, name: &str) -> bool {
-        self.lock().banned.contains(name)
+        self.lock().refuses(name)
+    }
+
+    /// Steps out of a partial partition: drops every peer in `victims` (each
+    /// sees a node this one cannot reach, named beside it) and keeps it away
+    /// until this node reaches that node, or for `how_long`.
+    pub fn step_out(&self, node: &NodeInner, victims: Vec<(ActorId, ActorId)>, how_long: Duration) {
+        let until = tokio::time::Instant::now() + how_long;
+        for (peer, unreachable) in victims {
+            tracing::warn!(
+                node = %node.actor, %peer, %unreachable,
+                "partial partition: leaving the peers that see a node this one cannot reach"
+            );
+            self.lock()
+                .quarantined
+                .insert(peer.name.to_string(), (unreachable.clone(), until));
+            let reason = format!("sees {} which this node cannot reach", unreachable.name);
+            self.drop_peer(node, &peer, None, &reason);
+        }
     }
 
     fn connected_to(&self, node: &NodeInner, addr: SocketAddr) -> bool {
@@ -288,7 +320,7 @@ impl Membership {
         }
         let st = self.lock();
         if let Some(name) = st.names_by_addr.get(&addr) {
-            if st.banned.contains(name) {
+            if st.refuses(name) {
                 return true;
             }
         }
@@ -387,7 +419,9 @@ async fn dial_forever(node: Weak<NodeInner>, addr: String, mut first: Option<one
                 continue;
             }
             missing = true;
-            let limit = n.config.request_timeout;
+            // A dial that hangs (packets dropped) is given up after a failure
+            // timeout, so that a healed link is found again soon after.
+            let limit = n.config.failure_timeout;
             match tokio::time::timeout(limit, dial(&n, t, false)).await {
                 Ok(Ok(())) => missing = false,
                 Ok(Err(e)) => tracing::debug!(node = %n.actor, %t, "dial failed: {e}"),
@@ -651,9 +685,12 @@ fn register(
     let mut replaced_duplicate: Option<Arc<PeerConn>> = None;
     {
         let mut st = node.members.lock();
-        if node.check_open().is_err() || st.banned.contains(&*actor.name) {
+        if node.check_open().is_err() || st.refuses(&actor.name) {
             return;
         }
+        // Reaching the node that kept others away ends their quarantine.
+        st.quarantined
+            .retain(|_, (unreachable, _)| unreachable.name != actor.name);
         if let Ok(addr) = listen.parse::<SocketAddr>() {
             st.names_by_addr.insert(addr, actor.name.to_string());
         }
@@ -853,16 +890,8 @@ fn dispatch(node: &Arc<NodeInner>, peer: &Arc<PeerConn>, msg: Message) {
         Message::ApplyAck { id } => replication::on_apply_ack(node, &peer.actor, id),
         Message::SyncAllDone { served } => merge::on_round_done(peer, served),
         Message::SyncRequest => merge::on_round_asked(node, peer),
-        Message::Status {
-            ready,
-            follows,
-            applied_from,
-            echo,
-        } => {
-            let job = node
-                .agreement
-                .on_status(peer, ready, follows, applied_from, echo);
-            if let Some(job) = job {
+        Message::Status(status) => {
+            if let Some(job) = node.agreement.on_status(peer, status) {
                 crate::agreement::run_catch_up(node, job);
             }
         }

@@ -206,6 +206,22 @@ pub enum WriteRefusal {
     Failed(ErrorKind, String),
 }
 
+/// Where a node stands in its view, as its peers learn it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The node finished its first merge with the members it joined (or
+    /// started alone), so it may sequence.
+    pub ready: bool,
+    /// The sequencer it follows (itself included), if any.
+    pub follows: Option<ActorId>,
+    /// The sequencer whose batches it applied last (itself if it sequenced), if any.
+    pub applied_from: Option<ActorId>,
+    /// The newest [`Message::Probe`] id it received from the receiver (0: none).
+    pub echo: u64,
+    /// Its peers, so that members notice a partial partition.
+    pub view: Vec<ActorId>,
+}
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -369,23 +385,9 @@ pub enum Message {
     /// Asks the peer (the initiator of merges on this connection) for a merge
     /// of every table that begins after this message arrives.
     SyncRequest,
-    /// Where the sender stands in its view: whether it holds the cluster's
-    /// state, which sequencer it follows, and whose batches it last applied.
-    /// Sent after connecting, whenever one of these changes, and in answer to
-    /// every [`Message::Probe`].
-    Status {
-        /// The sender finished its first merge with the members it joined
-        /// (or started alone), so it may sequence.
-        ready: bool,
-        /// The sequencer the sender follows (itself included), if any.
-        follows: Option<ActorId>,
-        /// The sequencer whose batches the sender applied last (itself if it
-        /// sequenced), if any.
-        applied_from: Option<ActorId>,
-        /// The newest [`Message::Probe`] id the sender received from the
-        /// receiver (0: none).
-        echo: u64,
-    },
+    /// Where the sender stands in its view. Sent after connecting, whenever it
+    /// changes, and in answer to every [`Message::Probe`].
+    Status(Status),
     /// A node that believes it is the sequencer asks its peers to confirm
     /// that they follow it; each answers with a [`Message::Status`].
     Probe {

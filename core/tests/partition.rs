@@ -283,3 +283,53 @@ fn a_write_acknowledged_while_the_handler_decides_is_not_overwritten_unseen() {
         );
     });
 }
+
+/// Whether every node's view is the view of each of its members.
+fn views_agree(nodes: &[lbmkv::Node]) -> bool {
+    nodes.iter().all(|n| {
+        let view = n.members();
+        view.iter().all(|m| {
+            nodes
+                .iter()
+                .find(|o| o.name() == m)
+                .is_none_or(|o| o.members() == view)
+        })
+    })
+}
+
+#[test]
+fn a_partial_partition_settles_into_views_that_agree_and_heals_whole() {
+    runtime().block_on(async {
+        let net = MemNet::new();
+        let nodes = mem_cluster(&net, &["q1", "q2", "q3"]).await;
+        for n in &nodes {
+            n.create_table("t").await.unwrap();
+        }
+        // q1 and q3 lose each other; q2 still sees both.
+        let cut_at = tokio::time::Instant::now();
+        net.cut(common::ip(1), common::ip(3));
+        let failure_timeout = config("x").failure_timeout;
+        tokio::time::sleep(failure_timeout).await;
+        wait_until(failure_timeout * 5, || views_agree(&nodes)).await;
+        let settled = cut_at.elapsed();
+        let views: Vec<Vec<String>> = nodes.iter().map(|n| n.members()).collect();
+        // The larger of the two that cannot meet (q3) leaves the peers that see q1.
+        assert_eq!(views, [vec!["q1", "q2"], vec!["q1", "q2"], vec!["q3"]]);
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(views_agree(&nodes), "views drifted apart again");
+        }
+        // Writes go on where the sequencer is, and alone on q3.
+        nodes[1].table("t").unwrap().put(b"k", b"v").await.unwrap();
+        nodes[2].table("t").unwrap().put(b"k3", b"v").await.unwrap();
+        net.heal(common::ip(1), common::ip(3));
+        wait_until(Duration::from_secs(10), || {
+            nodes.iter().all(|n| n.members().len() == 3)
+        })
+        .await;
+        println!(
+            "partial partition: views agreed {settled:?} after the cut; healed whole after {:?}",
+            cut_at.elapsed()
+        );
+    });
+}
