@@ -1,6 +1,6 @@
-//! Synchronous replication: each table's sequencer (the smallest actor id in the
-//! view) orders writes, applies them, sends them to every member of its view and
-//! answers only when all of them acknowledged.
+//! Synchronous replication: each table's sequencer (the member the view agrees
+//! on, see [`crate::agreement`]) orders writes, applies them, sends them to
+//! every member of its view and answers only when all of them acknowledged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
