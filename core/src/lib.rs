@@ -24,11 +24,13 @@ mod config;
 mod error;
 mod events;
 pub mod glob;
+mod hash;
 mod membership;
 mod merge;
 pub mod net;
 mod node;
 mod replication;
+mod resolve;
 pub mod runtime;
 mod store;
 mod table;
@@ -39,8 +41,8 @@ pub use auth::{COOKIE_ENV, COOKIE_FILE};
 pub use config::{name_from_bytes, validate_name, Config};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};
-pub use merge::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
 pub use node::{Info, Node, TableStats};
+pub use resolve::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
 pub use table::{ConflictRecord, Entries, Table, Updated};
 
 /// The version of lbmkv.

@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::membership::PeerConn;
-use crate::merge::merge_versions;
 use crate::node::{wall_clock_ms, NodeInner, SETTLE_PAUSE};
+use crate::resolve::merge_versions;
 use crate::store::{Entry, TableStore};
 use crate::table::{ConflictRecord, TableShared};
 use crate::vclock::{ActorId, PruneLimits, VClock};

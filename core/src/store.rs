@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::vclock::{stable_hash_bytes, stable_hash_of_dots, ActorId, Dot, VClock};
+use crate::hash::stable_hash_bytes;
+use crate::vclock::{stable_hash_of_dots, ActorId, Dot, VClock};
 
 /// Seeds of the stable hashes; changing them changes the wire meaning of digests.
 const KEY_HASH_SEED: u64 = 0x6c62_6d6b_765f_6b65;

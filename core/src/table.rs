@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::glob::Glob;
-use crate::merge::ConflictHandler;
 use crate::node::{NodeInner, TableStats};
 use crate::replication::{self, WriteJob};
+use crate::resolve::ConflictHandler;
 use crate::store::TableStore;
 use crate::wire::{TableInfo, WriteOp, WriteOutcome};
 
