@@ -48,7 +48,11 @@ impl lbmkv_slice {
                 "{what} is longer than isize::MAX"
             )));
         }
-        // SAFETY: the caller passes `len` readable bytes at `data` that outlive the call.
+        // SAFETY: `data` is not NULL and `len` fits in isize (both checked
+        // above), and u8 needs no alignment. The header's input rule makes
+        // the caller pass `len` readable bytes at `data`, left unchanged
+        // until the exported call returns; every caller of `bytes` uses or
+        // copies the slice within that call.
         Ok(unsafe { std::slice::from_raw_parts(self.data, self.len) })
     }
 
@@ -69,7 +73,10 @@ impl lbmkv_slice {
         if count > isize::MAX as usize / std::mem::size_of::<lbmkv_slice>() {
             return Err(Failure::invalid(format!("{what}: count too large")));
         }
-        // SAFETY: the caller passes `count` slices at `items`.
+        // SAFETY: `items` is not NULL and `count` slices fit in isize bytes
+        // (both checked above). The header's input rule makes the caller pass
+        // an array of `count` initialized, aligned `lbmkv_slice`s, unchanged
+        // until the exported call returns; the result is used within it.
         let items = unsafe { std::slice::from_raw_parts(items, count) };
         items
             .iter()
@@ -131,8 +138,12 @@ pub extern "C" fn lbmkv_bytes_free(bytes: *mut lbmkv_bytes) {
         if let Some(b) = handle::opt_out(bytes) {
             if !b.data.is_null() {
                 let whole = ptr::slice_from_raw_parts_mut(b.data, b.len + 1);
-                // SAFETY: `data` and `len` come from `from_terminated`, which
-                // leaked a boxed slice of `len + 1` bytes.
+                // SAFETY: a non-NULL `data` of an `lbmkv_bytes` is only ever
+                // made by `from_terminated`, which leaked a `Box<[u8]>` of
+                // `len + 1` bytes (the NUL included) with this pointer and
+                // length; the caller frees each value once (the header's
+                // ownership rule), and `data` is set to NULL below so that a
+                // second call on the same struct does nothing.
                 drop(unsafe { Box::from_raw(whole) });
             }
             b.data = ptr::null_mut();

@@ -88,10 +88,16 @@ pub(crate) struct UserData {
     free: lbmkv_free_fn,
 }
 
-// SAFETY: the header requires user data of conflict handlers to be usable from
-// any thread; lbmkv only passes the pointer back to the application's functions.
+// SAFETY: lbmkv never dereferences `ptr`; it only hands it back to the
+// application's own functions (handler and finalizer). The header requires
+// conflict handlers, their user data and its finalizer to work from any of
+// lbmkv's threads, possibly several at once, so moving the pointer to another
+// thread breaks nothing the application relies on.
 unsafe impl Send for UserData {}
-// SAFETY: as above.
+// SAFETY: `&UserData` only gives out a copy of the pointer (`ptr()`), which is
+// handed to the application's functions that the header requires to be
+// thread-safe (see `Send` above); nothing is mutated through a shared
+// reference.
 unsafe impl Sync for UserData {}
 
 impl UserData {
@@ -109,7 +115,10 @@ impl UserData {
 impl Drop for UserData {
     fn drop(&mut self) {
         if let Some(free) = self.free.take() {
-            // SAFETY: the application's finalizer for its own pointer.
+            // SAFETY: `free` and `ptr` were registered together by the
+            // application, which promised that `free(ptr)` may be called
+            // once from any thread; `take()` ensures this is the only call,
+            // and nothing uses `ptr` after the drop.
             unsafe { free(self.ptr) }
         }
     }
@@ -124,7 +133,11 @@ pub(crate) fn conflict_handler(
     let f = f?;
     Some(lbmkv::handler_fn(move |conflict: &Conflict| {
         let mut decision: Option<Resolution> = None;
-        // SAFETY: the application's handler, with pointers valid for the call.
+        // SAFETY: `f` is the application's handler, registered with `data`
+        // and required by the header to be thread-safe and not to unwind. The
+        // two lent pointers point at `conflict` and `decision`, which outlive
+        // the call, have the types `lbmkv_conflict`/`lbmkv_resolution` map
+        // to, and are used by C only through the accessors during the call.
         let resolved = unsafe {
             f(
                 data.ptr(),
@@ -157,7 +170,11 @@ pub(crate) fn call_update(
     let value_ptr = value_slice
         .as_ref()
         .map_or(std::ptr::null(), |s| s as *const lbmkv_slice);
-    // SAFETY: the application's function, with pointers valid for the call.
+    // SAFETY: `f` and `user_data` were passed together by the caller of
+    // `lbmkv_table_update`/`update_all`, on whose thread this runs, and the
+    // header forbids `f` to unwind. `key`, `value_ptr` (NULL or pointing at
+    // `value_slice`) and the lent `decision` all outlive the call, which may
+    // only use them during it.
     let ok = unsafe {
         f(
             user_data,

@@ -252,7 +252,9 @@ mod tests {
         });
         assert_eq!(status, lbmkv_status::Panic);
         assert_eq!(lbmkv_error_status(err), lbmkv_status::Panic);
-        // SAFETY: the message is a valid C string until the error is freed.
+        // SAFETY: `err` was just set to a valid error (the status above is
+        // not OK), whose message is a NUL-terminated string owned by it and
+        // freed only by `lbmkv_error_free` after the last use of `msg`.
         let msg = unsafe { std::ffi::CStr::from_ptr(lbmkv_error_message(err)) };
         assert_eq!(msg.to_str().unwrap(), "panic inside lbmkv: boom");
         lbmkv_error_free(err);

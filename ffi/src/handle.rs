@@ -49,8 +49,10 @@ pub(crate) fn into_raw<C: Castable<Ownership = Owned>>(value: C::RustType) -> *m
 /// Takes back and drops an owned pointer; NULL does nothing.
 pub(crate) fn free<C: Castable<Ownership = Owned>>(ptr: *mut C) {
     if !ptr.is_null() {
-        // SAFETY: the caller gives back a pointer made by `into_raw` for this
-        // type, once (the header's ownership rule).
+        // SAFETY: `C` is `Owned`, so a non-NULL `*mut C` handed to C was made
+        // by `into_raw::<C>` from a `Box<C::RustType>`; the header's
+        // ownership rule makes the caller give it back to its `_free` exactly
+        // once and not use it afterwards, nor race the free with another call.
         drop(unsafe { Box::from_raw(ptr.cast::<C::RustType>()) });
     }
 }
@@ -67,8 +69,13 @@ pub(crate) fn lend_mut<C: Castable<Ownership = Borrowed>>(value: &mut C::RustTyp
 
 /// The value behind `ptr`, or `None` for NULL.
 pub(crate) fn opt_ref<'a, C: Castable>(ptr: *const C) -> Option<&'a C::RustType> {
-    // SAFETY: a non-NULL pointer of this type was made by `into_raw` or `lend`
-    // and is still valid (the header's ownership rule).
+    // SAFETY: `as_ref` checks for NULL. A non-NULL `*const C` was made by
+    // `into_raw::<C>` or `lend::<C>`/`lend_mut::<C>` from a live, aligned
+    // `C::RustType` (opaque types cannot be built any other way in C); the
+    // header's ownership rule makes it valid until its `_free` (owned) or
+    // until the callback returns (borrowed), and every exported function uses
+    // the reference only within its call. Nodes and tables, the handles the
+    // header lets threads use at once, are `Sync` (asserted in lib.rs).
     unsafe { ptr.cast::<C::RustType>().as_ref() }
 }
 
@@ -85,19 +92,26 @@ pub(crate) fn try_mut<'a, C: Castable>(
     ptr: *mut C,
     what: &str,
 ) -> Result<&'a mut C::RustType, Failure> {
-    // SAFETY: as for `opt_ref`; C does not share a mutable handle between calls.
+    // SAFETY: validity as for `opt_ref`. Exclusivity: `try_mut` is only used
+    // on handles the header declares not thread-safe (a config) or lends
+    // mutably to one callback call (resolution, update decision), so no other
+    // reference to the value exists during the call.
     unsafe { ptr.cast::<C::RustType>().as_mut() }.ok_or_else(|| Failure::null(what))
 }
 
 /// A required output parameter.
 pub(crate) fn out<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, Failure> {
-    // SAFETY: a non-NULL output pointer points at writable storage of the caller.
+    // SAFETY: `as_mut` checks for NULL. The header's output rule makes a
+    // non-NULL output pointer point at the caller's aligned, writable `T`,
+    // not aliased by the other arguments and only written during the call.
     unsafe { ptr.as_mut() }.ok_or_else(|| Failure::null(what))
 }
 
 /// An optional output parameter (NULL: the caller does not want it).
 pub(crate) fn opt_out<'a, T>(ptr: *mut T) -> Option<&'a mut T> {
-    // SAFETY: as for `out`.
+    // SAFETY: as for `out`: NULL is checked by `as_mut`, and a non-NULL
+    // output (or in-out, as in `lbmkv_bytes_free`) pointer is the caller's
+    // writable, unaliased `T` for the call.
     unsafe { ptr.as_mut() }
 }
 
@@ -106,7 +120,9 @@ pub(crate) fn c_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failu
     if ptr.is_null() {
         return Err(Failure::null(what));
     }
-    // SAFETY: the caller passes a NUL-terminated string that outlives the call.
+    // SAFETY: `ptr` is not NULL (checked above); the header's input rule
+    // makes it a NUL-terminated string that stays unchanged until the
+    // exported call returns, and the `&str` is used or copied within it.
     let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
     std::str::from_utf8(bytes)
         .map_err(|e| Failure::invalid(format!("{what} is not valid UTF-8: {e}")))
@@ -117,7 +133,9 @@ pub(crate) fn c_name<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Fail
     if ptr.is_null() {
         return Err(Failure::null(what));
     }
-    // SAFETY: as for `c_str`.
+    // SAFETY: as for `c_str`: not NULL (checked above), NUL-terminated and
+    // unchanged for the duration of the exported call, which is as long as
+    // the name is used.
     let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
     Ok(lbmkv::name_from_bytes(what, bytes)?)
 }

@@ -52,11 +52,14 @@ impl Returned {
 /// # Safety
 /// `env` and `v` must be valid for the current call.
 unsafe fn outcome_of(env: sys::napi_env, v: sys::napi_value) -> Outcome {
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     match unsafe { conv::is_nullish(env, v) } {
         Ok(true) => return Outcome::Nothing,
         Ok(false) => {}
         Err(e) => return Outcome::Bad(e.reason),
     }
+    // SAFETY: as above; the borrowed bytes are copied by `into_vec` before
+    // this function returns.
     match unsafe { conv::bytes(env, v, "the returned value") } {
         Ok(b) => Outcome::Value(b.into_vec()),
         Err(e) => Outcome::Bad(e.reason),
@@ -66,18 +69,24 @@ unsafe fn outcome_of(env: sys::napi_env, v: sys::napi_value) -> Outcome {
 impl FromNapiValue for Returned {
     unsafe fn from_napi_value(env: sys::napi_env, v: sys::napi_value) -> napi::Result<Self> {
         let mut is_promise = false;
-        // SAFETY: called by napi-rs on the JavaScript thread with a live value.
+        // SAFETY: napi-rs calls `from_napi_value` on the JavaScript thread with
+        // that call's `env` and a live `v`; `is_promise` is a local.
         unsafe { sys::napi_is_promise(env, v, &mut is_promise) };
         if !is_promise {
+            // SAFETY: same `env` and `v`, still within the call.
             return Ok(Returned::Ready(unsafe { outcome_of(env, v) }));
         }
         let (tx, rx) = oneshot::channel();
         let on_value = Rc::new(Cell::new(Some(tx)));
         let on_error = on_value.clone();
+        // SAFETY: same `env` and `v`, and `v` was just found to be a Promise,
+        // which is what `PromiseRaw` wraps.
         let promise = unsafe { PromiseRaw::<Unknown>::from_napi_value(env, v) }?;
         promise
             .then(move |ctx: CallbackContext<Unknown>| {
                 if let Some(tx) = on_value.take() {
+                    // SAFETY: the `then` callback runs on the JavaScript thread
+                    // with its own live env and settled value, used only here.
                     let _ = tx.send(unsafe { outcome_of(ctx.env.raw(), ctx.value.raw()) });
                 }
                 Ok(())
@@ -123,9 +132,11 @@ fn napi_failure(e: crate::error::JsErr) -> napi::Error {
 /// # Safety
 /// `env` and `f` must be valid for the current call.
 unsafe fn expect_function(env: sys::napi_env, f: sys::napi_value, what: &str) -> Result<()> {
+    // SAFETY: `env` and `f` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, f) }? != sys::ValueType::napi_function {
         return Err(invalid(format!(
             "{what} must be a function, got {}",
+            // SAFETY: as above.
             unsafe { conv::describe_value(env, f) }
         )));
     }
@@ -137,7 +148,9 @@ unsafe fn expect_function(env: sys::napi_env, f: sys::napi_value, what: &str) ->
 /// # Safety
 /// `env` and `f` must be valid for the current call.
 pub unsafe fn fn2(env: sys::napi_env, f: sys::napi_value, what: &str) -> Result<Fn2> {
+    // SAFETY: `env` and `f` are valid for this call (this function's contract).
     unsafe { expect_function(env, f, what) }?;
+    // SAFETY: as above, and `f` was just checked to be a function.
     let func = unsafe { Function::<FnArgs<(Raw, Raw)>, Returned>::from_napi_value(env, f) }
         .map_err(crate::error::from_napi)?;
     func.build_threadsafe_function::<(Vec<u8>, Option<Vec<u8>>)>()
@@ -146,8 +159,10 @@ pub unsafe fn fn2(env: sys::napi_env, f: sys::napi_value, what: &str) -> Result<
         .build_callback(|ctx| {
             let env = ctx.env.raw();
             let (key, value) = ctx.value;
-            // SAFETY: the callback runs on the JavaScript thread.
+            // SAFETY: napi-rs runs this callback on the JavaScript thread with
+            // the env of that call, valid until it returns.
             let key = unsafe { conv::buffer(env, &key) }.map_err(napi_failure)?;
+            // SAFETY: as above.
             let value = unsafe { conv::opt_buffer(env, value.as_deref()) }.map_err(napi_failure)?;
             Ok(FnArgs::from((Raw(key), Raw(value))))
         })
@@ -159,7 +174,9 @@ pub unsafe fn fn2(env: sys::napi_env, f: sys::napi_value, what: &str) -> Result<
 /// # Safety
 /// `env` and `f` must be valid for the current call.
 pub unsafe fn fn3(env: sys::napi_env, f: sys::napi_value, what: &str) -> Result<Fn3> {
+    // SAFETY: `env` and `f` are valid for this call (this function's contract).
     unsafe { expect_function(env, f, what) }?;
+    // SAFETY: as above, and `f` was just checked to be a function.
     let func = unsafe { Function::<FnArgs<(Raw, Raw, Raw)>, Returned>::from_napi_value(env, f) }
         .map_err(crate::error::from_napi)?;
     func.build_threadsafe_function::<(Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>)>()
@@ -168,10 +185,13 @@ pub unsafe fn fn3(env: sys::napi_env, f: sys::napi_value, what: &str) -> Result<
         .build_callback(|ctx| {
             let env = ctx.env.raw();
             let (key, local, remote) = ctx.value;
-            // SAFETY: the callback runs on the JavaScript thread.
+            // SAFETY: napi-rs runs this callback on the JavaScript thread with
+            // the env of that call, valid until it returns.
             let key = unsafe { conv::buffer(env, &key) }.map_err(napi_failure)?;
+            // SAFETY: as above.
             let local = unsafe { conv::opt_buffer(env, local.as_deref()) }.map_err(napi_failure)?;
             let remote =
+                // SAFETY: as above.
                 unsafe { conv::opt_buffer(env, remote.as_deref()) }.map_err(napi_failure)?;
             Ok(FnArgs::from((Raw(key), Raw(local), Raw(remote))))
         })
@@ -200,6 +220,8 @@ impl JsConflictHandler {
     /// `env` and `f` must be valid for the current call.
     pub unsafe fn new(env: sys::napi_env, f: sys::napi_value) -> Result<Self> {
         Ok(JsConflictHandler {
+            // SAFETY: `env` and `f` are valid for this call (this function's
+            // contract), which is all `fn3` requires.
             f: Arc::new(unsafe { fn3(env, f, "onConflict") }?),
         })
     }

@@ -134,7 +134,11 @@ unsafe fn known_keys(
     what: &str,
     known: &[&str],
 ) -> Result<()> {
+    // SAFETY: `env` and `v` are valid for this call (this function's contract)
+    // and `v` is an object.
     for (k, _) in unsafe { conv::own_entries(env, v) }? {
+        // SAFETY: `env` is valid for this call and `k` is a property name just
+        // read in it.
         let k = unsafe { conv::string(env, k, "option name") }?;
         if !known.contains(&k.as_str()) {
             return Err(invalid(format!(
@@ -152,16 +156,24 @@ unsafe fn known_keys(
 /// `env` and `v` must be valid for the current call.
 unsafe fn config(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Config> {
     let d = lbmkv::Config::default();
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::is_nullish(env, v) }? {
         return Ok(d);
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, v) }? != sys::ValueType::napi_object {
         return Err(invalid(format!(
             "options must be an object, got {}",
+            // SAFETY: `env` and `v` are valid for this call (this function's
+            // contract).
             unsafe { conv::describe_value(env, v) }
         )));
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract)
+    // and `v` is an object (checked above).
     unsafe { known_keys(env, v, "Node.start option", START_OPTIONS) }?;
+    // SAFETY: `env` and `v` are valid for this call (this function's contract)
+    // and `v` is an object, which is what `NodeOptions` reads.
     let o = unsafe { NodeOptions::from_napi_value(env, v) }
         .map_err(|e| invalid(format!("bad options: {}", e.reason)))?;
     let cookie = match o.cookie {
@@ -211,17 +223,27 @@ unsafe fn table_handler(
     env: sys::napi_env,
     v: sys::napi_value,
 ) -> Result<Option<Arc<dyn lbmkv::ConflictHandler>>> {
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::is_nullish(env, v) }? {
         return Ok(None);
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, v) }? != sys::ValueType::napi_object {
         return Err(invalid(format!(
             "table options must be an object, got {}",
+            // SAFETY: `env` and `v` are valid for this call (this function's
+            // contract).
             unsafe { conv::describe_value(env, v) }
         )));
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract)
+    // and `v` is an object (checked above).
     unsafe { known_keys(env, v, "createTable option", &["onConflict"]) }?;
+    // SAFETY: `env` and `v` are valid for this call (this function's contract)
+    // and `v` is an object.
     let f = unsafe { conv::property(env, v, c"onConflict") }?;
+    // SAFETY: `env` is valid for this call and `f` is a property value just
+    // read in it.
     unsafe { handler(env, f) }
 }
 
@@ -233,9 +255,11 @@ pub(crate) unsafe fn handler(
     env: sys::napi_env,
     f: sys::napi_value,
 ) -> Result<Option<Arc<dyn lbmkv::ConflictHandler>>> {
+    // SAFETY: `env` and `f` are valid for this call (this function's contract).
     if unsafe { conv::is_nullish(env, f) }? {
         return Ok(None);
     }
+    // SAFETY: `env` and `f` are valid for this call (this function's contract).
     Ok(Some(Arc::new(unsafe { JsConflictHandler::new(env, f) }?)))
 }
 
@@ -245,10 +269,13 @@ type EmitFn = ThreadsafeFunction<lbmkv::Event, (), FnArgs<(Raw, Raw, Raw)>, Stat
 /// The JavaScript arguments of an event.
 ///
 /// # Safety
-/// Runs on the JavaScript thread with its live env.
+/// `env` must be the env of the current call on the JavaScript thread.
 unsafe fn event_args(env: sys::napi_env, ev: lbmkv::Event) -> Result<FnArgs<(Raw, Raw, Raw)>> {
     use lbmkv::Event as E;
+    // SAFETY: `env` is valid for this call (this function's contract), and the
+    // closure is only called within it.
     let s = |x: &str| unsafe { conv::js_string(env, x) };
+    // SAFETY: `env` is valid for this call (this function's contract).
     let undef = unsafe { conv::undefined(env) }?;
     let (kind, a, b) = match ev {
         E::NodeUp { node } => ("nodeup", s(&node)?, undef),
@@ -260,7 +287,10 @@ unsafe fn event_args(env: sys::napi_env, ev: lbmkv::Event) -> Result<FnArgs<(Raw
             keys_changed,
             conflicts,
         } => {
+            // SAFETY: `env` is valid for this call (this function's contract).
             let o = unsafe { conv::object(env) }?;
+            // SAFETY: `env` is valid for this call (this function's contract)
+            // and `o` is the object just created in it.
             unsafe {
                 conv::set_property(env, o, c"table", s(&table)?)?;
                 conv::set_property(env, o, c"peer", s(&peer)?)?;
@@ -279,12 +309,15 @@ unsafe fn event_args(env: sys::napi_env, ev: lbmkv::Event) -> Result<FnArgs<(Raw
             key,
             resolution,
         } => {
+            // SAFETY: `env` is valid for this call (this function's contract).
             let o = unsafe { conv::object(env) }?;
             let resolution = match resolution {
                 lbmkv::ResolutionKind::Handler => "handler",
                 lbmkv::ResolutionKind::Fallback => "fallback",
                 lbmkv::ResolutionKind::HandlerFailed => "handler_failed",
             };
+            // SAFETY: `env` is valid for this call (this function's contract)
+            // and `o` is the object just created in it.
             unsafe {
                 conv::set_property(env, o, c"table", s(&table)?)?;
                 conv::set_property(env, o, c"key", s(&key)?)?;
@@ -319,6 +352,8 @@ impl Node {
     )]
     pub fn start(env: Env, options: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
             let config = unsafe { config(env.raw(), options.raw()) }?;
             promise::spawn(
                 &env,
@@ -333,6 +368,10 @@ impl Node {
                         events: Mutex::new(Some(events)),
                         closed: watch::channel(false).0,
                     };
+                    // SAFETY: `settle` runs this conversion on the JavaScript
+                    // thread with the env of that callback, valid until it
+                    // returns; `Node` is a `#[napi]` class, which
+                    // `to_napi_value` wraps.
                     unsafe { ToNapiValue::to_napi_value(env, node) }.js()
                 },
             )
@@ -359,7 +398,11 @@ impl Node {
     )]
     pub fn create_table(&self, env: Env, name: Unknown, options: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
             let name = unsafe { conv::string(env.raw(), name.raw(), "table name") }?;
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
             let handler = unsafe { table_handler(env.raw(), options.raw()) }?;
             let node = self.inner.clone();
             promise::spawn(
@@ -369,6 +412,10 @@ impl Node {
                     Ok::<_, Failure>((table, node))
                 },
                 |env, (table, node)| {
+                    // SAFETY: `settle` runs this conversion on the JavaScript
+                    // thread with the env of that callback, valid until it
+                    // returns; `Table` is a `#[napi]` class, which
+                    // `to_napi_value` wraps.
                     unsafe { ToNapiValue::to_napi_value(env, Table::new(table, node)) }.js()
                 },
             )
@@ -378,6 +425,8 @@ impl Node {
     /// The existing table `name`; throws `NO_SUCH_TABLE` when there is none.
     #[napi(ts_args_type = "name: string")]
     pub fn table(&self, env: Env, name: Unknown) -> Result<Table> {
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it.
         let name = unsafe { conv::string(env.raw(), name.raw(), "table name") }?;
         let table = self.inner.table(&name).js()?;
         Ok(Table::new(table, self.inner.clone()))
@@ -427,11 +476,15 @@ impl Node {
     #[napi(ts_args_type = "address: string", ts_return_type = "Promise<void>")]
     pub fn connect(&self, env: Env, address: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
             let addr = unsafe { conv::string(env.raw(), address.raw(), "address") }?;
             let node = self.inner.clone();
             promise::spawn(
                 &env,
                 async move { Ok::<_, Failure>(node.connect(&addr).await?) },
+                // SAFETY: `settle` runs this conversion on the JavaScript
+                // thread with the env of that callback, valid until it returns.
                 |env, ()| unsafe { conv::undefined(env) },
             )
         })
@@ -442,11 +495,15 @@ impl Node {
     #[napi(ts_args_type = "name: string", ts_return_type = "Promise<void>")]
     pub fn disconnect(&self, env: Env, name: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
             let name = unsafe { conv::string(env.raw(), name.raw(), "node name") }?;
             let node = self.inner.clone();
             promise::spawn(
                 &env,
                 async move { Ok::<_, Failure>(node.disconnect(&name).await?) },
+                // SAFETY: `settle` runs this conversion on the JavaScript
+                // thread with the env of that callback, valid until it returns.
                 |env, ()| unsafe { conv::undefined(env) },
             )
         })
@@ -466,6 +523,8 @@ impl Node {
                     closed.send_replace(true);
                     Ok::<_, Failure>(out?)
                 },
+                // SAFETY: `settle` runs this conversion on the JavaScript
+                // thread with the env of that callback, valid until it returns.
                 |env, ()| unsafe { conv::undefined(env) },
             )
         })
@@ -483,12 +542,17 @@ impl Node {
     #[napi(js_name = "_listen", skip_typescript)]
     pub fn listen(&self, env: Env, emit: Unknown) -> Result<()> {
         let raw_env = env.raw();
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it.
         if unsafe { conv::type_of(raw_env, emit.raw()) }? != sys::ValueType::napi_function {
             return Err(invalid("the event listener must be a function"));
         }
         let Some(mut events) = self.events.lock().ok().and_then(|mut e| e.take()) else {
             return Err(invalid("the node's events are already forwarded"));
         };
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it, and `emit` was just checked to
+        // be a function.
         let func = unsafe {
             Function::<FnArgs<(Raw, Raw, Raw)>, ()>::from_napi_value(raw_env, emit.raw())
         }
@@ -498,6 +562,9 @@ impl Node {
             .weak::<true>()
             .callee_handled::<false>()
             .build_callback(|ctx| {
+                // SAFETY: napi-rs runs this callback on the JavaScript thread
+                // with the env of that call, which is what `event_args`
+                // requires.
                 unsafe { event_args(ctx.env.raw(), ctx.value) }
                     .map_err(|e| napi::Error::new(Status::GenericFailure, e.reason))
             })

@@ -75,12 +75,15 @@ where
 /// is made here and handed through napi-rs by reference, so that its `code`
 /// survives (napi-rs would otherwise rebuild it with a Node-API status).
 fn rejection(env: sys::napi_env, e: crate::error::JsErr) -> napi::Error {
-    // SAFETY: called on the JavaScript thread with its live env.
+    // SAFETY: `rejection` is only called from `settle`, on the JavaScript
+    // thread with the env of the callback that is running, valid until it
+    // returns.
     let value = unsafe { JsError::from(e).into_value(env) };
     if value.is_null() {
         return napi::Error::new(Status::GenericFailure, "the environment is shutting down");
     }
-    // SAFETY: `value` was just created in `env`.
+    // SAFETY: `value` is not NULL (checked above) and was just created in
+    // `env`, the env of the running callback.
     napi::Error::from_unknown_without_coercion(unsafe { Unknown::from_raw_unchecked(env, value) })
 }
 
@@ -100,7 +103,10 @@ fn rejected(env: sys::napi_env, e: crate::error::JsErr) -> Result<Raw> {
     let mut deferred = std::ptr::null_mut();
     let mut promise = std::ptr::null_mut();
     let mut pending = false;
-    // SAFETY: `env` is the live env of the current call.
+    // SAFETY: `rejected` is only called by `run`, from a napi-rs method, with
+    // the env napi-rs passed that method, valid for its call; the
+    // out-pointers are live locals, `deferred` is the one just created, and
+    // `reason` a value just taken or created in `env`.
     unsafe {
         check(
             sys::napi_is_exception_pending(env, &mut pending),

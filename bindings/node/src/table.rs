@@ -33,10 +33,15 @@ impl Table {
 /// # Safety
 /// `env` and `v` must be valid for the current call.
 unsafe fn entries(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Entries> {
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::is_array(env, v) }? {
+        // SAFETY: `env` and `v` are valid for this call (this function's
+        // contract) and `v` is an array (checked above).
         let items = unsafe { conv::array_items(env, v, "entries") }?;
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
+            // SAFETY: `env` is valid for this call and `item` is an element
+            // just read in it.
             let pair = unsafe { conv::array_items(env, item, &format!("entries[{i}]")) }?;
             if pair.len() != 2 {
                 return Err(invalid(format!(
@@ -44,24 +49,39 @@ unsafe fn entries(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Entri
                     pair.len()
                 )));
             }
+            // SAFETY: `env` is valid for this call and `pair[0]` is an element
+            // just read in it; the bytes are copied.
             let k = unsafe { conv::bytes_vec(env, pair[0], &format!("entries[{i}][0]")) }?;
+            // SAFETY: `env` is valid for this call and `pair[1]` is an element
+            // just read in it; the bytes are copied.
             let val = unsafe { conv::bytes_vec(env, pair[1], &format!("entries[{i}][1]")) }?;
             out.push((k, val));
         }
         return Ok(out);
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     let t = unsafe { conv::type_of(env, v) }?;
+    // SAFETY: `env` and `v` are valid for this call (this function's contract);
+    // the borrowed bytes are not used, only whether there are any.
     if t == sys::ValueType::napi_object && unsafe { conv::uint8_array(env, v) }?.is_none() {
         let mut out = Vec::new();
+        // SAFETY: `env` and `v` are valid for this call (this function's
+        // contract) and `v` is an object (checked above).
         for (k, val) in unsafe { conv::own_entries(env, v) }? {
+            // SAFETY: `env` is valid for this call and `k` is a property name
+            // just read in it; the bytes are copied.
             let key = unsafe { conv::bytes_vec(env, k, "entries key") }?;
             let what = format!("entries[{:?}]", String::from_utf8_lossy(&key));
+            // SAFETY: `env` is valid for this call and `val` is a property
+            // value just read in it; the bytes are copied.
             out.push((key, unsafe { conv::bytes_vec(env, val, &what) }?));
         }
         return Ok(out);
     }
     Err(invalid(format!(
         "entries must be an array of [key, value] pairs or a plain object, got {}",
+        // SAFETY: `env` and `v` are valid for this call (this function's
+        // contract).
         unsafe { conv::describe_value(env, v) }
     )))
 }
@@ -71,16 +91,24 @@ unsafe fn entries(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Entri
 /// # Safety
 /// `env` and `v` must be valid for the current call.
 unsafe fn strong(env: sys::napi_env, v: sys::napi_value) -> Result<bool> {
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::is_nullish(env, v) }? {
         return Ok(false);
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, v) }? != sys::ValueType::napi_object {
         return Err(invalid(format!(
             "get options must be an object, got {}",
+            // SAFETY: `env` and `v` are valid for this call (this function's
+            // contract).
             unsafe { conv::describe_value(env, v) }
         )));
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract)
+    // and `v` is an object (checked above).
     let s = unsafe { conv::property(env, v, c"strong") }?;
+    // SAFETY: `env` is valid for this call and `s` is a property value just
+    // read in it.
     let t = unsafe { conv::type_of(env, s) }?;
     if t == sys::ValueType::napi_undefined {
         return Ok(false);
@@ -88,11 +116,15 @@ unsafe fn strong(env: sys::napi_env, v: sys::napi_value) -> Result<bool> {
     if t != sys::ValueType::napi_boolean {
         return Err(invalid(format!(
             "options.strong must be a boolean, got {}",
+            // SAFETY: `env` is valid for this call and `s` is a property value
+            // just read in it.
             unsafe { conv::describe_value(env, s) }
         )));
     }
     let mut b = false;
     conv::check(
+        // SAFETY: `env` is valid for this call, `s` is a boolean (checked
+        // above) and `b` a live local.
         unsafe { sys::napi_get_value_bool(env, s, &mut b) },
         "napi_get_value_bool",
     )?;
@@ -104,17 +136,25 @@ unsafe fn strong(env: sys::napi_env, v: sys::napi_value) -> Result<bool> {
 /// # Safety
 /// `env` and `v` must be valid for the current call.
 unsafe fn pattern(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<Vec<u8>> {
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::is_nullish(env, v) }? {
         return Ok(b"*".to_vec());
     }
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
     unsafe { conv::bytes_vec(env, v, what) }
 }
 
 fn opt_buffer(env: sys::napi_env, v: Option<Vec<u8>>) -> Result<sys::napi_value> {
+    // SAFETY: only called with the env of a JavaScript call that is still
+    // running: as the `to_js` of `promise::spawn`, which `settle` runs on the
+    // JavaScript thread.
     unsafe { conv::opt_buffer(env, v.as_deref()) }
 }
 
 fn pairs(env: sys::napi_env, v: lbmkv::Entries) -> Result<sys::napi_value> {
+    // SAFETY: only called with the env of a JavaScript call that is still
+    // running: as the `to_js` of `promise::spawn` (run by `settle` on the
+    // JavaScript thread) and by `match_entries` with its own env.
     unsafe { conv::pairs(env, &v) }
 }
 
@@ -167,7 +207,13 @@ impl Table {
     )]
     pub fn put(&self, env: Env, key: Unknown, value: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it; the bytes are
+            // copied before the task is spawned.
             let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it; the bytes are
+            // copied before the task is spawned.
             let value = unsafe { conv::bytes_vec(env.raw(), value.raw(), "value") }?;
             let t = self.inner.clone();
             promise::spawn(
@@ -186,6 +232,8 @@ impl Table {
     )]
     pub fn put_many(&self, env: Env, entries: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
             let entries = unsafe { self::entries(env.raw(), entries.raw()) }?;
             let t = self.inner.clone();
             promise::spawn(
@@ -208,8 +256,13 @@ impl Table {
     )]
     pub fn get(&self, env: Env, key: Unknown, options: Unknown) -> Result<Raw> {
         let raw_env = env.raw();
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it.
         if unsafe { strong(raw_env, options.raw()) }? {
             return promise::run(&env, || {
+                // SAFETY: napi-rs passes this method the env of the current
+                // JavaScript call and argument handles valid in it; the bytes
+                // are copied before the task is spawned.
                 let key = unsafe { conv::bytes_vec(raw_env, key.raw(), "key") }?;
                 let t = self.inner.clone();
                 promise::spawn(
@@ -219,9 +272,15 @@ impl Table {
                 )
             });
         }
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it. The borrowed bytes are used
+        // only below, within this call, while no JavaScript runs that could
+        // detach or change them.
         let key = unsafe { conv::bytes(raw_env, key.raw(), "key") }?;
         let v = self
             .inner
+            // SAFETY: `raw_env` is valid for this call (see above), and the
+            // closure runs before `with_value` returns.
             .with_value(key.as_slice(), |v| unsafe { conv::opt_buffer(raw_env, v) })
             .js()??;
         Ok(Raw(v))
@@ -230,6 +289,9 @@ impl Table {
     /// Whether `key` has a live value on this node.
     #[napi(ts_args_type = "key: BytesLike")]
     pub fn has(&self, env: Env, key: Unknown) -> Result<bool> {
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it. The borrowed bytes are used
+        // only on the next line, within this call.
         let key = unsafe { conv::bytes(env.raw(), key.raw(), "key") }?;
         self.inner.contains(key.as_slice()).js()
     }
@@ -241,8 +303,12 @@ impl Table {
         let raw_env = env.raw();
         let mut items = Vec::with_capacity(keys.len());
         for k in &keys {
+            // SAFETY: `raw_env` is the env napi-rs passed this method, valid
+            // for this call.
             items.push(unsafe { conv::buffer(raw_env, k) }?);
         }
+        // SAFETY: `raw_env` is valid for this call and the items were just
+        // created in it.
         Ok(Raw(unsafe { conv::array(raw_env, &items) }?))
     }
 
@@ -253,6 +319,9 @@ impl Table {
     )]
     pub fn delete(&self, env: Env, key: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it; the bytes are
+            // copied before the task is spawned.
             let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
             let t = self.inner.clone();
             promise::spawn(
@@ -272,9 +341,13 @@ impl Table {
     pub fn delete_many(&self, env: Env, keys: Unknown) -> Result<Raw> {
         promise::run(&env, || {
             let raw_env = env.raw();
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
             let items = unsafe { conv::array_items(raw_env, keys.raw(), "keys") }?;
             let mut keys = Vec::with_capacity(items.len());
             for (i, k) in items.into_iter().enumerate() {
+                // SAFETY: `raw_env` is valid for this call and `k` is an
+                // element just read in it; the bytes are copied.
                 keys.push(unsafe { conv::bytes_vec(raw_env, k, &format!("keys[{i}]")) }?);
             }
             let t = self.inner.clone();
@@ -304,7 +377,11 @@ impl Table {
         value_pattern: Unknown,
     ) -> Result<Raw> {
         let raw_env = env.raw();
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it.
         let kp = unsafe { pattern(raw_env, key_pattern.raw(), "keyPattern") }?;
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it.
         let vp = unsafe { pattern(raw_env, value_pattern.raw(), "valuePattern") }?;
         let found = self.inner.match_entries(&kp, &vp).js()?;
         Ok(Raw(pairs(raw_env, found)?))
@@ -321,7 +398,13 @@ impl Table {
     )]
     pub fn update(&self, env: Env, key: Unknown, f: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it; the bytes are
+            // copied before the task is spawned.
             let key = unsafe { conv::bytes_vec(env.raw(), key.raw(), "key") }?;
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it, which is what
+            // `fn2` requires; the resulting function is thread-safe.
             let f = Arc::new(unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?);
             let t = self.inner.clone();
             promise::spawn(
@@ -339,6 +422,9 @@ impl Table {
                         .await;
                     result.map_err(|e| update_failure(e, &thrown))
                 },
+                // SAFETY: `settle` runs this conversion on the JavaScript
+                // thread with the env of that callback, valid until it returns,
+                // and the pair's values are created in it.
                 |env, (old, new)| unsafe {
                     let pair = [
                         conv::opt_buffer(env, old.as_deref())?,
@@ -359,6 +445,9 @@ impl Table {
     )]
     pub fn update_all(&self, env: Env, f: Unknown) -> Result<Raw> {
         promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it, which is what
+            // `fn2` requires; the resulting function is thread-safe.
             let f = Arc::new(unsafe { callbacks::fn2(env.raw(), f.raw(), "the update function") }?);
             let t = self.inner.clone();
             promise::spawn(
@@ -376,6 +465,9 @@ impl Table {
                         .await;
                     result.map_err(|e| update_failure(e, &thrown))
                 },
+                // SAFETY: `settle` runs this conversion on the JavaScript
+                // thread with the env of that callback, valid until it returns,
+                // and the pair's values are created in it.
                 |env, (old, new)| unsafe {
                     let pair = [conv::pairs(env, &old)?, conv::pairs(env, &new)?];
                     conv::array(env, &pair)
@@ -387,6 +479,8 @@ impl Table {
     /// Sets (or with `null` removes) this node's conflict handler for the table.
     #[napi(ts_args_type = "handler: ConflictHandler | null")]
     pub fn set_conflict_handler(&self, env: Env, handler: Unknown) -> Result<()> {
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it.
         let h = unsafe { crate::node::handler(env.raw(), handler.raw()) }?;
         self.inner.set_conflict_handler(h).js()
     }
@@ -399,6 +493,8 @@ impl Table {
         let env = env.raw();
         let mut items = Vec::with_capacity(log.len());
         for c in log {
+            // SAFETY: `env` is the env napi-rs passed this method, valid for
+            // this call, and `o` is the object just created in it.
             unsafe {
                 let o = conv::object(env)?;
                 conv::set_property(env, o, c"key", conv::buffer(env, &c.key)?)?;
@@ -409,6 +505,8 @@ impl Table {
                 items.push(o);
             }
         }
+        // SAFETY: `env` is valid for this call and the items were just created
+        // in it.
         Ok(Raw(unsafe { conv::array(env, &items) }?))
     }
 }

@@ -286,7 +286,9 @@ struct PyNode {
 
 impl Drop for PyNode {
     fn drop(&mut self) {
-        // SAFETY: `inner` is never used again after this take.
+        // SAFETY: `inner` was initialized by `ManuallyDrop::new` and is taken
+        // only here; `drop` runs once and nothing reads `self` after it, and
+        // `ManuallyDrop` keeps the field from being dropped a second time.
         let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
         drop_detached(inner);
     }
@@ -498,7 +500,8 @@ impl PyTable {
 impl Drop for PyTable {
     fn drop(&mut self) {
         // A table handle may hold the last reference to its node's state.
-        // SAFETY: `inner` is never used again after this take.
+        // SAFETY: as for `PyNode`: initialized by `ManuallyDrop::new`, taken
+        // only here, in a `drop` that runs once, and never read afterwards.
         let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
         drop_detached(inner);
     }
