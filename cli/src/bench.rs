@@ -143,9 +143,12 @@ async fn start_node(name: &str, seeds: Vec<String>) -> Result<Node, String> {
 
 async fn wait_members(node: &Node, n: usize) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node.members().len() < n {
+    while node.members().map_err(e)?.len() < n {
         if Instant::now() > deadline {
-            return Err(format!("only {:?} joined within 10 s", node.members()));
+            return Err(format!(
+                "only {:?} joined within 10 s",
+                node.members().map_err(e)?
+            ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -467,7 +470,7 @@ async fn join_heal_memory(n: usize) -> Result<Vec<Row>, String> {
 
     a.disconnect(b.name()).await.map_err(e)?;
     b.disconnect(a.name()).await.map_err(e)?;
-    while a.members().len() > 1 || b.members().len() > 1 {
+    while a.members().map_err(e)?.len() > 1 || b.members().map_err(e)?.len() > 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let differing = n / 100;
@@ -479,7 +482,8 @@ async fn join_heal_memory(n: usize) -> Result<Vec<Row>, String> {
             .collect();
         tb.put_many(batch).await.map_err(e)?;
     }
-    let bytes_before = a.info().merge_bytes_sent + b.info().merge_bytes_sent;
+    let bytes_before =
+        a.info().map_err(e)?.merge_bytes_sent + b.info().map_err(e)?.merge_bytes_sent;
     // A writer keeps writing during the heal, to see how long writes wait.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -504,7 +508,7 @@ async fn join_heal_memory(n: usize) -> Result<Vec<Row>, String> {
     loop {
         let da = ta.stats().map_err(e)?.digest;
         let db = tb.stats().map_err(e)?.digest;
-        if da == db && a.members().len() == 2 {
+        if da == db && a.members().map_err(e)?.len() == 2 {
             break;
         }
         if Instant::now() > deadline {
@@ -515,7 +519,8 @@ async fn join_heal_memory(n: usize) -> Result<Vec<Row>, String> {
     let heal = heal_started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let worst = writer.await.map_err(|err| err.to_string())?;
-    let bytes = a.info().merge_bytes_sent + b.info().merge_bytes_sent - bytes_before;
+    let bytes = a.info().map_err(e)?.merge_bytes_sent + b.info().map_err(e)?.merge_bytes_sent
+        - bytes_before;
     let table_bytes = (n * (16 + VALUE_SIZE)) as u64;
     rows.push(Row {
         id: "heal",

@@ -152,10 +152,15 @@ fn names(nodes: &[Node]) -> String {
     n.join(", ")
 }
 
+/// The names in `node`'s view (none once it is closed).
+fn view(node: &Node) -> Vec<String> {
+    node.members().unwrap_or_default()
+}
+
 fn views(nodes: &[Node]) -> String {
     let v: Vec<String> = nodes
         .iter()
-        .map(|n| format!("{} [{}]", n.name(), n.members().join(" ")))
+        .map(|n| format!("{} [{}]", n.name(), view(n).join(" ")))
         .collect();
     v.join("; ")
 }
@@ -185,7 +190,7 @@ async fn start_cluster() -> Result<Vec<Node>, String> {
     wait_for(
         "all three nodes to see each other",
         Duration::from_secs(10),
-        || nodes.iter().all(|n| n.members().len() == 3),
+        || nodes.iter().all(|n| view(n).len() == 3),
     )
     .await?;
     Ok(nodes)
@@ -258,7 +263,7 @@ async fn split(nodes: &[Node]) -> Result<(), String> {
     wait_for(
         "the split to show in the views",
         Duration::from_secs(5),
-        || c.members().len() == 1 && a.members().len() == 2 && b.members().len() == 2,
+        || view(c).len() == 1 && view(a).len() == 2 && view(b).len() == 2,
     )
     .await
 }
@@ -274,7 +279,7 @@ async fn heal(nodes: &[Node]) -> Result<(), String> {
     wait_for(
         "the views to include every node again",
         Duration::from_secs(10),
-        || nodes.iter().all(|n| n.members().len() == 3),
+        || nodes.iter().all(|n| view(n).len() == 3),
     )
     .await
 }

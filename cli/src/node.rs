@@ -517,9 +517,9 @@ impl Shell {
                     return Err(usage(&command));
                 }
                 let list = if command == "tables" {
-                    self.node.tables()
+                    self.node.tables()?
                 } else {
-                    self.node.members()
+                    self.node.members()?
                 };
                 Ok(items(list))
             }
@@ -527,7 +527,7 @@ impl Shell {
                 if !t.is_done() {
                     return Err(usage("info"));
                 }
-                let json = serde_json::to_string(&self.node.info())
+                let json = serde_json::to_string(&self.node.info()?)
                     .map_err(|e| Error::new(ErrorKind::Internal, format!("info as JSON: {e}")))?;
                 Ok(Reply::Text(json + "\n"))
             }

@@ -33,8 +33,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::membership::PeerConn;
-use crate::node::NodeInner;
+use crate::cluster::{Membership, PeerConn};
+use crate::context::{Context, SETTLE_PAUSE};
 use crate::vclock::ActorId;
 use crate::wire::{Message, Status};
 
@@ -79,8 +79,8 @@ pub(crate) struct State {
 
 /// A merge this node must finish with a peer before it may sequence.
 pub(crate) struct CatchUp {
-    conn: Arc<PeerConn>,
-    turn: u64,
+    pub conn: Arc<PeerConn>,
+    pub turn: u64,
 }
 
 /// The node's agreement state behind its lock, and a signal for readiness.
@@ -251,7 +251,7 @@ impl Agreement {
     }
 
     /// The merge started for `turn` of `actor` finished.
-    fn caught_up(&self, actor: &ActorId, conn_id: u64, turn: u64) {
+    pub fn caught_up(&self, actor: &ActorId, conn_id: u64, turn: u64) {
         let mut st = self.lock();
         let me = st.me.clone();
         if let Some(p) = st.peers.get_mut(actor) {
@@ -262,7 +262,7 @@ impl Agreement {
     }
 
     /// Whether a merge for `turn` of `actor` over `conn_id` is still wanted.
-    fn catch_up_wanted(&self, actor: &ActorId, conn_id: u64, turn: u64) -> bool {
+    pub fn catch_up_wanted(&self, actor: &ActorId, conn_id: u64, turn: u64) -> bool {
         let st = self.lock();
         st.peers.get(actor).is_some_and(|p| {
             p.conn.conn_id == conn_id
@@ -424,21 +424,20 @@ const STEP_OUT_FOR: u32 = 10;
 
 /// Starts the probe rounds of a node and its watch for partial partitions,
 /// every heartbeat interval.
-pub(crate) fn start(node: &Arc<NodeInner>) {
-    let weak = Arc::downgrade(node);
-    let every = node.config.heartbeat_interval;
-    let failure_timeout = node.config.failure_timeout;
-    node.spawn(async move {
+pub(crate) fn start(ctx: &Context, agreement: &Arc<Agreement>, members: &Arc<Membership>) {
+    let (agreement, members) = (Arc::downgrade(agreement), Arc::downgrade(members));
+    let every = ctx.config.heartbeat_interval;
+    let failure_timeout = ctx.config.failure_timeout;
+    ctx.spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            let Some(node) = weak.upgrade() else { return };
-            node.agreement.probe_round();
-            let victims = node
-                .agreement
-                .partial_partition(failure_timeout * PARTIAL_PARTITION_PATIENCE);
+            let (Some(agreement), Some(members)) = (agreement.upgrade(), members.upgrade()) else {
+                return;
+            };
+            agreement.probe_round();
+            let victims = agreement.partial_partition(failure_timeout * PARTIAL_PARTITION_PATIENCE);
             if !victims.is_empty() {
-                node.members
-                    .step_out(&node, victims, failure_timeout * STEP_OUT_FOR);
+                members.step_out(victims, failure_timeout * STEP_OUT_FOR);
             }
         }
     });
@@ -449,53 +448,31 @@ pub(crate) fn start(node: &Arc<NodeInner>) {
 /// once; one whose peers all left before a merge finished waits for them to
 /// come back, and takes the ordering on itself only after a failure timeout
 /// alone (they are gone: it is the cluster now).
-pub(crate) fn start_join(node: &Arc<NodeInner>) {
-    let weak = Arc::downgrade(node);
-    node.spawn(async move {
+pub(crate) fn start_join(ctx: &Context, agreement: &Arc<Agreement>, members: &Arc<Membership>) {
+    let (agreement, members) = (Arc::downgrade(agreement), Arc::downgrade(members));
+    let failure_timeout = ctx.config.failure_timeout;
+    ctx.spawn(async move {
         let mut met_anyone = false;
         let mut alone_since = Instant::now();
         loop {
-            let Some(node) = weak.upgrade() else { return };
-            let peers = node.members.peers();
-            let alone_enough = || alone_since.elapsed() >= node.config.failure_timeout;
+            let (Some(agreement), Some(members)) = (agreement.upgrade(), members.upgrade()) else {
+                return;
+            };
+            let peers = members.peers();
             let ready = match peers.is_empty() {
-                true => !met_anyone || alone_enough(),
+                true => !met_anyone || alone_since.elapsed() >= failure_timeout,
                 false => peers.iter().all(|p| p.is_synced()),
             };
             if ready {
-                node.agreement.set_ready();
+                agreement.set_ready();
                 return;
             }
-            if peers.is_empty() {
-                if met_anyone && alone_since.elapsed() < crate::node::SETTLE_PAUSE {
-                    tracing::info!(node = %node.actor, "every peer left before the first merge finished; waiting for them");
-                }
-            } else {
+            if !peers.is_empty() {
                 met_anyone = true;
                 alone_since = Instant::now();
             }
-            drop(node);
-            tokio::time::sleep(crate::node::SETTLE_PAUSE).await;
-        }
-    });
-}
-
-/// Runs the merge a peer's turn asks for, again until it finishes while it is
-/// still wanted, then credits it.
-pub(crate) fn run_catch_up(node: &Arc<NodeInner>, job: CatchUp) {
-    let weak = Arc::downgrade(node);
-    node.spawn(async move {
-        let (actor, conn_id) = (job.conn.actor.clone(), job.conn.conn_id);
-        loop {
-            let Some(node) = weak.upgrade() else { return };
-            if !node.agreement.catch_up_wanted(&actor, conn_id, job.turn) {
-                return;
-            }
-            let limit = node.config.request_timeout * 12;
-            if crate::merge::merge_round(&node, &job.conn, limit).await {
-                node.agreement.caught_up(&actor, conn_id, job.turn);
-                return;
-            }
+            drop((agreement, members));
+            tokio::time::sleep(SETTLE_PAUSE).await;
         }
     });
 }

@@ -67,17 +67,17 @@ impl Node {
     }
 
     /// See [`crate::Node::tables`].
-    pub fn tables(&self) -> Vec<String> {
+    pub fn tables(&self) -> Result<Vec<String>> {
         self.inner.tables()
     }
 
     /// See [`crate::Node::members`].
-    pub fn members(&self) -> Vec<String> {
+    pub fn members(&self) -> Result<Vec<String>> {
         self.inner.members()
     }
 
     /// See [`crate::Node::info`].
-    pub fn info(&self) -> Info {
+    pub fn info(&self) -> Result<Info> {
         self.inner.info()
     }
 

@@ -6,6 +6,7 @@ use tokio::sync::broadcast;
 /// How a conflict found by a merge was settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ResolutionKind {
     /// The table's conflict handler chose the value (or the delete).
     Handler,
@@ -19,6 +20,7 @@ pub enum ResolutionKind {
 /// (`node_up`, `node_down`, `table_created`, `merged`, `conflict`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Event {
     /// A peer joined this node's view.
     NodeUp {

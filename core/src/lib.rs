@@ -17,33 +17,43 @@
 //! # Ok(()) }
 //! ```
 
+// Layers, each using only the ones below it:
+// node -> table -> merge -> replication -> agreement -> cluster -> context
+//      -> replica, sequencer -> resolve -> store, wire, auth -> vclock -> hash
 mod agreement;
 mod auth;
 pub mod blocking;
+mod cluster;
 mod config;
+mod context;
 mod error;
 mod events;
 pub mod glob;
 mod hash;
-mod membership;
+mod locks;
 mod merge;
 pub mod net;
 mod node;
+mod replica;
 mod replication;
 mod resolve;
 pub mod runtime;
+mod sequencer;
 mod store;
 mod table;
+#[doc(hidden)]
 pub mod vclock;
+#[doc(hidden)]
 pub mod wire;
 
 pub use auth::{COOKIE_ENV, COOKIE_FILE};
 pub use config::{name_from_bytes, validate_name, Config};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};
-pub use node::{Info, Node, TableStats};
+pub use node::{Info, Node};
+pub use replica::{ConflictRecord, TableStats};
 pub use resolve::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
-pub use table::{ConflictRecord, Entries, Table, Updated};
+pub use table::{Entries, Table, Updated};
 
 /// The version of lbmkv.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

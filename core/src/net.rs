@@ -45,6 +45,26 @@ pub trait Net: Send + Sync + 'static {
     fn resolve(&self, host_port: String) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>>;
 }
 
+/// Resolves `host:port` to its first address.
+pub(crate) async fn resolve_one(net: &dyn Net, addr: &str) -> crate::Result<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !addr.contains(':') {
+        return Err(crate::Error::invalid(format!(
+            "address {addr:?} is not host:port"
+        )));
+    }
+    let addrs = net
+        .resolve(addr.to_string())
+        .await
+        .map_err(|e| crate::Error::invalid(format!("cannot resolve {addr:?}: {e}")))?;
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| crate::Error::invalid(format!("{addr:?} resolves to no address")))
+}
+
 /// Real TCP through tokio.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpNet;

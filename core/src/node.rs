@@ -1,157 +1,162 @@
-//! A node: one member of a cluster, with its tables, its view and its tasks.
+//! A node: the composition root. It builds the context and the services in
+//! layer order (cluster, agreement, replication, merge), receives what the
+//! cluster delivers upward ([`Inbound`]) and routes each message to the
+//! service that handles it, and offers the public API.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tokio::sync::broadcast;
-use tokio::task::JoinSet;
 
-use crate::agreement::Agreement;
+use crate::agreement::{self, Agreement, CatchUp};
 use crate::auth;
+use crate::cluster::{Inbound, Membership, PeerConn};
 use crate::config::{validate_name, Config};
+use crate::context::{Context, Identity};
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Event, Events};
-use crate::membership::Membership;
-use crate::merge::Merges;
+use crate::events::Events;
+use crate::merge::Merge;
 use crate::net::{Net, TcpNet};
+use crate::replica::TableStats;
 use crate::replication::Replication;
 use crate::resolve::ConflictHandler;
-use crate::table::{Table, TableShared};
+use crate::table::Table;
 use crate::vclock::ActorId;
 use crate::wire::{Message, TableInfo};
 
 /// Process-wide count of started nodes, for default names.
 static NODES_STARTED: AtomicU64 = AtomicU64::new(0);
 
-/// Traffic counters of a node.
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub merge_bytes_sent: AtomicU64,
-}
-
-/// The shared state of a node; tasks and table handles hold it.
+/// The services of one node, in layer order.
 pub(crate) struct NodeInner {
-    pub config: Config,
-    pub actor: ActorId,
-    pub address: String,
-    /// The address outgoing connections come from: the listen address, unless
-    /// that is a wildcard.
-    pub source_ip: Option<std::net::IpAddr>,
-    pub cookie: Vec<u8>,
-    pub net: Arc<dyn Net>,
-    pub tables: RwLock<HashMap<String, Arc<TableShared>>>,
-    /// Taken at shutdown, which ends every subscription.
-    events: Mutex<Option<broadcast::Sender<Event>>>,
-    pub closed: AtomicBool,
-    pub rng: Mutex<StdRng>,
-    pub members: Membership,
-    pub agreement: Agreement,
-    pub replication: Replication,
-    pub merges: Merges,
-    pub stats: Stats,
-    tasks: Mutex<JoinSet<()>>,
+    ctx: Arc<Context>,
+    members: Arc<Membership>,
+    agreement: Arc<Agreement>,
+    replication: Arc<Replication>,
+    merge: Arc<Merge>,
 }
 
 impl NodeInner {
-    /// Spawns a long-lived task that `close` aborts.
-    pub fn spawn<F>(&self, fut: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        if let Ok(mut tasks) = self.tasks.lock() {
-            while tasks.try_join_next().is_some() {}
-            tasks.spawn(fut);
-        }
-    }
-
-    pub fn emit(&self, event: Event) {
-        tracing::debug!(node = %self.actor, ?event, "event");
-        if let Ok(events) = self.events.lock() {
-            if let Some(tx) = events.as_ref() {
-                let _ = tx.send(event);
-            }
-        }
-    }
-
-    pub fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::closed())
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn random_nonce(&self) -> [u8; 32] {
-        let mut nonce = [0u8; 32];
-        if let Ok(mut rng) = self.rng.lock() {
-            rng.fill(&mut nonce);
-        }
-        nonce
-    }
-
-    /// Tombstones whose newest dot is older than this are past their retention.
-    pub fn tombstone_cutoff_ms(&self) -> u64 {
-        wall_clock_ms().saturating_sub(self.config.tombstone_retention.as_millis() as u64)
-    }
-
-    pub fn table(&self, name: &str) -> Option<Arc<TableShared>> {
-        self.tables.read().ok()?.get(name).cloned()
-    }
-
-    /// The table `name`, created empty (and announced) when missing.
-    pub fn ensure_table(self: &Arc<Self>, name: &str) -> Result<Arc<TableShared>> {
-        validate_name("table name", name)?;
-        if let Some(t) = self.table(name) {
-            return Ok(t);
-        }
-        let created = {
-            let mut tables = self
-                .tables
-                .write()
-                .map_err(|_| Error::internal("table registry lock poisoned"))?;
-            if let Some(t) = tables.get(name) {
-                return Ok(t.clone());
-            }
-            let t = TableShared::start(self, name);
-            tables.insert(name.to_string(), t.clone());
-            t
-        };
-        self.emit(Event::TableCreated {
-            table: name.to_string(),
+    fn new(ctx: Arc<Context>) -> Arc<NodeInner> {
+        let members = Membership::new(&ctx);
+        let agreement = Arc::new(Agreement::new(
+            ctx.actor.clone(),
+            ctx.config.failure_timeout,
+        ));
+        let replication = Replication::new(&ctx, &members, &agreement);
+        let merge = Merge::new(&ctx, &members, &replication);
+        let inner = Arc::new(NodeInner {
+            ctx,
+            members,
+            agreement,
+            replication,
+            merge,
         });
-        Ok(created)
+        let inbound: std::sync::Weak<dyn Inbound> = Arc::downgrade(&inner) as _;
+        inner.members.deliver_to(inbound);
+        inner
     }
 
-    pub fn table_infos(&self) -> Vec<TableInfo> {
-        let tables = match self.tables.read() {
-            Ok(t) => t,
-            Err(_) => return Vec::new(),
-        };
-        let mut infos: Vec<TableInfo> = tables.values().map(|t| t.info()).collect();
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
-        infos
+    /// Starts the node's periodic tasks.
+    fn start_tasks(&self) {
+        self.merge.start_maintenance();
+        self.replication.start_ack_watchdog();
+        agreement::start(&self.ctx, &self.agreement, &self.members);
+    }
+
+    /// A peer's table: created here when missing, and its handler flag noted.
+    fn on_table_info(&self, peer: &PeerConn, info: &TableInfo) {
+        match self.replication.ensure_table(&info.name) {
+            Ok(_) => self.members.set_handler(&peer.actor, info),
+            Err(e) => tracing::warn!(peer = %peer.actor, "ignoring a table: {e}"),
+        }
+    }
+
+    /// Runs the merge a peer's turn to this node asks for, again until it
+    /// finishes while it is still wanted, then credits it.
+    fn catch_up(&self, job: CatchUp) {
+        let (agreement, merge) = (self.agreement.clone(), self.merge.clone());
+        let limit = self.ctx.config.request_timeout * 12;
+        self.ctx.spawn(async move {
+            let (actor, conn_id) = (job.conn.actor.clone(), job.conn.conn_id);
+            while agreement.catch_up_wanted(&actor, conn_id, job.turn) {
+                if merge.merge_round(&job.conn, limit).await {
+                    agreement.caught_up(&actor, conn_id, job.turn);
+                    return;
+                }
+            }
+        });
     }
 
     fn shutdown(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        if !self.ctx.close() {
             return;
         }
         self.members.close_all();
-        if let Ok(mut tasks) = self.tasks.lock() {
-            tasks.abort_all();
-        }
         self.replication.fail_all();
-        if let Ok(mut events) = self.events.lock() {
-            events.take();
+    }
+}
+
+impl Inbound for NodeInner {
+    fn on_peer_up(&self, peer: &Arc<PeerConn>) {
+        self.agreement.peer_up(peer.clone());
+    }
+
+    fn on_message(&self, peer: &Arc<PeerConn>, msg: Message) {
+        match msg {
+            Message::Tables(list) => {
+                for info in &list {
+                    self.on_table_info(peer, info);
+                }
+                // The first round of merges on a new connection, led by the smaller actor.
+                if self.ctx.actor < peer.actor {
+                    self.merge.start_round(peer);
+                }
+            }
+            Message::TableChanged(info) => self.on_table_info(peer, &info),
+            Message::Status(status) => {
+                if let Some(job) = self.agreement.on_status(peer, status) {
+                    self.catch_up(job);
+                }
+            }
+            Message::Probe { id } => self.agreement.on_probe(peer, id),
+            Message::WriteRequest { id, table, op } => {
+                self.replication.on_write_request(peer, id, table, op)
+            }
+            Message::WriteReply { id, result } => self.replication.on_write_reply(id, result),
+            Message::Apply { id, table, entries } => {
+                self.replication.on_apply(peer, id, &table, entries.0)
+            }
+            Message::ApplyAck { id } => self.replication.on_apply_ack(&peer.actor, id),
+            Message::ApplyRefused { id } => self.replication.on_apply_refused(&peer.actor, id),
+            msg @ (Message::SyncDigest { .. }
+            | Message::SyncLeaves { .. }
+            | Message::SyncDescend { .. }
+            | Message::SyncSummary { .. }
+            | Message::SyncWant { .. }
+            | Message::SyncEntries { .. }
+            | Message::SyncDone { .. }
+            | Message::SyncAllDone { .. }
+            | Message::SyncRequest) => self.merge.on_message(peer, msg),
+            other => {
+                let reason = format!("sent a message out of place: {other:?}");
+                self.members
+                    .drop_peer(&peer.actor, Some(peer.conn_id), &reason)
+            }
         }
+    }
+
+    fn on_connection_ended(&self, peer: &PeerConn, replaced: bool) {
+        if replaced {
+            self.replication.connection_replaced(&peer.actor);
+        } else {
+            self.agreement.peer_down(&peer.actor, peer.conn_id);
+            self.replication.peer_down(&peer.actor);
+        }
+        self.merge.connection_closed(peer.conn_id);
     }
 }
 
@@ -174,6 +179,7 @@ pub struct Node {
 
 /// A node's description, as `info()` returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Info {
     /// The node's name.
     pub name: String,
@@ -183,6 +189,8 @@ pub struct Info {
     pub address: String,
     /// Names of the nodes in its view, itself included, sorted.
     pub members: Vec<String>,
+    /// The member whose sequencer this node follows, if any.
+    pub sequencer: Option<String>,
     /// Tables, sorted by name.
     pub tables: Vec<TableStats>,
     /// Bytes this node wrote to peers.
@@ -191,23 +199,6 @@ pub struct Info {
     pub bytes_received: u64,
     /// Bytes of merge traffic this node wrote.
     pub merge_bytes_sent: u64,
-}
-
-/// One table in [`Info`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TableStats {
-    /// The table's name.
-    pub name: String,
-    /// Live entries.
-    pub entries: usize,
-    /// Bytes of live keys and values.
-    pub bytes: usize,
-    /// Tombstones kept for merges.
-    pub tombstones: usize,
-    /// Entries in the conflict log.
-    pub conflicts: usize,
-    /// The table digest (equal digests: equal replicas).
-    pub digest: String,
 }
 
 impl Node {
@@ -245,7 +236,7 @@ impl Node {
             None => default_name(ordinal),
         };
         let cookie = auth::resolve_cookie(config.cookie.as_deref(), rng.random())?;
-        let listen_addr = resolve_one(&*net, &config.listen).await?;
+        let listen_addr = crate::net::resolve_one(&*net, &config.listen).await?;
         let listener = net
             .bind(listen_addr)
             .await
@@ -253,70 +244,53 @@ impl Node {
         let local = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the listen address", e))?;
-        let address = advertised(local);
-        let (events, first_subscriber) = broadcast::channel(4096);
-        let inner = Arc::new(NodeInner {
+        let (ctx, events) = Context::new(Identity {
             actor: ActorId::new(&name, incarnation),
-            address,
+            address: advertised(local),
             source_ip: Some(local.ip()).filter(|ip| !ip.is_unspecified()),
             cookie,
             net,
-            tables: RwLock::new(HashMap::new()),
-            events: Mutex::new(Some(events)),
-            closed: AtomicBool::new(false),
-            rng: Mutex::new(rng),
-            members: Membership::new(),
-            agreement: Agreement::new(ActorId::new(&name, incarnation), config.failure_timeout),
-            replication: Replication::default(),
-            merges: Merges::default(),
-            stats: Stats::default(),
-            tasks: Mutex::new(JoinSet::new()),
+            rng,
             config,
         });
-        tracing::info!(node = %inner.actor, address = %inner.address, "node started");
-        crate::membership::start(&inner, listener);
-        crate::merge::start_maintenance(&inner);
-        crate::replication::start_ack_watchdog(&inner);
-        crate::agreement::start(&inner);
-        let seeds = inner.config.seeds.clone();
-        let first_attempts = crate::membership::dial_seeds(&inner, &seeds);
-        let _ = tokio::time::timeout(inner.config.request_timeout, first_attempts).await;
-        crate::agreement::start_join(&inner);
+        tracing::info!(node = %ctx.actor, address = %ctx.address, "node started");
+        let inner = NodeInner::new(ctx);
+        inner.members.listen(listener);
+        inner.start_tasks();
+        let seeds = inner.ctx.config.seeds.clone();
+        let first_attempts = inner.members.dial_seeds(&seeds);
+        let _ = tokio::time::timeout(inner.ctx.config.request_timeout, first_attempts).await;
+        agreement::start_join(&inner.ctx, &inner.agreement, &inner.members);
         let node = Node {
             _guard: Arc::new(CloseGuard(inner.clone())),
             inner,
         };
-        Ok((
-            node,
-            Events {
-                rx: first_subscriber,
-            },
-        ))
+        Ok((node, events))
     }
 
     #[cfg(test)]
-    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
-        &self.inner
+    pub(crate) fn replication(&self) -> &Arc<Replication> {
+        &self.inner.replication
     }
 
     /// The node's name.
     pub fn name(&self) -> &str {
-        &self.inner.actor.name
+        &self.inner.ctx.actor.name
     }
 
     /// The node's actor id (name plus incarnation).
     pub fn actor(&self) -> &ActorId {
-        &self.inner.actor
+        &self.inner.ctx.actor
     }
 
     /// The address peers reach this node at, `host:port`.
     pub fn address(&self) -> &str {
-        &self.inner.address
+        &self.inner.ctx.address
     }
 
     /// The node's configuration.
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.inner.ctx.config
     }
 
     /// Creates the table `name` (or returns the existing one) once it is readable
@@ -331,115 +305,109 @@ impl Node {
         name: &str,
         on_conflict: Option<Arc<dyn ConflictHandler>>,
     ) -> Result<Table> {
-        self.inner.check_open()?;
-        let shared = self.inner.ensure_table(name)?;
+        let inner = &self.inner;
+        inner.ctx.check_open()?;
+        let replica = inner.replication.ensure_table(name)?;
         if on_conflict.is_some() {
-            shared.set_handler(on_conflict);
+            replica.set_handler(on_conflict);
         }
-        let info = shared.info();
-        self.inner
-            .members
-            .broadcast(&self.inner, &Message::TableChanged(info));
+        inner.replication.announce(&replica);
         // A joining node's first merges stream whole tables, which can take a
         // while for large ones: wait for them well beyond one request timeout
         // (each of their steps has that timeout, and a peer that goes away ends it).
-        let limit = self.inner.config.request_timeout * 12;
-        if !self.inner.agreement.wait_ready(limit).await {
+        let limit = inner.ctx.config.request_timeout * 12;
+        if !inner.agreement.wait_ready(limit).await {
             return Err(Error::unavailable(format!(
                 "the table's state did not arrive from the cluster within {} s",
                 limit.as_secs()
             )));
         }
-        Ok(Table::new(self.inner.clone(), shared))
+        Ok(self.handle(replica))
+    }
+
+    fn handle(&self, replica: Arc<crate::replica::Replica>) -> Table {
+        Table::new(
+            self.inner.ctx.clone(),
+            replica,
+            self.inner.replication.clone(),
+        )
     }
 
     /// The existing table `name`.
     pub fn table(&self, name: &str) -> Result<Table> {
-        self.inner.check_open()?;
+        self.inner.ctx.check_open()?;
         validate_name("table name", name)?;
-        let shared = self.inner.table(name).ok_or_else(|| {
+        let replica = self.inner.ctx.replica(name).ok_or_else(|| {
             Error::new(ErrorKind::NoSuchTable, format!("no table named {name:?}"))
         })?;
-        Ok(Table::new(self.inner.clone(), shared))
+        Ok(self.handle(replica))
     }
 
     /// Names of the tables on this node, sorted.
-    pub fn tables(&self) -> Vec<String> {
-        self.inner
+    pub fn tables(&self) -> Result<Vec<String>> {
+        self.inner.ctx.check_open()?;
+        Ok(self
+            .inner
+            .ctx
             .table_infos()
             .into_iter()
             .map(|t| t.name)
-            .collect()
+            .collect())
     }
 
     /// Names of the nodes in this node's view, itself included, sorted.
-    pub fn members(&self) -> Vec<String> {
-        self.inner
+    pub fn members(&self) -> Result<Vec<String>> {
+        self.inner.ctx.check_open()?;
+        Ok(self
+            .inner
             .members
-            .view(&self.inner)
+            .view()
             .into_iter()
             .map(|a| a.name.to_string())
-            .collect()
+            .collect())
     }
 
     /// A description of the node and its tables.
-    pub fn info(&self) -> Info {
-        let tables = match self.inner.tables.read() {
-            Ok(t) => {
-                let mut v: Vec<TableStats> = t.values().map(|t| t.stats()).collect();
-                v.sort_by(|a, b| a.name.cmp(&b.name));
-                v
-            }
-            Err(_) => Vec::new(),
-        };
-        Info {
+    pub fn info(&self) -> Result<Info> {
+        let ctx = &self.inner.ctx;
+        let stats = &ctx.stats;
+        Ok(Info {
             name: self.name().to_string(),
-            actor: self.inner.actor.to_string(),
-            address: self.inner.address.clone(),
-            members: self.members(),
-            tables,
-            bytes_sent: self.inner.stats.bytes_sent.load(Ordering::Relaxed),
-            bytes_received: self.inner.stats.bytes_received.load(Ordering::Relaxed),
-            merge_bytes_sent: self.inner.stats.merge_bytes_sent.load(Ordering::Relaxed),
-        }
+            actor: ctx.actor.to_string(),
+            address: ctx.address.clone(),
+            members: self.members()?,
+            sequencer: self.inner.agreement.follows().map(|a| a.name.to_string()),
+            tables: ctx.replicas().iter().map(|r| r.stats()).collect(),
+            bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: stats.bytes_received.load(Ordering::Relaxed),
+            merge_bytes_sent: stats.merge_bytes_sent.load(Ordering::Relaxed),
+        })
     }
 
     /// Connects to the node at `addr` (`host:port`) and waits for the handshake;
     /// also lifts a `disconnect` of that node.
     pub async fn connect(&self, addr: &str) -> Result<()> {
-        self.inner.check_open()?;
-        crate::membership::connect(&self.inner, addr).await
+        self.inner.ctx.check_open()?;
+        self.inner.members.connect(addr).await
     }
 
     /// Drops the connection to the node `name` and refuses it until `connect`
     /// is called for it again.
     pub async fn disconnect(&self, name: &str) -> Result<()> {
-        self.inner.check_open()?;
+        self.inner.ctx.check_open()?;
         validate_name("node name", name)?;
-        self.inner.members.disconnect(&self.inner, name);
+        self.inner.members.disconnect(name);
         Ok(())
     }
 
     /// Subscribes to this node's events.
     pub fn subscribe(&self) -> Events {
-        Events {
-            rx: match self
-                .inner
-                .events
-                .lock()
-                .ok()
-                .and_then(|e| e.as_ref().map(|tx| tx.subscribe()))
-            {
-                Some(rx) => rx,
-                // Closed: a subscription that ends at once.
-                None => broadcast::channel(1).1,
-            },
-        }
+        self.inner.ctx.subscribe()
     }
 
     /// Whether `close` was called (or the node was dropped).
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.load(Ordering::Acquire)
+        self.inner.ctx.is_closed()
     }
 
     /// Leaves the cluster: tells every peer (which see `node_down` at once),
@@ -448,7 +416,7 @@ impl Node {
         if self.is_closed() {
             return Ok(());
         }
-        self.inner.members.say_goodbye(&self.inner).await;
+        self.inner.members.say_goodbye().await;
         self.inner.shutdown();
         Ok(())
     }
@@ -469,24 +437,6 @@ fn default_name(ordinal: u64) -> String {
     }
 }
 
-/// Resolves `host:port` to its first address.
-pub(crate) async fn resolve_one(net: &dyn Net, addr: &str) -> Result<SocketAddr> {
-    if let Ok(a) = addr.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if !addr.contains(':') {
-        return Err(Error::invalid(format!("address {addr:?} is not host:port")));
-    }
-    let addrs = net
-        .resolve(addr.to_string())
-        .await
-        .map_err(|e| Error::invalid(format!("cannot resolve {addr:?}: {e}")))?;
-    addrs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::invalid(format!("{addr:?} resolves to no address")))
-}
-
 /// The address to tell peers: a wildcard listen address is announced as loopback.
 fn advertised(local: SocketAddr) -> String {
     if local.ip().is_unspecified() {
@@ -500,14 +450,3 @@ fn advertised(local: SocketAddr) -> String {
         local.to_string()
     }
 }
-
-/// Milliseconds since the Unix epoch: the timestamps of clock dots.
-pub(crate) fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A short pause used when views are settling.
-pub(crate) const SETTLE_PAUSE: Duration = Duration::from_millis(5);

@@ -1,19 +1,15 @@
 //! Table handles: the public read and write operations of one replicated table.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
-use serde::Serialize;
-use tokio::sync::mpsc;
-
+use crate::context::{Context, SETTLE_PAUSE};
 use crate::error::{Error, Result};
 use crate::glob::Glob;
-use crate::node::{NodeInner, TableStats};
-use crate::replication::{self, WriteJob};
+use crate::replica::{ConflictRecord, Replica, TableStats};
+use crate::replication::Replication;
 use crate::resolve::ConflictHandler;
-use crate::store::TableStore;
-use crate::wire::{TableInfo, WriteOp, WriteOutcome};
+use crate::wire::{WriteOp, WriteOutcome};
 
 /// Key-value pairs, as returned by batch operations and `match`.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -21,157 +17,13 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 /// The old and new value of an `update` (`None`: absent or deleted).
 pub type Updated = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// A losing version kept by the conflict log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ConflictRecord {
-    /// The key.
-    pub key: Vec<u8>,
-    /// The version that was kept (`None`: deleted).
-    pub kept: Option<Vec<u8>>,
-    /// The version that lost (`None`: deleted).
-    pub lost: Option<Vec<u8>>,
-    /// The peer the merge was with.
-    pub peer: String,
-    /// When, in milliseconds since the Unix epoch.
-    pub at_ms: u64,
-}
-
-/// State of one table on one node, shared by its handles and tasks.
-pub(crate) struct TableShared {
-    pub name: Arc<str>,
-    store: RwLock<TableStore>,
-    pub jobs: mpsc::Sender<WriteJob>,
-    handler: RwLock<Option<Arc<dyn ConflictHandler>>>,
-    conflicts: Mutex<VecDeque<ConflictRecord>>,
-    /// One lock per key with an `update` running on this node, so updates of
-    /// one key from this node take turns instead of failing each other's
-    /// compare-and-set (and a hot key stays fair).
-    update_locks: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The turn of one `update` on one key; gives the turn on and forgets the key's
-/// lock when nobody else waits for it.
-struct UpdateTurn<'a> {
-    locks: &'a Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
-    key: &'a [u8],
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for UpdateTurn<'_> {
-    fn drop(&mut self) {
-        self.guard.take();
-        if let Ok(mut locks) = self.locks.lock() {
-            if locks
-                .get(self.key)
-                .is_some_and(|l| Arc::strong_count(l) == 1)
-            {
-                locks.remove(self.key);
-            }
-        }
-    }
-}
-
-impl TableShared {
-    /// Creates the table state and starts its sequencer task.
-    pub fn start(node: &Arc<NodeInner>, name: &str) -> Arc<TableShared> {
-        let (tx, rx) = mpsc::channel(4096);
-        let t = Arc::new(TableShared {
-            name: Arc::from(name),
-            store: RwLock::new(TableStore::new()),
-            jobs: tx,
-            handler: RwLock::new(None),
-            conflicts: Mutex::new(VecDeque::new()),
-            update_locks: Mutex::new(HashMap::new()),
-        });
-        node.spawn(replication::run_sequencer(
-            Arc::downgrade(node),
-            t.clone(),
-            rx,
-        ));
-        t
-    }
-
-    pub fn read(&self) -> Result<RwLockReadGuard<'_, TableStore>> {
-        self.store
-            .read()
-            .map_err(|_| Error::internal("table lock poisoned"))
-    }
-
-    pub fn write(&self) -> Result<RwLockWriteGuard<'_, TableStore>> {
-        self.store
-            .write()
-            .map_err(|_| Error::internal("table lock poisoned"))
-    }
-
-    pub fn handler(&self) -> Option<Arc<dyn ConflictHandler>> {
-        self.handler.read().ok().and_then(|h| h.clone())
-    }
-
-    pub fn set_handler(&self, handler: Option<Arc<dyn ConflictHandler>>) {
-        if let Ok(mut h) = self.handler.write() {
-            *h = handler;
-        }
-    }
-
-    pub fn info(&self) -> TableInfo {
-        TableInfo {
-            name: self.name.to_string(),
-            has_handler: self.handler().is_some(),
-        }
-    }
-
-    pub fn log_conflict(&self, record: ConflictRecord, limit: usize) {
-        if let Ok(mut log) = self.conflicts.lock() {
-            log.push_back(record);
-            while log.len() > limit {
-                log.pop_front();
-            }
-        }
-    }
-
-    pub fn conflicts(&self) -> Vec<ConflictRecord> {
-        self.conflicts
-            .lock()
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    pub fn stats(&self) -> TableStats {
-        let (s, digest) = match self.read() {
-            Ok(st) => (st.stats(), st.digest_total()),
-            Err(_) => (Default::default(), 0),
-        };
-        TableStats {
-            name: self.name.to_string(),
-            entries: s.entries,
-            bytes: s.bytes,
-            tombstones: s.tombstones,
-            conflicts: self.conflicts.lock().map(|l| l.len()).unwrap_or(0),
-            digest: format!("{digest:016x}"),
-        }
-    }
-
-    /// Waits for this node's turn to update `key`.
-    async fn update_turn<'a>(&'a self, key: &'a [u8]) -> UpdateTurn<'a> {
-        let lock = self
-            .update_locks
-            .lock()
-            .map(|mut l| l.entry(key.to_vec()).or_default().clone())
-            .unwrap_or_default();
-        UpdateTurn {
-            locks: &self.update_locks,
-            key,
-            guard: Some(lock.lock_owned().await),
-        }
-    }
-}
-
 /// A handle to a replicated table. Cheap to clone. Reads are local; writes are
 /// ordered by the table's sequencer and acknowledged by every member of the view.
 #[derive(Clone)]
 pub struct Table {
-    node: Arc<NodeInner>,
-    shared: Arc<TableShared>,
+    ctx: Arc<Context>,
+    shared: Arc<Replica>,
+    replication: Arc<Replication>,
 }
 
 impl std::fmt::Debug for Table {
@@ -183,8 +35,16 @@ impl std::fmt::Debug for Table {
 }
 
 impl Table {
-    pub(crate) fn new(node: Arc<NodeInner>, shared: Arc<TableShared>) -> Self {
-        Table { node, shared }
+    pub(crate) fn new(
+        ctx: Arc<Context>,
+        shared: Arc<Replica>,
+        replication: Arc<Replication>,
+    ) -> Self {
+        Table {
+            ctx,
+            shared,
+            replication,
+        }
     }
 
     /// The table's name.
@@ -193,7 +53,7 @@ impl Table {
     }
 
     fn check_key(&self, key: &[u8]) -> Result<()> {
-        let max = self.node.config.max_key_size;
+        let max = self.ctx.config.max_key_size;
         if key.len() > max {
             return Err(Error::invalid(format!(
                 "key of {} bytes is larger than the limit of {max} bytes",
@@ -204,7 +64,7 @@ impl Table {
     }
 
     fn check_value(&self, value: &[u8]) -> Result<()> {
-        let max = self.node.config.max_value_size;
+        let max = self.ctx.config.max_value_size;
         if value.len() > max {
             return Err(Error::invalid(format!(
                 "value of {} bytes is larger than the limit of {max} bytes",
@@ -215,12 +75,12 @@ impl Table {
     }
 
     async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
-        replication::submit(&self.node, &self.shared, op).await
+        self.replication.submit(&self.shared, op).await
     }
 
     /// Sets `key` to `value` on every member; returns the previous value.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         self.check_key(key)?;
         self.check_value(value)?;
         let prev = self
@@ -231,7 +91,7 @@ impl Table {
 
     /// Sets all `entries` atomically; returns the previous values of those that had one.
     pub async fn put_many(&self, entries: Entries) -> Result<Entries> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         for (k, v) in &entries {
             self.check_key(k)?;
             self.check_value(v)?;
@@ -244,21 +104,21 @@ impl Table {
 
     /// The local value of `key` (no network).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         self.check_key(key)?;
         Ok(self.shared.read()?.value(key).map(<[u8]>::to_vec))
     }
 
     /// Calls `f` with the local value of `key` without copying it.
     pub fn with_value<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         self.check_key(key)?;
         Ok(f(self.shared.read()?.value(key)))
     }
 
     /// The value of `key` as the sequencer has it, ordered after every write before it.
     pub async fn get_strong(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         self.check_key(key)?;
         match self.submit(WriteOp::Read(key.to_vec())).await? {
             WriteOutcome::Value(v) => Ok(v),
@@ -268,7 +128,7 @@ impl Table {
 
     /// Deletes `key` (leaves a tombstone); returns the previous value.
     pub async fn delete(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         self.check_key(key)?;
         let prev = self.submit(WriteOp::Delete(vec![key.to_vec()])).await?;
         Ok(previous(prev)?.pop().map(|(_, v)| v))
@@ -276,7 +136,7 @@ impl Table {
 
     /// Deletes all `keys` atomically; returns the previous entries of those that existed.
     pub async fn delete_many(&self, keys: Vec<Vec<u8>>) -> Result<Entries> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         for k in &keys {
             self.check_key(k)?;
         }
@@ -289,7 +149,7 @@ impl Table {
     /// Local entries whose key matches `key_pattern` and value matches
     /// `value_pattern` (globs: `*`, `?`, `[...]`, `\`), sorted by key.
     pub fn match_entries(&self, key_pattern: &[u8], value_pattern: &[u8]) -> Result<Entries> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         let kp =
             Glob::new(key_pattern).map_err(|e| Error::invalid(format!("bad key pattern: {e}")))?;
         let vp = Glob::new(value_pattern)
@@ -331,9 +191,9 @@ impl Table {
         F: FnMut(&[u8], Option<Vec<u8>>) -> Fut,
         Fut: Future<Output = Result<Option<Vec<u8>>>>,
     {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         self.check_key(key)?;
-        let deadline = tokio::time::Instant::now() + self.node.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + self.ctx.config.request_timeout;
         let _turn = tokio::time::timeout_at(deadline, self.shared.update_turn(key))
             .await
             .map_err(|_| {
@@ -398,8 +258,8 @@ impl Table {
         F: FnMut(&[u8], Vec<u8>) -> Fut,
         Fut: Future<Output = Result<Option<Vec<u8>>>>,
     {
-        self.node.check_open()?;
-        let deadline = tokio::time::Instant::now() + self.node.config.request_timeout;
+        self.ctx.check_open()?;
+        let deadline = tokio::time::Instant::now() + self.ctx.config.request_timeout;
         loop {
             let (snapshot, digest) = {
                 let store = self.shared.read()?;
@@ -440,7 +300,7 @@ impl Table {
                             "update_all kept conflicting with other writes until the request timeout",
                         ));
                     }
-                    tokio::time::sleep(crate::node::SETTLE_PAUSE).await;
+                    tokio::time::sleep(SETTLE_PAUSE).await;
                 }
                 other => return Err(unexpected(&other)),
             }
@@ -449,7 +309,7 @@ impl Table {
 
     /// Number of live entries on this node.
     pub fn len(&self) -> Result<usize> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         Ok(self.shared.read()?.len())
     }
 
@@ -460,7 +320,7 @@ impl Table {
 
     /// Live keys on this node, sorted.
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         let mut keys: Vec<Vec<u8>> = self
             .shared
             .read()?
@@ -479,24 +339,21 @@ impl Table {
     /// Sets (or, with `None`, removes) this node's conflict handler for the table
     /// and tells the peers.
     pub fn set_conflict_handler(&self, handler: Option<Arc<dyn ConflictHandler>>) -> Result<()> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         self.shared.set_handler(handler);
-        self.node.members.broadcast(
-            &self.node,
-            &crate::wire::Message::TableChanged(self.shared.info()),
-        );
+        self.replication.announce(&self.shared);
         Ok(())
     }
 
     /// The table's conflict log, oldest first.
     pub fn conflicts(&self) -> Result<Vec<ConflictRecord>> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         Ok(self.shared.conflicts())
     }
 
     /// Entry count, bytes, tombstones, conflicts and digest on this node.
     pub fn stats(&self) -> Result<TableStats> {
-        self.node.check_open()?;
+        self.ctx.check_open()?;
         Ok(self.shared.stats())
     }
 }
@@ -546,7 +403,7 @@ mod tests {
             }
             assert_eq!(t.get(&[0]).unwrap(), Some(vec![100]));
             assert_eq!(t.get(&[1]).unwrap(), Some(vec![100]));
-            assert!(t.shared.update_locks.lock().unwrap().is_empty());
+            assert_eq!(t.shared.update_turns_held(), 0);
         });
     }
 }

@@ -151,7 +151,10 @@ fn a_node_whose_name_sorts_first_joins_during_updates_and_no_value_is_handed_out
             ta.len().unwrap()
         );
         wait_until(Duration::from_secs(10), || {
-            nodes.iter().chain([&a]).all(|n| n.members().len() == 3)
+            nodes
+                .iter()
+                .chain([&a])
+                .all(|n| n.members().unwrap().len() == 3)
         })
         .await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -178,7 +181,10 @@ fn the_node_whose_name_sorts_first_crashes_and_restarts_and_no_value_is_handed_o
         let a = mem_node(&net, 1, "a", &[&nodes[0]]).await;
         let ta = a.create_table("seq").await.unwrap();
         wait_until(Duration::from_secs(10), || {
-            nodes.iter().chain([&a]).all(|n| n.members().len() == 3)
+            nodes
+                .iter()
+                .chain([&a])
+                .all(|n| n.members().unwrap().len() == 3)
         })
         .await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -204,7 +210,7 @@ fn a_member_that_loses_the_sequencer_but_not_the_others_does_not_become_a_second
         tokio::time::sleep(Duration::from_millis(900)).await;
         net.heal(ip(1), ip(2));
         wait_until(Duration::from_secs(10), || {
-            nodes.iter().all(|n| n.members().len() == 3)
+            nodes.iter().all(|n| n.members().unwrap().len() == 3)
         })
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -48,8 +48,11 @@ fn a_silent_member_is_dropped_within_the_failure_timeout_and_writes_go_on() {
             nodes[1].table("t").unwrap().get(b"during").unwrap(),
             Some(b"cut".to_vec())
         );
-        assert_eq!(nodes[0].members(), vec!["p1", "p2"]);
-        wait_until(Duration::from_secs(3), || nodes[2].members() == vec!["p3"]).await;
+        assert_eq!(nodes[0].members().unwrap(), vec!["p1", "p2"]);
+        wait_until(Duration::from_secs(3), || {
+            nodes[2].members().unwrap() == vec!["p3"]
+        })
+        .await;
         println!("silent member detected after {detected:?}; a write waited {write_wait:?}");
     });
 }
@@ -68,7 +71,7 @@ fn simple_netsplit_heals_with_all_values_everywhere() {
         tables[0].put(b"before", b"0").await.unwrap();
         isolate(&net, 3, 3);
         wait_until(Duration::from_secs(5), || {
-            nodes[0].members().len() == 2 && nodes[2].members().len() == 1
+            nodes[0].members().unwrap().len() == 2 && nodes[2].members().unwrap().len() == 1
         })
         .await;
         tables[0].put(b"a", b"1").await.unwrap();
@@ -77,7 +80,7 @@ fn simple_netsplit_heals_with_all_values_everywhere() {
         tables[2].delete(b"before").await.unwrap();
         heal_all(&net, 3);
         wait_until(Duration::from_secs(10), || {
-            nodes.iter().all(|n| n.members().len() == 3)
+            nodes.iter().all(|n| n.members().unwrap().len() == 3)
         })
         .await;
         wait_until(Duration::from_secs(10), || {
@@ -117,7 +120,7 @@ fn conflicting_writes_in_a_silent_split_go_to_the_handler_once() {
         }
         isolate(&net, 1, 3);
         wait_until(Duration::from_secs(5), || {
-            nodes[0].members().len() == 1 && nodes[1].members().len() == 2
+            nodes[0].members().unwrap().len() == 1 && nodes[1].members().unwrap().len() == 2
         })
         .await;
         tables[0].put(b"k", b"from-c1").await.unwrap();
@@ -171,7 +174,7 @@ fn every_conflict_reaches_the_handler_node_whichever_pair_merges_first() {
             // h3 alone on one side: h1 (the handler node) and h2 on the other.
             isolate(&net, 3, 3);
             wait_until(Duration::from_secs(5), || {
-                nodes[2].members().len() == 1 && nodes[0].members().len() == 2
+                nodes[2].members().unwrap().len() == 1 && nodes[0].members().unwrap().len() == 2
             })
             .await;
             tables[1].put(&key, b"left").await.unwrap();
@@ -209,7 +212,7 @@ fn a_write_acknowledged_while_the_handler_decides_is_not_overwritten_unseen() {
         };
         let a = mem_node_with(&net, 1, rare("a"), &[]).await;
         let b = mem_node_with(&net, 2, rare("b"), &[&a]).await;
-        wait_until(Duration::from_secs(5), || b.members().len() == 2).await;
+        wait_until(Duration::from_secs(5), || b.members().unwrap().len() == 2).await;
         let nodes = [a, b];
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
@@ -232,7 +235,7 @@ fn a_write_acknowledged_while_the_handler_decides_is_not_overwritten_unseen() {
             .unwrap();
         isolate(&net, 2, 2);
         wait_until(Duration::from_secs(5), || {
-            nodes[0].members().len() == 1 && nodes[1].members().len() == 1
+            nodes[0].members().unwrap().len() == 1 && nodes[1].members().unwrap().len() == 1
         })
         .await;
         ta.put(b"k", b"A").await.unwrap();
@@ -287,12 +290,12 @@ fn a_write_acknowledged_while_the_handler_decides_is_not_overwritten_unseen() {
 /// Whether every node's view is the view of each of its members.
 fn views_agree(nodes: &[lbmkv::Node]) -> bool {
     nodes.iter().all(|n| {
-        let view = n.members();
+        let view = n.members().unwrap();
         view.iter().all(|m| {
             nodes
                 .iter()
                 .find(|o| o.name() == m)
-                .is_none_or(|o| o.members() == view)
+                .is_none_or(|o| o.members().unwrap() == view)
         })
     })
 }
@@ -312,7 +315,7 @@ fn a_partial_partition_settles_into_views_that_agree_and_heals_whole() {
         tokio::time::sleep(failure_timeout).await;
         wait_until(failure_timeout * 5, || views_agree(&nodes)).await;
         let settled = cut_at.elapsed();
-        let views: Vec<Vec<String>> = nodes.iter().map(|n| n.members()).collect();
+        let views: Vec<Vec<String>> = nodes.iter().map(|n| n.members().unwrap()).collect();
         // The larger of the two that cannot meet (q3) leaves the peers that see q1.
         assert_eq!(views, [vec!["q1", "q2"], vec!["q1", "q2"], vec!["q3"]]);
         for _ in 0..20 {
@@ -324,7 +327,7 @@ fn a_partial_partition_settles_into_views_that_agree_and_heals_whole() {
         nodes[2].table("t").unwrap().put(b"k3", b"v").await.unwrap();
         net.heal(common::ip(1), common::ip(3));
         wait_until(Duration::from_secs(10), || {
-            nodes.iter().all(|n| n.members().len() == 3)
+            nodes.iter().all(|n| n.members().unwrap().len() == 3)
         })
         .await;
         println!(

@@ -164,9 +164,9 @@ fn integration_sequence() {
             t.match_entries(b"user:[!1]", b"*").unwrap(),
             vec![(b("user:2"), b("bob"))]
         );
-        assert_eq!(node.tables(), vec!["users".to_string()]);
-        assert_eq!(node.members(), vec!["seq".to_string()]);
-        let info = node.info();
+        assert_eq!(node.tables().unwrap(), vec!["users".to_string()]);
+        assert_eq!(node.members().unwrap(), vec!["seq".to_string()]);
+        let info = node.info().unwrap();
         assert_eq!(info.tables[0].entries, 3);
         node.close().await.unwrap();
         assert_eq!(t.get(b"user:1").unwrap_err().kind(), ErrorKind::Closed);

@@ -29,7 +29,7 @@ async fn pair(anti_entropy_ms: u64) -> (Node, Node) {
     })
     .await
     .unwrap();
-    wait_until(Duration::from_secs(5), || b.members().len() == 2).await;
+    wait_until(Duration::from_secs(5), || b.members().unwrap().len() == 2).await;
     (a, b)
 }
 

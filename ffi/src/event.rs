@@ -42,6 +42,8 @@ impl EventState {
             Event::TableCreated { table } => (lbmkv_event_type::TableCreated, None, c(table)),
             Event::Merged { table, peer, .. } => (lbmkv_event_type::Merged, c(peer), c(table)),
             Event::Conflict { table, .. } => (lbmkv_event_type::Conflict, None, c(table)),
+            // An event kind newer than this header: its JSON still tells all.
+            _ => (lbmkv_event_type::Unknown, None, None),
         };
         EventState {
             kind,

@@ -125,8 +125,7 @@ pub extern "C" fn lbmkv_node_members(
     ffi_status!(err_out, {
         let node = handle::try_ref(node, "node")?;
         let out = handle::out(members_out, "members_out")?;
-        check_open(node)?;
-        *out = bytes::names_out(node.node.members());
+        *out = bytes::names_out(node.node.members()?);
         Ok(())
     })
 }
@@ -141,8 +140,7 @@ pub extern "C" fn lbmkv_node_tables(
     ffi_status!(err_out, {
         let node = handle::try_ref(node, "node")?;
         let out = handle::out(tables_out, "tables_out")?;
-        check_open(node)?;
-        *out = bytes::names_out(node.node.tables());
+        *out = bytes::names_out(node.node.tables()?);
         Ok(())
     })
 }
@@ -159,8 +157,7 @@ pub extern "C" fn lbmkv_node_info_json(
     ffi_status!(err_out, {
         let node = handle::try_ref(node, "node")?;
         let out = handle::out(json_out, "json_out")?;
-        check_open(node)?;
-        let json = serde_json::to_vec(&node.node.info()).map_err(|e| Failure {
+        let json = serde_json::to_vec(&node.node.info()?).map_err(|e| Failure {
             status: lbmkv_status::Internal,
             message: format!("cannot encode the node info: {e}"),
         })?;

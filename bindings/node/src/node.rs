@@ -315,6 +315,7 @@ unsafe fn event_args(env: sys::napi_env, ev: lbmkv::Event) -> Result<FnArgs<(Raw
                 lbmkv::ResolutionKind::Handler => "handler",
                 lbmkv::ResolutionKind::Fallback => "fallback",
                 lbmkv::ResolutionKind::HandlerFailed => "handler_failed",
+                _ => "other",
             };
             // SAFETY: `env` is valid for this call (this function's contract)
             // and `o` is the object just created in it.
@@ -325,6 +326,8 @@ unsafe fn event_args(env: sys::napi_env, ev: lbmkv::Event) -> Result<FnArgs<(Raw
             }
             ("conflict", o, undef)
         }
+        // A kind of event newer than this addon: emitted by its JSON form.
+        other => ("event", s(&other.to_json())?, undef),
     };
     Ok(FnArgs::from((Raw(s(kind)?), Raw(a), Raw(b))))
 }
@@ -434,21 +437,21 @@ impl Node {
 
     /// Names of the tables on this node, sorted.
     #[napi]
-    pub fn tables(&self) -> Vec<String> {
-        self.inner.tables()
+    pub fn tables(&self) -> Result<Vec<String>> {
+        self.inner.tables().js()
     }
 
     /// Names of the nodes in this node's view, itself included, sorted.
     #[napi]
-    pub fn members(&self) -> Vec<String> {
-        self.inner.members()
+    pub fn members(&self) -> Result<Vec<String>> {
+        self.inner.members().js()
     }
 
     /// A description of the node and its tables.
     #[napi]
-    pub fn info(&self) -> NodeInfo {
-        let i = self.inner.info();
-        NodeInfo {
+    pub fn info(&self) -> Result<NodeInfo> {
+        let i = self.inner.info().js()?;
+        Ok(NodeInfo {
             name: i.name,
             actor: i.actor,
             address: i.address,
@@ -468,7 +471,7 @@ impl Node {
             bytes_sent: i.bytes_sent as f64,
             bytes_received: i.bytes_received as f64,
             merge_bytes_sent: i.merge_bytes_sent as f64,
-        }
+        })
     }
 
     /// Connects to the node at `address` (`host:port`) and waits for the

@@ -432,18 +432,18 @@ impl PyNode {
     }
 
     /// Names of the tables on this node, sorted.
-    fn tables(&self, py: Python<'_>) -> Vec<String> {
-        py.detach(|| self.inner.tables())
+    fn tables(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.tables()).py_err(py)
     }
 
     /// Names of the nodes in this node's view, itself included, sorted.
-    fn members(&self, py: Python<'_>) -> Vec<String> {
-        py.detach(|| self.inner.members())
+    fn members(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.inner.members()).py_err(py)
     }
 
     /// The node's description as JSON.
     fn info_json(&self, py: Python<'_>) -> PyResult<String> {
-        let info = py.detach(|| self.inner.info());
+        let info = py.detach(|| self.inner.info()).py_err(py)?;
         serde_json::to_string(&info).map_err(|e| {
             to_py_err(
                 py,

@@ -48,7 +48,9 @@ pub async fn cluster(n: usize) -> Vec<Node> {
         nodes.push(node);
     }
     wait_until(Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.members().len() == nodes.len())
+        nodes
+            .iter()
+            .all(|n| n.members().unwrap().len() == nodes.len())
     })
     .await;
     nodes
@@ -98,7 +100,9 @@ pub async fn mem_cluster(net: &MemNet, names: &[&str]) -> Vec<Node> {
         nodes.push(node);
     }
     wait_until(Duration::from_secs(10), || {
-        nodes.iter().all(|n| n.members().len() == names.len())
+        nodes
+            .iter()
+            .all(|n| n.members().unwrap().len() == names.len())
     })
     .await;
     nodes

@@ -1,0 +1,196 @@
+//! The handshake: magic and protocol version, then a mutual HMAC-SHA256
+//! challenge-response over the cookie. Dialing and accepting return an
+//! authenticated peer; what becomes of it is membership's decision.
+
+use std::net::SocketAddr;
+
+use super::transport::{read_message, write_message};
+use crate::auth::{self, Role};
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::BoxStream;
+use crate::vclock::ActorId;
+use crate::wire::{Message, MAGIC, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION};
+
+/// A peer that proved it knows the cookie.
+pub(crate) struct Authenticated {
+    pub actor: ActorId,
+    /// Where the peer listens.
+    pub listen: String,
+    pub stream: BoxStream,
+}
+
+/// The acceptor's part of the handshake as the initiator receives it.
+struct Challenge {
+    actor: ActorId,
+    listen: String,
+    nonce: [u8; 32],
+    proof: [u8; 32],
+}
+
+/// Connects to `addr` and authenticates both ways.
+pub(crate) async fn dial(ctx: &Context, addr: SocketAddr) -> Result<Authenticated> {
+    let mut stream = ctx.net.connect(ctx.source_ip, addr).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("cannot connect to {addr}: {e}"),
+        )
+    })?;
+    let nonce = ctx.random_nonce();
+    let hello = Message::Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        actor: ctx.actor.clone(),
+        listen: ctx.address.clone(),
+        nonce,
+    };
+    write_message(&mut stream, &hello).await?;
+    let theirs = read_challenge(&mut stream).await?;
+    let proven = auth::verify(
+        &ctx.cookie,
+        Role::Acceptor,
+        &theirs.actor,
+        &nonce,
+        &theirs.nonce,
+        &theirs.proof,
+    );
+    if !proven {
+        return Err(Error::protocol(format!(
+            "{addr} failed authentication (different cookie)"
+        )));
+    }
+    if theirs.actor.name == ctx.actor.name {
+        return Err(Error::protocol(format!(
+            "{addr} has this node's own name {:?}",
+            theirs.actor.name
+        )));
+    }
+    let proof = auth::proof(
+        &ctx.cookie,
+        Role::Initiator,
+        &ctx.actor,
+        &theirs.nonce,
+        &nonce,
+    );
+    write_message(&mut stream, &Message::Proof { proof }).await?;
+    match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await {
+        Ok(Message::Welcome) => {}
+        Ok(other) => return Err(Error::protocol(format!("expected Welcome, got {other:?}"))),
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("{addr} refused the connection"),
+            ))
+        }
+    }
+    Ok(Authenticated {
+        actor: theirs.actor,
+        listen: theirs.listen,
+        stream,
+    })
+}
+
+async fn read_challenge(stream: &mut BoxStream) -> Result<Challenge> {
+    match read_message(stream, MAX_HANDSHAKE_FRAME).await? {
+        Message::Challenge {
+            magic,
+            version,
+            actor,
+            listen,
+            nonce,
+            proof,
+        } => {
+            check_version(magic, version)?;
+            Ok(Challenge {
+                actor,
+                listen,
+                nonce,
+                proof,
+            })
+        }
+        other => Err(Error::protocol(format!(
+            "expected Challenge, got {other:?}"
+        ))),
+    }
+}
+
+/// Answers a connection: `admit` may refuse the peer by its identity (and the
+/// address it listens on) before this node proves anything.
+pub(crate) async fn accept(
+    ctx: &Context,
+    mut stream: BoxStream,
+    admit: impl FnOnce(&ActorId, &str) -> Result<()>,
+) -> Result<Authenticated> {
+    let (actor, listen, their_nonce) = match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
+        Message::Hello {
+            magic,
+            version,
+            actor,
+            listen,
+            nonce,
+        } => {
+            check_version(magic, version)?;
+            (actor, listen, nonce)
+        }
+        other => return Err(Error::protocol(format!("expected Hello, got {other:?}"))),
+    };
+    if actor.name == ctx.actor.name {
+        return Err(Error::protocol(format!(
+            "a peer uses this node's own name {:?}",
+            actor.name
+        )));
+    }
+    admit(&actor, &listen)?;
+    let nonce = ctx.random_nonce();
+    let proof = auth::proof(
+        &ctx.cookie,
+        Role::Acceptor,
+        &ctx.actor,
+        &their_nonce,
+        &nonce,
+    );
+    let challenge = Message::Challenge {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        actor: ctx.actor.clone(),
+        listen: ctx.address.clone(),
+        nonce,
+        proof,
+    };
+    write_message(&mut stream, &challenge).await?;
+    let their_proof = match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
+        Message::Proof { proof } => proof,
+        other => return Err(Error::protocol(format!("expected Proof, got {other:?}"))),
+    };
+    if !auth::verify(
+        &ctx.cookie,
+        Role::Initiator,
+        &actor,
+        &nonce,
+        &their_nonce,
+        &their_proof,
+    ) {
+        return Err(Error::protocol(format!(
+            "{} failed authentication (different cookie)",
+            actor.name
+        )));
+    }
+    write_message(&mut stream, &Message::Welcome).await?;
+    Ok(Authenticated {
+        actor,
+        listen,
+        stream,
+    })
+}
+
+fn check_version(magic: u32, version: u16) -> Result<()> {
+    if magic != MAGIC {
+        return Err(Error::protocol("not an lbmkv peer (bad magic)"));
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(Error::protocol(format!(
+            "protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})"
+        )));
+    }
+    Ok(())
+}

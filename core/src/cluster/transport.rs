@@ -1,0 +1,274 @@
+//! Peer connections: framing, the reader and writer tasks of each connection,
+//! heartbeats and the silence that counts as failure. What the frames mean is
+//! left to [`ConnectionEvents`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::locks::lock;
+use crate::net::BoxStream;
+use crate::vclock::ActorId;
+use crate::wire::{self, Message};
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a connection reports upward.
+pub(crate) trait ConnectionEvents: Send + Sync {
+    /// A message arrived.
+    fn on_message(&self, peer: &Arc<PeerConn>, msg: Message);
+    /// The connection ended: closed, broken, silent too long, or sent garbage.
+    fn on_lost(&self, peer: &PeerConn, reason: &str);
+}
+
+/// One authenticated connection to a peer.
+pub(crate) struct PeerConn {
+    pub actor: ActorId,
+    pub listen: String,
+    /// Unique per connection, so a replaced connection's leftovers are told apart.
+    pub conn_id: u64,
+    /// Whether the smaller of the two actors dialed it (the one both keep
+    /// when they dial each other at once).
+    pub initiated_by_smaller: bool,
+    ctx: Arc<Context>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Arc<[u8]>>>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    writer_done: watch::Receiver<bool>,
+    synced: watch::Sender<bool>,
+    /// Merge rounds this node asked for on this connection (run here when this
+    /// node initiates merges on it, else asked of the peer).
+    pub rounds_asked: AtomicU64,
+    /// Merge rounds the peer asked of this node.
+    pub rounds_asked_by_peer: AtomicU64,
+    /// How many of this node's asked-for rounds are done.
+    pub rounds_done: watch::Sender<u64>,
+}
+
+/// A connection whose reader and writer have not started yet.
+pub(crate) struct Unstarted {
+    rd: ReadHalf<BoxStream>,
+    wr: WriteHalf<BoxStream>,
+    rx: mpsc::UnboundedReceiver<Arc<[u8]>>,
+    done: watch::Sender<bool>,
+}
+
+impl PeerConn {
+    /// Wraps an authenticated stream; [`PeerConn::start`] starts its tasks.
+    pub fn new(
+        ctx: &Arc<Context>,
+        actor: ActorId,
+        listen: String,
+        initiated_by_smaller: bool,
+        stream: BoxStream,
+    ) -> (Arc<PeerConn>, Unstarted) {
+        let (rd, wr) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done, writer_done) = watch::channel(false);
+        let peer = Arc::new(PeerConn {
+            actor,
+            listen,
+            conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            initiated_by_smaller,
+            ctx: ctx.clone(),
+            tx: Mutex::new(Some(tx)),
+            tasks: Mutex::new(Vec::new()),
+            writer_done,
+            synced: watch::channel(false).0,
+            rounds_asked: AtomicU64::new(0),
+            rounds_asked_by_peer: AtomicU64::new(0),
+            rounds_done: watch::channel(0).0,
+        });
+        (peer, Unstarted { rd, wr, rx, done })
+    }
+
+    /// Starts the reader and writer, which report to `events`.
+    pub fn start(self: &Arc<Self>, io: Unstarted, events: Weak<dyn ConnectionEvents>) {
+        let r = tokio::spawn(run_reader(events.clone(), self.clone(), io.rd)).abort_handle();
+        let w =
+            tokio::spawn(run_writer(events, self.clone(), io.rx, io.wr, io.done)).abort_handle();
+        lock(&self.tasks).extend([r, w]);
+    }
+
+    /// Queues `msg` for this peer; a closed connection drops it silently (its
+    /// waiters learn of the loss when the connection is reported lost).
+    pub fn send(&self, msg: &Message) {
+        match wire::encode_frame(msg) {
+            Ok(frame) => self.send_frame(frame.into()),
+            Err(e) => tracing::error!("cannot encode a message: {e}"),
+        }
+    }
+
+    /// Queues an encoded frame.
+    pub fn send_frame(&self, frame: Arc<[u8]>) {
+        let len = frame.len() as u64;
+        if let Some(tx) = lock(&self.tx).as_ref() {
+            if tx.send(frame).is_ok() {
+                self.ctx.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queues a small control message that traffic statistics leave out.
+    pub fn send_control(&self, msg: &Message) {
+        match wire::encode_frame(msg) {
+            Ok(frame) => {
+                if let Some(tx) = lock(&self.tx).as_ref() {
+                    let _ = tx.send(frame.into());
+                }
+            }
+            Err(e) => tracing::error!("cannot encode a message: {e}"),
+        }
+    }
+
+    /// The first merge after connecting finished.
+    pub fn mark_synced(&self) {
+        self.synced.send_replace(true);
+    }
+
+    /// Whether the first merge after connecting finished.
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Whether the connection is closed for sending.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.tx).is_none()
+    }
+
+    /// Sends what is queued, then closes the connection for sending.
+    pub fn finish(&self) {
+        lock(&self.tx).take();
+    }
+
+    /// Waits until the writer sent everything queued before [`PeerConn::finish`].
+    pub async fn flushed(&self) {
+        let mut done = self.writer_done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Ends the connection at once.
+    pub fn abort(&self) {
+        lock(&self.tx).take();
+        for t in lock(&self.tasks).iter() {
+            t.abort();
+        }
+    }
+}
+
+async fn run_reader(
+    events: Weak<dyn ConnectionEvents>,
+    peer: Arc<PeerConn>,
+    rd: ReadHalf<BoxStream>,
+) {
+    let failure_timeout = peer.ctx.config.failure_timeout;
+    let max_frame = peer.ctx.config.max_frame_size;
+    // Buffered, so that one read takes in every frame that arrived at once.
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
+    loop {
+        let frame = tokio::time::timeout(failure_timeout, read_frame(&mut rd, max_frame)).await;
+        let Some(events) = events.upgrade() else {
+            return;
+        };
+        let body = match frame {
+            Err(_) => return events.on_lost(&peer, "silent for the failure timeout"),
+            Ok(Err(e)) => return events.on_lost(&peer, &format!("connection lost: {e}")),
+            Ok(Ok(body)) => body,
+        };
+        peer.ctx
+            .stats
+            .bytes_received
+            .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        match wire::decode(&body) {
+            Ok(msg) => events.on_message(&peer, msg),
+            Err(e) => {
+                tracing::warn!(node = %peer.ctx.actor, peer = %peer.actor, "{e}");
+                return events.on_lost(&peer, "sent a malformed frame");
+            }
+        }
+    }
+}
+
+async fn run_writer(
+    events: Weak<dyn ConnectionEvents>,
+    peer: Arc<PeerConn>,
+    mut rx: mpsc::UnboundedReceiver<Arc<[u8]>>,
+    wr: WriteHalf<BoxStream>,
+    done: watch::Sender<bool>,
+) {
+    let interval = peer.ctx.config.heartbeat_interval;
+    let heartbeat: Arc<[u8]> = match wire::encode_frame(&Message::Heartbeat) {
+        Ok(f) => f.into(),
+        Err(_) => return,
+    };
+    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    let result: std::io::Result<()> = async {
+        loop {
+            match tokio::time::timeout(interval, rx.recv()).await {
+                Ok(Some(frame)) => {
+                    w.write_all(&frame).await?;
+                    while let Ok(frame) = rx.try_recv() {
+                        w.write_all(&frame).await?;
+                    }
+                    w.flush().await?;
+                }
+                Ok(None) => {
+                    w.flush().await?;
+                    let _ = w.shutdown().await;
+                    return Ok(());
+                }
+                Err(_) => {
+                    w.write_all(&heartbeat).await?;
+                    w.flush().await?;
+                }
+            }
+        }
+    }
+    .await;
+    done.send_replace(true);
+    if let Err(e) = result {
+        if let Some(events) = events.upgrade() {
+            events.on_lost(&peer, &format!("write failed: {e}"));
+        }
+    }
+}
+
+/// Writes one message as a frame (during the handshake, before the writer runs).
+pub(crate) async fn write_message(stream: &mut BoxStream, msg: &Message) -> Result<()> {
+    let frame = wire::encode_frame(msg)?;
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|e| Error::io("handshake write", e))
+}
+
+/// Reads one message of at most `max` bytes (during the handshake).
+pub(crate) async fn read_message(stream: &mut BoxStream, max: usize) -> Result<Message> {
+    let body = read_frame(stream, max)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unavailable, format!("handshake read: {e}")))?;
+    wire::decode(&body)
+}
+
+/// Reads one length-prefixed frame, refusing lengths above `max` before reading them.
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    max: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    rd.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body).await?;
+    Ok(body)
+}

@@ -1,0 +1,173 @@
+//! The answering side of a merge session: one method per message of the
+//! initiator.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::frames::{send_entries, send_merge, to_wire};
+use super::initiator::{children, FIRST_LEVEL};
+use super::{Merge, Responding, Tally};
+use crate::cluster::PeerConn;
+use crate::wire::{Message, WireEntry};
+
+impl Merge {
+    /// Step 1: the initiator's digest of a table. Equal tables end the session
+    /// at once; otherwise the first level of bucket digests goes back.
+    pub(super) fn on_digest(
+        &self,
+        peer: &Arc<PeerConn>,
+        session: u64,
+        table: &str,
+        bits: u8,
+        total: u64,
+    ) {
+        let done = Message::SyncDone { session };
+        let replica = match self.replication.ensure_table(table) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(peer = %peer.actor, "refusing a merge: {e}");
+                return send_merge(&self.ctx, peer, &done);
+            }
+        };
+        let answer = match replica.read() {
+            Ok(s) if s.digest_total() != total => {
+                let level = bits.min(s.digest_bits());
+                let first = level.min(FIRST_LEVEL);
+                Some((level, first, s.digest_leaves(first)))
+            }
+            _ => None,
+        };
+        let Some((level, first, leaves)) = answer else {
+            return send_merge(&self.ctx, peer, &done);
+        };
+        let state = Responding {
+            table: replica,
+            bits: level,
+            mine: Vec::new(),
+            summary: Vec::new(),
+            tally: Tally::default(),
+        };
+        self.put_responding((peer.conn_id, session), state);
+        let leaves = Message::SyncLeaves {
+            session,
+            bits: first,
+            final_bits: level,
+            leaves,
+        };
+        send_merge(&self.ctx, peer, &leaves);
+    }
+
+    /// Step 2 again: the children of the buckets whose digests differ.
+    pub(super) fn on_descend(
+        &self,
+        peer: &Arc<PeerConn>,
+        session: u64,
+        parent_bits: u8,
+        bits: u8,
+        buckets: Vec<u32>,
+    ) {
+        let state = crate::locks::lock(&self.responding)
+            .get(&(peer.conn_id, session))
+            .map(|s| (s.table.clone(), s.bits));
+        let Some((table, final_bits)) = state else {
+            return;
+        };
+        let in_range = buckets.len() <= 1usize << parent_bits.min(32)
+            && buckets
+                .iter()
+                .all(|&b| u64::from(b) < 1u64 << parent_bits.min(63));
+        if bits > final_bits || parent_bits >= bits || bits - parent_bits > 8 || !in_range {
+            let reason = "asked for digests of an impossible level";
+            return self
+                .members
+                .drop_peer(&peer.actor, Some(peer.conn_id), reason);
+        }
+        let leaves = match table.read() {
+            Ok(s) => s.digest_buckets(bits, &children(&buckets, parent_bits, bits)),
+            Err(_) => return,
+        };
+        let msg = Message::SyncLeaves {
+            session,
+            bits,
+            final_bits,
+            leaves,
+        };
+        send_merge(&self.ctx, peer, &msg);
+    }
+
+    /// Step 3, in chunks: the initiator's summaries (and whole entries where
+    /// this side's bucket is empty). After the last chunk, this side asks for
+    /// the entries it lacks and sends its own that differ.
+    pub(super) fn on_summary(
+        &self,
+        peer: &Arc<PeerConn>,
+        session: u64,
+        buckets: Vec<u32>,
+        summary: Vec<(u64, u64)>,
+        entries: Vec<WireEntry>,
+        last: bool,
+    ) {
+        let key = (peer.conn_id, session);
+        let Some(mut state) = self.take_responding(key) else {
+            return;
+        };
+        let table = state.table.clone();
+        if !buckets.is_empty() {
+            // The snapshot this side compares and sends: taken before the
+            // peer's whole entries (for buckets empty here) are merged.
+            state.mine = match table.read() {
+                Ok(s) => s.hashed_entries_in_buckets(state.bits, &buckets, |_| true),
+                Err(_) => return,
+            };
+        }
+        state.summary.extend(summary);
+        self.merge_remote(peer, &table, entries, &mut state.tally);
+        if last {
+            self.answer_summary(peer, session, &mut state);
+        }
+        self.put_responding(key, state);
+    }
+
+    fn answer_summary(&self, peer: &Arc<PeerConn>, session: u64, state: &mut Responding) {
+        let theirs: HashSet<(u64, u64)> = state.summary.drain(..).collect();
+        let ours: HashSet<(u64, u64)> = state
+            .mine
+            .iter()
+            .map(|h| (h.key_hash, h.entry_hash))
+            .collect();
+        let mut want: Vec<u64> = theirs
+            .iter()
+            .filter(|pair| !ours.contains(pair))
+            .map(|(kh, _)| *kh)
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        send_merge(&self.ctx, peer, &Message::SyncWant { session, want });
+        let differing = std::mem::take(&mut state.mine)
+            .into_iter()
+            .filter(|h| !theirs.contains(&(h.key_hash, h.entry_hash)))
+            .map(to_wire);
+        send_entries(&self.ctx, peer, session, differing);
+    }
+
+    /// Step 5, in chunks: the initiator's entries this side asked for.
+    pub(super) fn on_entries(
+        &self,
+        peer: &Arc<PeerConn>,
+        session: u64,
+        entries: Vec<WireEntry>,
+        last: bool,
+    ) {
+        let key = (peer.conn_id, session);
+        let Some(mut state) = self.take_responding(key) else {
+            return;
+        };
+        let table = state.table.clone();
+        self.merge_remote(peer, &table, entries, &mut state.tally);
+        if last {
+            self.report_merge(peer, &table, &state.tally);
+        } else {
+            self.put_responding(key, state);
+        }
+    }
+}
