@@ -107,11 +107,9 @@ impl Agreement {
         }
     }
 
-    /// The agreement state. A panic while it was held leaves it as consistent
-    /// as any single step does (each step is a few field updates), so a
-    /// poisoned lock is taken over rather than stopping every write.
+    /// The agreement state (a poisoned lock is taken over: see [`crate::locks`]).
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.state)
     }
 
     /// The sequencer this node follows, if any.

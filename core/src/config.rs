@@ -93,12 +93,41 @@ impl Config {
             return Err(Error::invalid("max_frame_size must be at least 64 KiB"));
         }
         if let Some(cookie) = &self.cookie {
-            if cookie.is_empty() {
-                return Err(Error::invalid("cookie must not be empty"));
-            }
+            validate_cookie(cookie)?;
+        }
+        validate_address("listen address", &self.listen)?;
+        for seed in &self.seeds {
+            validate_address("seed address", seed)?;
         }
         Ok(())
     }
+}
+
+/// Checks a cookie: any bytes, not empty. The one rule every surface applies.
+pub fn validate_cookie(cookie: &[u8]) -> Result<()> {
+    if cookie.is_empty() {
+        return Err(Error::invalid("cookie must not be empty"));
+    }
+    Ok(())
+}
+
+/// Checks the shape `host:port` of an address (resolved only when used).
+pub fn validate_address(what: &str, addr: &str) -> Result<()> {
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
+    {
+        return Err(Error::invalid(format!("{what} {addr:?} is not host:port")));
+    }
+    Ok(())
+}
+
+/// Checks that a duration setting is positive.
+pub fn validate_positive(what: &str, d: std::time::Duration) -> Result<()> {
+    if d.is_zero() {
+        return Err(Error::invalid(format!("{what} must be positive")));
+    }
+    Ok(())
 }
 
 /// Checks a table or node name: UTF-8 (guaranteed by `&str`), 1 to 255 bytes, no NUL.

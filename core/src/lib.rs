@@ -47,7 +47,9 @@ pub mod vclock;
 pub mod wire;
 
 pub use auth::{COOKIE_ENV, COOKIE_FILE};
-pub use config::{name_from_bytes, validate_name, Config};
+pub use config::{
+    name_from_bytes, validate_address, validate_cookie, validate_name, validate_positive, Config,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};
 pub use node::{Info, Node};

@@ -154,7 +154,7 @@ impl MemNet {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.state)
     }
 
     /// Cuts the link between `a` and `b` silently, in both directions.

@@ -66,8 +66,11 @@ struct Packed {
     ptr: NonNull<u8>,
 }
 
-// A Packed owns its block exclusively, like a Box<[u8]>.
+// SAFETY: a Packed owns its block exclusively, like a Box<[u8]>: nothing else
+// points into it, so moving it to another thread moves the only access.
 unsafe impl Send for Packed {}
+// SAFETY: a shared Packed only ever reads its block (every write happens on
+// construction, before it is shared), so concurrent `&Packed` are sound.
 unsafe impl Sync for Packed {}
 
 const HEADER: usize = 10;

@@ -94,24 +94,14 @@ pub extern "C" fn lbmkv_config_set_cookie(
     ffi_status!(err_out, {
         let config = handle::try_mut(config, "config")?;
         let cookie = cookie.bytes("cookie")?;
-        if cookie.is_empty() {
-            return Err(Failure::invalid("cookie must not be empty"));
-        }
+        lbmkv::validate_cookie(cookie)?;
         config.cookie = Some(cookie.to_vec());
         Ok(())
     })
 }
 
 fn check_addr(addr: &str, what: &str) -> Result<(), Failure> {
-    if addr
-        .rsplit_once(':')
-        .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
-    {
-        return Err(Failure::invalid(format!(
-            "{what} {addr:?} is not host:port"
-        )));
-    }
-    Ok(())
+    Ok(lbmkv::validate_address(what, addr)?)
 }
 
 fn set_ms(
@@ -121,10 +111,9 @@ fn set_ms(
     set: impl FnOnce(&mut Config, Duration),
 ) -> Result<(), Failure> {
     let config = handle::try_mut(config, "config")?;
-    if ms == 0 {
-        return Err(Failure::invalid(format!("{what} must be positive")));
-    }
-    set(config, Duration::from_millis(ms));
+    let d = Duration::from_millis(ms);
+    lbmkv::validate_positive(what, d)?;
+    set(config, d);
     Ok(())
 }
 
