@@ -26,22 +26,41 @@ pub fn resolve_cookie(configured: Option<&[u8]>, random: [u8; 32]) -> Result<Vec
     }
     let home = std::env::var_os("HOME")
         .ok_or_else(|| Error::invalid("no cookie configured, no $LBMKV_COOKIE and no $HOME"))?;
-    let path = std::path::Path::new(&home).join(COOKIE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            let trimmed = bytes.trim_ascii();
-            if trimmed.is_empty() {
-                return Err(Error::invalid(format!("{} is empty", path.display())));
-            }
-            Ok(trimmed.to_vec())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-            write_private(&path, hex.as_bytes())?;
-            Ok(hex.into_bytes())
-        }
-        Err(e) => Err(Error::io(&format!("reading {}", path.display()), e)),
+    cookie_file(&std::path::Path::new(&home).join(COOKIE_FILE), random)
+}
+
+/// The cookie in `path`, created from `random` when the file is missing. The
+/// file appears whole or not at all (written aside, then linked into place),
+/// and every process that raced to create it uses the one that won.
+fn cookie_file(path: &std::path::Path, random: [u8; 32]) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => return cookie_from(path, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&format!("reading {}", path.display()), e)),
     }
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let aside = path.with_extension(format!("{}.{}", std::process::id(), &hex[..8]));
+    write_private(&aside, hex.as_bytes())?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(hex.into_bytes()),
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::io(&format!("reading {}", path.display()), e))?;
+            cookie_from(path, &bytes)
+        }
+        Err(e) => Err(Error::io(&format!("creating {}", path.display()), e)),
+    }
+}
+
+fn cookie_from(path: &std::path::Path, bytes: &[u8]) -> Result<Vec<u8>> {
+    let trimmed = bytes.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(Error::invalid(format!("{} is empty", path.display())));
+    }
+    Ok(trimmed.to_vec())
 }
 
 fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
@@ -53,14 +72,12 @@ fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    match opts.open(path) {
-        Ok(mut f) => f
-            .write_all(contents)
-            .map_err(|e| Error::io(&format!("writing {}", path.display()), e)),
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io(&format!("creating {}", path.display()), e)),
-    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| Error::io(&format!("creating {}", path.display()), e))?;
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&format!("writing {}", path.display()), e))
 }
 
 /// Which side of the handshake computes a proof; part of the MAC input so a
@@ -126,6 +143,36 @@ fn mac_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_racing_to_create_the_cookie_file_all_use_the_winner() {
+        let dir = std::env::temp_dir().join(format!("lbmkv-cookie-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(COOKIE_FILE);
+        let racers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || cookie_file(&path, [i; 32]).unwrap())
+            })
+            .collect();
+        let cookies: Vec<Vec<u8>> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert!(
+            cookies.iter().all(|c| *c == on_disk),
+            "every racer uses the file's cookie"
+        );
+        assert_eq!(on_disk.len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 1, "no file written aside is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn proofs_verify_only_with_the_same_cookie_role_and_nonces() {

@@ -571,6 +571,11 @@ async fn dial_forever(
             let limit = m.ctx.config.failure_timeout;
             match tokio::time::timeout(limit, m.dial(t, false)).await {
                 Ok(Ok(())) => missing = false,
+                // A wrong cookie or protocol version is worth a warning on
+                // this side too; an absent peer is retried all the time.
+                Ok(Err(e)) if e.kind() == ErrorKind::Protocol => {
+                    tracing::warn!(node = %m.ctx.actor, %t, "dial refused: {e}")
+                }
                 Ok(Err(e)) => tracing::debug!(node = %m.ctx.actor, %t, "dial failed: {e}"),
                 Err(_) => tracing::debug!(node = %m.ctx.actor, %t, "dial timed out"),
             }
