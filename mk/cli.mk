@@ -1,6 +1,8 @@
 # The `lbmkv` command: unit tests of the node shell, multi-process cluster
 # scenarios (tests/cluster/scenarios.rs), sequencer handoffs under membership
-# changes (tests/cluster/handoffs.rs) and real netsplits cut with nftables
+# changes (tests/cluster/handoffs.rs), ten joins of a node holding 1,000,000
+# entries (tests/cluster/join.rs, release profile: the debug binary needs
+# 12-17 s per join) and real netsplits cut with nftables
 # (tests/cluster/partitions.rs, root and `nft` needed, run one at a time).
 #
 # `make test-cli LBMKV_NO_NFT=1` leaves the netsplit scenarios out, and says so;
@@ -23,6 +25,7 @@ test-cli: cli-deps
 	$(CARGO) clippy -q -p lbmkv-cli --features $(CLI_TEST_FEATURES) --all-targets -- -D warnings
 	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --bins --test cluster -- --nocapture
 	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test handoffs -- --nocapture --test-threads=1
+	$(CARGO) test --release -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test join -- --nocapture
 ifeq ($(LBMKV_NO_NFT),)
 	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test partitions -- --nocapture --test-threads=1
 else

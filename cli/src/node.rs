@@ -551,6 +551,22 @@ impl Shell {
                 }
                 Ok(Reply::Text(format!("ADDR {}\n", self.node.address())))
             }
+            "fill" => {
+                let (Some(table), Some(n), Some(size), true) =
+                    (t.next(), t.next(), t.next(), t.is_done())
+                else {
+                    return Err(usage("fill T N SIZE"));
+                };
+                let number = |what: &str, b: &[u8]| {
+                    std::str::from_utf8(b)
+                        .ok()
+                        .and_then(|s| s.parse::<usize>().ok())
+                        .ok_or_else(|| usage(&format!("fill T N SIZE ({what} is a number)")))
+                };
+                let (n, size) = (number("N", n)?, number("SIZE", size)?);
+                fill(&self.table(table)?, n, size).await?;
+                Ok(ok())
+            }
             "help" => Ok(items(COMMANDS)),
             "quit" | "exit" => Ok(Reply::Quit),
             other => Err(Error::new(
@@ -559,6 +575,30 @@ impl Shell {
             )),
         }
     }
+}
+
+/// Entries per `put_many` of `fill`.
+const FILL_BATCH: usize = 10_000;
+
+/// `fill T N SIZE`: writes N entries with `put_many` batches of
+/// [`FILL_BATCH`]: the key of entry i is `key-` and i in 12 digits (16 bytes,
+/// as `lbmkv bench` writes them), its value i in 16 digits, cut or padded with
+/// `v` to SIZE bytes.
+async fn fill(table: &lbmkv::Table, n: usize, size: usize) -> Result<(), Error> {
+    let mut next = 0;
+    while next < n {
+        let end = (next + FILL_BATCH).min(n);
+        let batch = (next..end)
+            .map(|i| {
+                let mut v = format!("{i:016}").into_bytes();
+                v.resize(size, b'v');
+                (format!("key-{i:012}").into_bytes(), v)
+            })
+            .collect();
+        table.put_many(batch).await?;
+        next = end;
+    }
+    Ok(())
 }
 
 /// The conflict handler of `create T max` (the one of lbm_kv's sequencer
@@ -641,6 +681,37 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         let e = increment(b"k", Some(i64::MAX.to_string().into_bytes())).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn fill_puts_n_keys_of_16_bytes_with_values_of_size_bytes() {
+        let rt = crate::runtime().unwrap();
+        rt.block_on(async {
+            let node = Node::start(Config {
+                name: Some("fill".into()),
+                cookie: Some(b"fill".to_vec()),
+                ..Config::default()
+            })
+            .await
+            .unwrap();
+            let shell = Shell { node: node.clone() };
+            let run = |line: &'static str| shell.execute(line.as_bytes());
+            assert!(matches!(run("create t").await, Ok(Reply::Text(t)) if t == "OK\n"));
+            assert!(matches!(run("fill t 12345 100").await, Ok(Reply::Text(t)) if t == "OK\n"));
+            let t = node.table("t").unwrap();
+            assert_eq!(t.len().unwrap(), 12345);
+            let v = t.get(b"key-000000012344").unwrap().unwrap();
+            assert_eq!(v.len(), 100);
+            assert!(v.starts_with(b"0000000000012344v"));
+            assert_eq!(t.get(b"key-000000012345").unwrap(), None);
+            for bad in ["fill t", "fill t x 100", "fill t 10 -1", "fill t 1 2 3"] {
+                let e = run(bad).await.err().unwrap();
+                assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+            }
+            let e = run("fill nope 1 1").await.err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::NoSuchTable);
+            node.close().await.unwrap();
+        });
     }
 
     #[test]

@@ -212,6 +212,13 @@ impl NodeProc {
         self.send_raw(text.as_bytes());
     }
 
+    /// Sends a single-line command that may take up to `limit` (longer than
+    /// [`REPLY_LIMIT`]) and returns its reply line.
+    pub fn one_within(&mut self, command: &str, limit: Duration) -> String {
+        self.send_lines(&[command.to_string()]);
+        self.next_line(limit, command)
+    }
+
     /// Reads the reply to `command` (one line, or lines up to `END`).
     pub fn read_reply(&mut self, command: &str) -> Vec<String> {
         let multi = matches!(
