@@ -34,6 +34,7 @@ mod locks;
 mod merge;
 pub mod net;
 mod node;
+mod offload;
 mod replica;
 mod replication;
 mod resolve;

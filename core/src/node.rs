@@ -140,7 +140,9 @@ impl Inbound for NodeInner {
             | Message::SyncEntries { .. }
             | Message::SyncDone { .. }
             | Message::SyncAllDone { .. }
-            | Message::SyncRequest) => self.merge.on_message(peer, msg),
+            | Message::SyncRequest) => {
+                crate::offload::run_long(|| self.merge.on_message(peer, msg))
+            }
             other => {
                 let reason = format!("sent a message out of place: {other:?}");
                 self.members

@@ -140,7 +140,7 @@ impl Sequencer<'_> {
         value: Option<Vec<u8>>,
         base: Option<&VClock>,
     ) -> Option<Box<[u8]>> {
-        let mut clock = self.store.clock(&key).unwrap_or_else(VClock::fresh);
+        let mut clock = self.store.base_clock(&key, self.actor);
         if let Some(base) = base {
             clock.merge_from(base);
         }

@@ -247,6 +247,10 @@ pub struct TableStore {
     actor_index: HashMap<ActorId, u32>,
     stats: StoreStats,
     digest: Digest,
+    /// Per actor (by index), the largest counter of any purged tombstone: a
+    /// key written again after its tombstone was purged starts above it, so
+    /// it supersedes a copy of that tombstone that survives elsewhere.
+    purged_counters: HashMap<u32, u64>,
 }
 
 impl std::fmt::Debug for TableStore {
@@ -273,6 +277,30 @@ impl TableStore {
             actor_index: HashMap::new(),
             stats: StoreStats::default(),
             digest: Digest::new(MIN_DIGEST_BITS),
+            purged_counters: HashMap::new(),
+        }
+    }
+
+    /// The clock a new version of `key` starts from: the key's own, or for a
+    /// key with no entry, `actor`'s largest counter among purged tombstones.
+    pub fn base_clock(&self, key: &[u8], actor: &ActorId) -> VClock {
+        if let Some(p) = self.find(key) {
+            return self.decode_clock(p);
+        }
+        let floor = self
+            .actor_index
+            .get(actor)
+            .and_then(|i| self.purged_counters.get(i))
+            .copied();
+        match floor {
+            Some(counter) => VClock::from_dots([(
+                actor.clone(),
+                Dot {
+                    counter,
+                    timestamp_ms: 0,
+                },
+            )]),
+            None => VClock::fresh(),
         }
     }
 
@@ -519,6 +547,10 @@ impl TableStore {
             let h = self.hasher.hash_one(&**key);
             if let Ok(slot) = self.slots.find_entry(h, |p| p.key() == &**key) {
                 let (removed, _) = slot.remove();
+                for (actor, dot) in removed.dots() {
+                    let floor = self.purged_counters.entry(actor).or_insert(0);
+                    *floor = (*floor).max(dot.counter);
+                }
                 let kh = key_hash(key);
                 self.digest.toggle(kh, self.packed_hash(kh, &removed));
                 self.count(None, key.len(), false);

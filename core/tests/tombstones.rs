@@ -17,7 +17,7 @@ fn short_retention(name: &str, anti_entropy_ms: u64) -> Config {
     }
 }
 
-async fn pair(anti_entropy_ms: u64) -> (Node, Node) {
+async fn pair(anti_entropy_ms: u64, b_retention: Duration) -> (Node, Node) {
     let a = Node::start(short_retention("a", anti_entropy_ms))
         .await
         .unwrap();
@@ -25,6 +25,7 @@ async fn pair(anti_entropy_ms: u64) -> (Node, Node) {
     tokio::time::sleep(Duration::from_millis(250)).await;
     let b = Node::start(Config {
         seeds: vec![a.address().to_string()],
+        tombstone_retention: b_retention,
         ..short_retention("b", anti_entropy_ms)
     })
     .await
@@ -40,7 +41,7 @@ fn tombstones(t: &Table) -> usize {
 #[test]
 fn expired_tombstones_are_purged_on_every_node_and_stay_purged() {
     runtime().block_on(async {
-        let (a, b) = pair(100).await;
+        let (a, b) = pair(100, Duration::from_secs(2)).await;
         let ta = a.create_table("t").await.unwrap();
         let tb = b.create_table("t").await.unwrap();
         let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("k{i}").into_bytes()).collect();
@@ -71,9 +72,11 @@ fn expired_tombstones_are_purged_on_every_node_and_stay_purged() {
 #[test]
 fn a_key_written_again_after_its_tombstone_was_purged_on_the_sequencer_stays() {
     runtime().block_on(async {
-        // Anti-entropy once a second: a wide window between one node's purge
-        // and the other's.
-        let (a, b) = pair(1000).await;
+        // Anti-entropy once a second, and "b" keeps tombstones a second
+        // longer (a retention set differently, or a clock behind): the
+        // sequencer "a" purges first, and "b" still holds the tombstone, not
+        // even expired by its own clock, when the key is written again.
+        let (a, b) = pair(1000, Duration::from_secs(3)).await;
         let ta = a.create_table("t").await.unwrap();
         let tb = b.create_table("t").await.unwrap();
         ta.put(b"k", b"v1").await.unwrap();

@@ -2,10 +2,14 @@
 //! heartbeats and the silence that counts as failure. What the frames mean is
 //! left to [`ConnectionEvents`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -168,16 +172,22 @@ async fn run_reader(
     let failure_timeout = peer.ctx.config.failure_timeout;
     let max_frame = peer.ctx.config.max_frame_size;
     // Buffered, so that one read takes in every frame that arrived at once.
-    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, rd);
+    // The failure timeout bounds the silence between two reads that bring
+    // bytes, not the time a whole frame takes: a large frame that keeps
+    // arriving is progress.
+    let silence = Silence::new(rd, failure_timeout);
+    let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, silence);
     loop {
-        let frame = tokio::time::timeout(failure_timeout, read_frame(&mut rd, max_frame)).await;
+        let frame = read_frame(&mut rd, max_frame).await;
         let Some(events) = events.upgrade() else {
             return;
         };
         let body = match frame {
-            Err(_) => return events.on_lost(&peer, "silent for the failure timeout"),
-            Ok(Err(e)) => return events.on_lost(&peer, &format!("connection lost: {e}")),
-            Ok(Ok(body)) => body,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return events.on_lost(&peer, "silent for the failure timeout")
+            }
+            Err(e) => return events.on_lost(&peer, &format!("connection lost: {e}")),
+            Ok(body) => body,
         };
         peer.ctx
             .stats
@@ -271,4 +281,61 @@ async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     let mut body = vec![0u8; len];
     rd.read_exact(&mut body).await?;
     Ok(body)
+}
+
+/// A reader that fails with `TimedOut` once no byte arrived for `limit`.
+struct Silence<R> {
+    inner: R,
+    limit: Duration,
+    /// When the last byte arrived (or the reader was made).
+    last_progress: tokio::time::Instant,
+    /// Fires at `last_progress + limit` or later; moved on lazily when it fires.
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R> Silence<R> {
+    fn new(inner: R, limit: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Silence {
+            inner,
+            limit,
+            last_progress: now,
+            timer: Box::pin(tokio::time::sleep_until(now + limit)),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Silence<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.last_progress = tokio::time::Instant::now();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => loop {
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let deadline = this.last_progress + this.limit;
+                if tokio::time::Instant::now() >= deadline {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no byte arrived for {:?}", this.limit),
+                    )));
+                }
+                // Bytes came since the timer was set: wait for the rest of the
+                // silence allowed since the last of them.
+                this.timer.as_mut().reset(deadline);
+            },
+        }
+    }
 }

@@ -55,7 +55,9 @@ impl Merge {
             table,
             id,
             rx,
-            step: self.ctx.config.request_timeout,
+            // Generous: a peer that goes away ends the session at once, and
+            // one step over a large table may take seconds.
+            step: self.ctx.config.request_timeout * 12,
         };
         let result = self.run_session(&mut session).await;
         lock(&self.initiated).remove(&id);

@@ -103,7 +103,8 @@ impl Merge {
     pub fn start_round(&self, peer: &Arc<PeerConn>) {
         if let Some(me) = self.me.upgrade() {
             let peer = peer.clone();
-            self.ctx.spawn(async move { me.sync_all(peer).await });
+            let round = async move { me.sync_all(peer).await };
+            self.ctx.spawn(crate::offload::off_workers(round));
         }
     }
 
@@ -117,15 +118,18 @@ impl Merge {
             }
             let asked = loop {
                 let asked = rounds_asked(&peer);
-                self.sync_every_table(&peer).await;
-                peer.rounds_done.send_if_modified(|done| {
-                    let grew = asked.0 > *done;
-                    *done = (*done).max(asked.0);
-                    grew
-                });
-                let done = Message::SyncAllDone { served: asked.1 };
-                frames::send_merge(&self.ctx, &peer, &done);
-                peer.mark_synced();
+                // A round with a table that failed to merge does not count:
+                // nobody may take it for a state that arrived.
+                if self.sync_every_table(&peer).await {
+                    peer.rounds_done.send_if_modified(|done| {
+                        let grew = asked.0 > *done;
+                        *done = (*done).max(asked.0);
+                        grew
+                    });
+                    let done = Message::SyncAllDone { served: asked.1 };
+                    frames::send_merge(&self.ctx, &peer, &done);
+                    peer.mark_synced();
+                }
                 if rounds_asked(&peer) == asked {
                     break asked;
                 }
@@ -139,12 +143,16 @@ impl Merge {
         }
     }
 
-    async fn sync_every_table(&self, peer: &Arc<PeerConn>) {
+    /// One round: a session per table; whether every one succeeded.
+    async fn sync_every_table(&self, peer: &Arc<PeerConn>) -> bool {
+        let mut all = true;
         for table in self.ctx.replicas() {
             if let Err(e) = self.sync_table(peer, &table).await {
                 tracing::warn!(node = %self.ctx.actor, peer = %peer.actor, table = %table.name, "merge failed: {e}");
+                all = false;
             }
         }
+        all
     }
 
     /// A merge of every table with `peer` that begins now (or after the one
