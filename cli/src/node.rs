@@ -24,7 +24,12 @@ Runs a node; reads one command per line on stdin, writes one reply per command.
 options:
   --name N                 node name (default <hostname>-<pid>)
   --listen ADDR            host:port to listen on (default 127.0.0.1:0)
+  --advertise ADDR         host:port peers are told to reach this node at
+                           (default: the listen address; for 0.0.0.0, the
+                           address each peer sees this node come from)
   --seed ADDR              a node to join; repeatable
+  --min-members N          wait at start until N members (this node included)
+                           are in the view; else print ERR UNAVAILABLE and exit 1
   --cookie C               cluster secret (default $LBMKV_COOKIE, else ~/.lbmkv.cookie)
   --events                 print events as EVENT <json> lines
   --failure-timeout-ms MS  silence after which a peer is down (default 2000)
@@ -64,7 +69,9 @@ const MAX_LINE: usize = 64 * 1024 * 1024 + 128 * 1024;
 struct Options {
     name: Option<String>,
     listen: Option<String>,
+    advertise: Option<String>,
     seeds: Vec<String>,
+    min_members: Option<usize>,
     cookie: Option<String>,
     events: bool,
     failure_timeout_ms: Option<u64>,
@@ -102,7 +109,15 @@ impl Options {
                 "-h" | "--help" => return Ok(None),
                 "--name" => o.name = Some(value()?),
                 "--listen" => o.listen = Some(value()?),
+                "--advertise" => o.advertise = Some(value()?),
                 "--seed" => o.seeds.push(value()?),
+                "--min-members" => {
+                    let v = value()?;
+                    let n = v.parse::<usize>().map_err(|_| {
+                        format!("--min-members needs a number of members, got {v:?}")
+                    })?;
+                    o.min_members = Some(n);
+                }
                 "--cookie" => o.cookie = Some(value()?),
                 "--events" => {
                     if inline.is_some() {
@@ -124,6 +139,8 @@ impl Options {
         let mut c = Config {
             name: self.name.clone(),
             seeds: self.seeds.clone(),
+            advertise: self.advertise.clone(),
+            min_members: self.min_members.unwrap_or(0),
             cookie: self.cookie.as_ref().map(|c| c.as_bytes().to_vec()),
             ..Config::default()
         };

@@ -13,8 +13,18 @@ pub struct Config {
     pub name: Option<String>,
     /// Address to listen on, `host:port`; default `127.0.0.1:0`.
     pub listen: String,
+    /// The address (`host:port`) peers are told to reach this node at, for NAT
+    /// and containers. Default: the listen address; for a wildcard listen
+    /// address, each peer uses the address it sees this node's connection come
+    /// from, with the listen port.
+    pub advertise: Option<String>,
     /// Addresses (`host:port`) to join; host names resolve to all their addresses.
     pub seeds: Vec<String>,
+    /// `Node::start` waits until this many members (itself included) are in the
+    /// view, and fails with `Unavailable`, naming each seed and why it was not
+    /// reached, when they are not there within the request timeout. 0 or 1:
+    /// do not wait.
+    pub min_members: usize,
     /// Shared cluster secret; default `$LBMKV_COOKIE`, else `~/.lbmkv.cookie`.
     pub cookie: Option<Vec<u8>>,
     /// Interval between heartbeats on an idle connection.
@@ -48,7 +58,9 @@ impl Default for Config {
         Config {
             name: None,
             listen: "127.0.0.1:0".to_string(),
+            advertise: None,
             seeds: Vec::new(),
+            min_members: 0,
             cookie: None,
             heartbeat_interval: Duration::from_millis(250),
             failure_timeout: Duration::from_secs(2),
@@ -96,6 +108,9 @@ impl Config {
             validate_cookie(cookie)?;
         }
         validate_address("listen address", &self.listen)?;
+        if let Some(a) = &self.advertise {
+            validate_address("advertised address", a)?;
+        }
         for seed in &self.seeds {
             validate_address("seed address", seed)?;
         }

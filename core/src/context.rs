@@ -33,8 +33,13 @@ pub(crate) struct Stats {
 pub(crate) struct Context {
     pub config: Config,
     pub actor: ActorId,
-    /// Where peers reach this node, `host:port`.
+    /// Where peers reach this node, `host:port` (loopback for a wildcard
+    /// listen address without an advertised one).
     pub address: String,
+    /// What the handshake tells peers: the advertised address, else the listen
+    /// address as bound (a wildcard one is completed by each peer with the
+    /// address it sees this node come from).
+    pub announce: String,
     /// The address outgoing connections come from: the listen address, unless
     /// that is a wildcard.
     pub source_ip: Option<IpAddr>,
@@ -54,6 +59,7 @@ pub(crate) struct Identity {
     pub config: Config,
     pub actor: ActorId,
     pub address: String,
+    pub announce: String,
     pub source_ip: Option<IpAddr>,
     pub cookie: Vec<u8>,
     pub net: Arc<dyn Net>,
@@ -68,6 +74,7 @@ impl Context {
             config: id.config,
             actor: id.actor,
             address: id.address,
+            announce: id.announce,
             source_ip: id.source_ip,
             cookie: id.cookie,
             net: id.net,

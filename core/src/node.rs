@@ -248,7 +248,14 @@ impl Node {
             .map_err(|e| Error::io("cannot read the listen address", e))?;
         let (ctx, events) = Context::new(Identity {
             actor: ActorId::new(&name, incarnation),
-            address: advertised(local),
+            address: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| advertised(local)),
+            announce: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| local.to_string()),
             source_ip: Some(local.ip()).filter(|ip| !ip.is_unspecified()),
             cookie,
             net,
@@ -263,8 +270,15 @@ impl Node {
         let first_attempts = inner.members.dial_seeds(&seeds);
         let _ = tokio::time::timeout(inner.ctx.config.request_timeout, first_attempts).await;
         agreement::start_join(&inner.ctx, &inner.agreement, &inner.members);
+        let guard = Arc::new(CloseGuard(inner.clone()));
+        let min_members = inner.ctx.config.min_members;
+        if min_members > 1 {
+            let limit = inner.ctx.config.request_timeout;
+            // On failure the guard closes the node as it drops.
+            inner.members.wait_for_members(min_members, limit).await?;
+        }
         let node = Node {
-            _guard: Arc::new(CloseGuard(inner.clone())),
+            _guard: guard,
             inner,
         };
         Ok((node, events))

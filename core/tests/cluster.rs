@@ -450,3 +450,81 @@ fn a_wrong_magic_version_or_first_message_closes_the_connection_and_nothing_else
         assert_eq!(pt.get(b"k").unwrap(), Some(b("v")));
     });
 }
+
+#[test]
+fn min_members_fails_at_start_naming_each_seed_and_why() {
+    runtime().block_on(async {
+        // A port nobody listens on: refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        // A node with another cookie: refused by authentication.
+        let stranger = Node::start(lbmkv::Config {
+            cookie: Some(b"another".to_vec()),
+            ..config("stranger")
+        })
+        .await
+        .unwrap();
+        let err = Node::start(lbmkv::Config {
+            seeds: vec![refused.clone(), stranger.address().to_string()],
+            min_members: 2,
+            request_timeout: Duration::from_millis(1500),
+            ..config("lonely")
+        })
+        .await
+        .err()
+        .expect("start fails without its members");
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        let msg = err.message();
+        assert!(msg.contains("1 of 2 members"), "{msg}");
+        assert!(msg.contains(&format!("{refused}: ")), "{msg}");
+        assert!(msg.to_lowercase().contains("refused"), "{msg}");
+        assert!(
+            msg.contains(&format!("{}: ", stranger.address())) && msg.contains("different cookie"),
+            "{msg}"
+        );
+        // With its members there, the same start succeeds.
+        let friend = start("friend").await;
+        let node = Node::start(lbmkv::Config {
+            seeds: vec![friend.address().to_string()],
+            min_members: 2,
+            ..config("joined")
+        })
+        .await
+        .unwrap();
+        assert_eq!(node.members().unwrap(), vec!["friend", "joined"]);
+    });
+}
+
+#[test]
+fn a_node_listening_on_a_wildcard_address_is_reached_at_the_address_seen() {
+    runtime().block_on(async {
+        let wild = Node::start(lbmkv::Config {
+            listen: "0.0.0.0:0".into(),
+            ..config("wild")
+        })
+        .await
+        .unwrap();
+        let port = wild.address().rsplit_once(':').unwrap().1.to_string();
+        // Reached through another loopback address than the one it shows.
+        let b = Node::start(lbmkv::Config {
+            seeds: vec![format!("127.0.0.5:{port}")],
+            ..config("wb")
+        })
+        .await
+        .unwrap();
+        // A third node learns of "wild" from "wb" only, at the address "wb" saw.
+        let c = Node::start(lbmkv::Config {
+            seeds: vec![b.address().to_string()],
+            ..config("wc")
+        })
+        .await
+        .unwrap();
+        wait_until(Duration::from_secs(10), || {
+            [&wild, &b, &c]
+                .iter()
+                .all(|n| n.members().unwrap().len() == 3)
+        })
+        .await;
+    });
+}

@@ -436,3 +436,24 @@ fn replicated_puts_on_three_processes_are_visible_everywhere_and_timed() {
         N as f64 / pipelined.as_secs_f64()
     );
 }
+
+#[test]
+fn min_members_that_do_not_come_make_the_node_say_why_and_exit_1() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let refused = closed.local_addr().expect("its address").to_string();
+    drop(closed);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lbmkv"))
+        .args(["node", "--name", "mm", "--cookie", harness::COOKIE])
+        .args(["--seed", &refused, "--min-members", "2"])
+        .args(["--request-timeout-ms", "1500"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("lbmkv node runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("ERR UNAVAILABLE ") && first.contains(&refused),
+        "first line: {first:?}"
+    );
+}

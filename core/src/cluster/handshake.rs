@@ -2,7 +2,7 @@
 //! challenge-response over the cookie. Dialing and accepting return an
 //! authenticated peer; what becomes of it is membership's decision.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::transport::{read_message, write_message};
 use crate::auth::{self, Role};
@@ -41,7 +41,7 @@ pub(crate) async fn dial(ctx: &Context, addr: SocketAddr) -> Result<Authenticate
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         actor: ctx.actor.clone(),
-        listen: ctx.address.clone(),
+        listen: ctx.announce.clone(),
         nonce,
     };
     write_message(&mut stream, &hello).await?;
@@ -85,9 +85,18 @@ pub(crate) async fn dial(ctx: &Context, addr: SocketAddr) -> Result<Authenticate
     }
     Ok(Authenticated {
         actor: theirs.actor,
-        listen: theirs.listen,
+        listen: reachable(&theirs.listen, addr.ip()),
         stream,
     })
+}
+
+/// The address a peer announced, with a wildcard IP replaced by `seen`: the
+/// address this node reached it at, or saw its connection come from.
+pub(crate) fn reachable(announced: &str, seen: IpAddr) -> String {
+    match announced.parse::<SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => SocketAddr::new(seen, a.port()).to_string(),
+        _ => announced.to_string(),
+    }
 }
 
 async fn read_challenge(stream: &mut BoxStream) -> Result<Challenge> {
@@ -119,6 +128,7 @@ async fn read_challenge(stream: &mut BoxStream) -> Result<Challenge> {
 pub(crate) async fn accept(
     ctx: &Context,
     mut stream: BoxStream,
+    from: SocketAddr,
     admit: impl FnOnce(&ActorId, &str) -> Result<()>,
 ) -> Result<Authenticated> {
     let (actor, listen, their_nonce) = match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
@@ -134,12 +144,17 @@ pub(crate) async fn accept(
         }
         other => return Err(Error::protocol(format!("expected Hello, got {other:?}"))),
     };
+    if actor == ctx.actor {
+        // This node dialed one of its own addresses (a seed list that names it).
+        return Err(Error::unavailable("a connection from this node itself"));
+    }
     if actor.name == ctx.actor.name {
         return Err(Error::protocol(format!(
             "a peer uses this node's own name {:?}",
             actor.name
         )));
     }
+    let listen = reachable(&listen, from.ip());
     admit(&actor, &listen)?;
     let nonce = ctx.random_nonce();
     let proof = auth::proof(
@@ -153,7 +168,7 @@ pub(crate) async fn accept(
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         actor: ctx.actor.clone(),
-        listen: ctx.address.clone(),
+        listen: ctx.announce.clone(),
         nonce,
         proof,
     };
@@ -193,4 +208,21 @@ fn check_version(magic: u32, version: u16) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn a_wildcard_announced_address_takes_the_ip_the_peer_was_seen_at() {
+        let seen = "10.1.2.3".parse().unwrap();
+        assert_eq!(reachable("0.0.0.0:7000", seen), "10.1.2.3:7000");
+        assert_eq!(
+            reachable("[::]:7000", "fd00::5".parse().unwrap()),
+            "[fd00::5]:7000"
+        );
+        assert_eq!(reachable("192.168.0.9:7000", seen), "192.168.0.9:7000");
+        assert_eq!(reachable("db-1.example:7000", seen), "db-1.example:7000");
+    }
 }

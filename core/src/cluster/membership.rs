@@ -41,6 +41,8 @@ struct State {
     /// The tables each peer has a conflict handler for, kept across reconnects
     /// so that every connection knows them from its first message on.
     handlers: HashMap<ActorId, HashSet<String>>,
+    /// Why the last attempt at each dialed address failed.
+    dial_errors: HashMap<String, String>,
 }
 
 impl State {
@@ -263,6 +265,77 @@ impl Membership {
             .any(|p| p.listen.parse::<SocketAddr>().ok() == Some(addr))
     }
 
+    /// Remembers why the last attempt at `addr` failed (`None`: it worked).
+    fn note_dial(&self, addr: &str, failure: Option<String>) {
+        let mut st = self.lock();
+        match failure {
+            Some(why) => st.dial_errors.insert(addr.to_string(), why),
+            None => st.dial_errors.remove(addr),
+        };
+    }
+
+    /// One attempt at `target` (an address of `addr`), given up after a
+    /// failure timeout when it hangs (packets dropped), so that a healed link
+    /// is found again soon after.
+    async fn dial_with_limit(self: &Arc<Self>, addr: &str, target: SocketAddr) -> bool {
+        let limit = self.ctx.config.failure_timeout;
+        let failure = match tokio::time::timeout(limit, self.dial(target, false)).await {
+            Ok(Ok(())) => None,
+            // A wrong cookie or protocol version is worth a warning on this
+            // side too; an absent peer is retried all the time.
+            Ok(Err(e)) if e.kind() == ErrorKind::Protocol => {
+                tracing::warn!(node = %self.ctx.actor, %target, "dial refused: {e}");
+                Some(e.message().to_string())
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(node = %self.ctx.actor, %target, "dial failed: {e}");
+                Some(e.message().to_string())
+            }
+            Err(_) => {
+                tracing::debug!(node = %self.ctx.actor, %target, "dial timed out");
+                Some(format!("connecting to {target} timed out"))
+            }
+        };
+        let ok = failure.is_none();
+        self.note_dial(addr, failure);
+        ok
+    }
+
+    /// Waits until the view holds `n` members (this node included); fails with
+    /// `Unavailable` naming each seed and why it was not reached.
+    pub async fn wait_for_members(&self, n: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let have = self.lock().peers.len() + 1;
+            if have >= n {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let st = self.lock();
+                let seeds: Vec<String> = self
+                    .ctx
+                    .config
+                    .seeds
+                    .iter()
+                    .map(|s| match st.dial_errors.get(s) {
+                        Some(why) => format!("{s}: {why}"),
+                        None => format!("{s}: reached"),
+                    })
+                    .collect();
+                let seeds = if seeds.is_empty() {
+                    "no seeds given".to_string()
+                } else {
+                    seeds.join("; ")
+                };
+                return Err(Error::unavailable(format!(
+                    "{have} of {n} members after {} ms ({seeds})",
+                    limit.as_millis()
+                )));
+            }
+            tokio::time::sleep(crate::context::SETTLE_PAUSE * 4).await;
+        }
+    }
+
     /// Whether `actor`, dialing this node, should be turned away.
     fn admit(&self, actor: &ActorId, listen: &str) -> Result<()> {
         if self.is_refused(&actor.name) {
@@ -311,7 +384,7 @@ impl Membership {
 
     async fn answer(self: Arc<Self>, stream: crate::net::BoxStream, from: SocketAddr) {
         let limit = self.ctx.config.request_timeout;
-        let accepted = handshake::accept(&self.ctx, stream, |a, l| self.admit(a, l));
+        let accepted = handshake::accept(&self.ctx, stream, from, |a, l| self.admit(a, l));
         match tokio::time::timeout(limit, accepted).await {
             Ok(Ok(peer)) => self.register(peer, false),
             // A refused peer whose cookie or protocol is wrong is worth a
@@ -557,27 +630,19 @@ async fn dial_forever(
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(%addr, "cannot resolve: {e}");
+                m.note_dial(&addr, Some(format!("cannot resolve: {e}")));
                 Vec::new()
             }
         };
         let mut missing = false;
         for t in targets {
             if m.connected_to(t) {
+                m.note_dial(&addr, None);
                 continue;
             }
             missing = true;
-            // A dial that hangs (packets dropped) is given up after a failure
-            // timeout, so that a healed link is found again soon after.
-            let limit = m.ctx.config.failure_timeout;
-            match tokio::time::timeout(limit, m.dial(t, false)).await {
-                Ok(Ok(())) => missing = false,
-                // A wrong cookie or protocol version is worth a warning on
-                // this side too; an absent peer is retried all the time.
-                Ok(Err(e)) if e.kind() == ErrorKind::Protocol => {
-                    tracing::warn!(node = %m.ctx.actor, %t, "dial refused: {e}")
-                }
-                Ok(Err(e)) => tracing::debug!(node = %m.ctx.actor, %t, "dial failed: {e}"),
-                Err(_) => tracing::debug!(node = %m.ctx.actor, %t, "dial timed out"),
+            if m.dial_with_limit(&addr, t).await {
+                missing = false;
             }
         }
         if let Some(f) = first.take() {
