@@ -1,11 +1,14 @@
 //! Sequencer agreement: which member of a view orders its writes, and when it
 //! may.
 //!
-//! Every node *follows* one sequencer: the smallest actor id among the members
-//! of its view that are *ready*. A node is ready once it holds the cluster's
-//! state: it started alone, or it finished its first merge with every member
-//! it joined. A node that is joining therefore never takes over the ordering,
-//! however its name sorts; it follows whoever orders meanwhile.
+//! Every node *follows* one sequencer, chosen among the members of its view
+//! that are *ready*: a node is ready once it holds the cluster's state (it
+//! started alone, or it finished its first merge with every member it
+//! joined). The sequencer that the ready members follow stays while it is in
+//! the view: a node that joins or comes back follows it, whatever its name.
+//! When groups with different sequencers meet, the smallest of those
+//! sequencers orders for all; when the sequencer leaves, the smallest ready
+//! member takes over. A node that is joining never takes over the ordering.
 //!
 //! A node orders writes only while it is *active*:
 //! - it follows itself;
@@ -373,15 +376,34 @@ impl State {
     }
 
     /// Recomputes the sequencer to follow; tells every peer when it changed.
+    ///
+    /// The rule, the same on every node: among the sequencers that this node
+    /// and its ready peers follow, and that are ready members of this view,
+    /// the smallest; when there is none, the smallest ready member. So a
+    /// sequencer stays while it is there (a node that joins or comes back,
+    /// whatever its name, follows it), and when two groups that each had one
+    /// meet, the smaller of the two orders for all.
     fn reconsider(&mut self) {
-        let mine = self.ready.then(|| self.me.clone());
-        let best = self
+        let eligible = |a: &ActorId| {
+            (*a == self.me && self.ready) || self.peers.get(a).is_some_and(|p| p.ready)
+        };
+        let followed = self
             .peers
-            .iter()
-            .filter(|(_, p)| p.ready)
-            .map(|(a, _)| a.clone())
-            .chain(mine)
+            .values()
+            .filter(|p| p.ready)
+            .filter_map(|p| p.follows.clone())
+            .chain(self.follows.clone())
+            .filter(|a| eligible(a))
             .min();
+        let best = followed.or_else(|| {
+            let mine = self.ready.then(|| self.me.clone());
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.ready)
+                .map(|(a, _)| a.clone())
+                .chain(mine)
+                .min()
+        });
         if best != self.follows {
             tracing::debug!(node = %self.me, from = ?self.follows, to = ?best, "follows another sequencer");
             self.follows = best;

@@ -1,9 +1,9 @@
 //! lbmkv: an embedded, replicated, partition-tolerant in-memory key-value store.
 //!
 //! Every node holds a full replica of every table. Writes to a table are ordered
-//! by its sequencer (the member with the smallest actor id among those that hold
-//! the cluster's state, once every member of the view agrees on it) and
-//! acknowledged once every member of the view applied them; reads are local. When nodes that
+//! by its sequencer (one member that holds the cluster's state and that every
+//! member of the view agrees on) and acknowledged once every member of the
+//! view applied them; reads are local. When nodes that
 //! were apart meet again, tables are merged key by key with vector clocks and
 //! the table's conflict handler decides between concurrent versions.
 //!

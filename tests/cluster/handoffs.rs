@@ -1,10 +1,9 @@
-//! Sequencer handoffs: the ready member with the smallest actor id orders the
-//! writes of a table, and the promise is that a join, restart, pause or leave of that
-//! member hands out no `update` value twice and loses no acknowledged write.
+//! Sequencer handoffs: the promise is that a join, restart, pause or leave of
+//! the node whose name sorts first (the sequencer of a cluster it starts, and
+//! the one that used to take over) hands out no `update` value twice and loses
+//! no acknowledged write.
 //!
-//! Three `lbmkv node` processes `na`, `nb`, `nc` (1 s failure timeout); `na`
-//! sorts first, so it is the sequencer whenever it is in the view and holds
-//! the cluster's state. Table `t`
+//! Three `lbmkv node` processes `na`, `nb`, `nc` (1 s failure timeout). Table `t`
 //! holds 2,000 other keys besides the counter, so a joining node's first merge
 //! is not instantaneous. Two client threads run `incr t ctr` on `nb` and `nc`
 //! without pause while `na` joins, is killed and restarted, is stopped longer
