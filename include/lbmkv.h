@@ -200,10 +200,11 @@ typedef uint32_t lbmkv_event_type;
 
 /**
  * How a node is started: every setting has the default of the
- * specification until set (`127.0.0.1:0`, no seeds, cookie from
- * `$LBMKV_COOKIE` or `~/.lbmkv.cookie`, failure timeout 2 s, heartbeats
- * every 250 ms, request and handler timeouts 5 s). Not thread-safe: do not
- * change one config from two threads at once. Free with `lbmkv_config_free`.
+ * specification until set (`127.0.0.1:0`, advertised as the listen
+ * address, no seeds, no wait for members, cookie from `$LBMKV_COOKIE` or
+ * `~/.lbmkv.cookie`, failure timeout 2 s, heartbeats every 250 ms, request
+ * and handler timeouts 5 s). Not thread-safe: do not change one config from
+ * two threads at once. Free with `lbmkv_config_free`.
  */
 typedef struct lbmkv_config lbmkv_config;
 
@@ -453,6 +454,16 @@ lbmkv_status lbmkv_config_set_name(lbmkv_config *config, const char *name, lbmkv
 lbmkv_status lbmkv_config_set_listen(lbmkv_config *config, const char *addr, lbmkv_error **err_out);
 
 /**
+ * Sets the address (`host:port`) peers are told to reach this node at, for
+ * NAT and containers. Default: the listen address; for a wildcard listen
+ * address (`0.0.0.0:7000`), each peer uses the address it sees this node's
+ * connection come from, with the listen port.
+ */
+lbmkv_status lbmkv_config_set_advertise(lbmkv_config *config,
+                                        const char *addr,
+                                        lbmkv_error **err_out);
+
+/**
  * Adds a seed, `host:port`, to join at start; a host name resolves to all
  * its addresses.
  */
@@ -464,6 +475,14 @@ lbmkv_status lbmkv_config_add_seed(lbmkv_config *config, const char *addr, lbmkv
 lbmkv_status lbmkv_config_set_cookie(lbmkv_config *config,
                                      lbmkv_slice cookie,
                                      lbmkv_error **err_out);
+
+/**
+ * Makes `lbmkv_node_start` wait until `n` members, this node included, are
+ * in the view; when they are not there within the request timeout, it fails
+ * with `LBMKV_STATUS_UNAVAILABLE` and a message naming each seed and why it
+ * was not reached. 0 or 1 (the default 0): do not wait.
+ */
+lbmkv_status lbmkv_config_set_min_members(lbmkv_config *config, size_t n, lbmkv_error **err_out);
 
 /**
  * Sets the silence after which a peer counts as down (must stay longer

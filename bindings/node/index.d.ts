@@ -98,7 +98,8 @@ export interface Table {
 export declare class Node {
   /**
    * Starts a node: binds its listener and makes a first attempt to reach
-   * every seed. Resolves once the node is up.
+   * every seed. Resolves once the node is up (with `minMembers`, once that
+   * many members are in its view).
    */
   static start(options?: NodeOptions | null): Promise<Node>
   /** The node's name. */
@@ -224,8 +225,22 @@ export interface NodeOptions {
   name?: string
   /** Address to listen on, `host:port` (default `127.0.0.1:0`: a free port). */
   listen?: string
+  /**
+   * The address (`host:port`) peers are told to reach this node at, for NAT
+   * and containers. Default: the listen address; for a wildcard listen
+   * address (`0.0.0.0:7000`), each peer uses the address it sees this node's
+   * connection come from, with the listen port.
+   */
+  advertise?: string
   /** Addresses (`host:port`) of nodes to join. */
   seeds?: Array<string>
+  /**
+   * `Node.start` waits until this many members, this node included, are in
+   * the view, and rejects with `UNAVAILABLE` (naming each seed and why it was
+   * not reached) when they are not there within `requestTimeoutMs`. 0 or 1
+   * (default 0): no wait.
+   */
+  minMembers?: number
   /** Shared cluster secret (default `$LBMKV_COOKIE`, else `~/.lbmkv.cookie`). */
   cookie?: string | Uint8Array
   /** Interval of heartbeats on idle connections (default 250). */

@@ -11,10 +11,11 @@ use crate::handle::{self, castable};
 use crate::panic::{ffi_boundary, ffi_status};
 
 /// How a node is started: every setting has the default of the
-/// specification until set (`127.0.0.1:0`, no seeds, cookie from
-/// `$LBMKV_COOKIE` or `~/.lbmkv.cookie`, failure timeout 2 s, heartbeats
-/// every 250 ms, request and handler timeouts 5 s). Not thread-safe: do not
-/// change one config from two threads at once. Free with `lbmkv_config_free`.
+/// specification until set (`127.0.0.1:0`, advertised as the listen
+/// address, no seeds, no wait for members, cookie from `$LBMKV_COOKIE` or
+/// `~/.lbmkv.cookie`, failure timeout 2 s, heartbeats every 250 ms, request
+/// and handler timeouts 5 s). Not thread-safe: do not change one config from
+/// two threads at once. Free with `lbmkv_config_free`.
 pub struct lbmkv_config {
     _private: [u8; 0],
 }
@@ -67,6 +68,25 @@ pub extern "C" fn lbmkv_config_set_listen(
     })
 }
 
+/// Sets the address (`host:port`) peers are told to reach this node at, for
+/// NAT and containers. Default: the listen address; for a wildcard listen
+/// address (`0.0.0.0:7000`), each peer uses the address it sees this node's
+/// connection come from, with the listen port.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_advertise(
+    config: *mut lbmkv_config,
+    addr: *const c_char,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        let addr = handle::c_str(addr, "advertised address")?;
+        check_addr(addr, "advertised address")?;
+        config.advertise = Some(addr.to_string());
+        Ok(())
+    })
+}
+
 /// Adds a seed, `host:port`, to join at start; a host name resolves to all
 /// its addresses.
 #[no_mangle]
@@ -96,6 +116,23 @@ pub extern "C" fn lbmkv_config_set_cookie(
         let cookie = cookie.bytes("cookie")?;
         lbmkv::validate_cookie(cookie)?;
         config.cookie = Some(cookie.to_vec());
+        Ok(())
+    })
+}
+
+/// Makes `lbmkv_node_start` wait until `n` members, this node included, are
+/// in the view; when they are not there within the request timeout, it fails
+/// with `LBMKV_STATUS_UNAVAILABLE` and a message naming each seed and why it
+/// was not reached. 0 or 1 (the default 0): do not wait.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_min_members(
+    config: *mut lbmkv_config,
+    n: usize,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        config.min_members = n;
         Ok(())
     })
 }

@@ -3,8 +3,12 @@
  * AddressSanitizer by `make test-c`. */
 #define _POSIX_C_SOURCE 200809L
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -34,6 +38,22 @@ static lbmkv_node *start_node(const char *name) {
   }
   lbmkv_config_free(cfg);
   return node;
+}
+
+/* A loopback TCP port that was free a moment ago; 0 when none was found. */
+static int free_port(void) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  int port = 0, fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+    port = ntohs(a.sin_port);
+  close(fd);
+  return port;
 }
 
 static size_t member_count(const lbmkv_node *node) {
@@ -173,11 +193,20 @@ static void test_config_setters_check_their_input(void) {
   OK(lbmkv_config_set_heartbeat_interval_ms, cfg, 200);
   OK(lbmkv_config_set_request_timeout_ms, cfg, 4000);
   OK(lbmkv_config_set_handler_timeout_ms, cfg, 4000);
+  OK(lbmkv_config_set_advertise, cfg, "127.0.0.1:7000");
+  OK(lbmkv_config_set_advertise, cfg, "node-a.example:7000");
+  OK(lbmkv_config_set_min_members, cfg, 0);
+  OK(lbmkv_config_set_min_members, cfg, 3);
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_name, cfg, "");
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_name, cfg, "\xff\xfe");
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_name, cfg, NULL);
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_listen, cfg, "no-port");
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_add_seed, cfg, NULL);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_advertise, cfg, "no-port");
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_advertise, cfg, ":7000");
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_advertise, cfg, NULL);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_advertise, NULL, "127.0.0.1:7000");
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_min_members, NULL, 2);
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_cookie, cfg, S(""));
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_cookie, cfg,
         ((lbmkv_slice){NULL, 4}));
@@ -203,6 +232,70 @@ static void test_node_start_rejects_an_unusable_config(void) {
   FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_node_start, cfg, &node);
   CHECK(node == NULL);
   lbmkv_config_free(cfg);
+}
+
+static void test_min_members_fails_naming_the_seed(void) {
+  lbmkv_config *cfg = test_config("c-lonely");
+  lbmkv_node *node = NULL;
+  lbmkv_error *err = NULL;
+  lbmkv_status st;
+  CHECK(cfg != NULL);
+  /* Nobody listens on port 1: the seed is refused. */
+  OK(lbmkv_config_add_seed, cfg, "127.0.0.1:1");
+  OK(lbmkv_config_set_min_members, cfg, 2);
+  OK(lbmkv_config_set_request_timeout_ms, cfg, 1000);
+  st = lbmkv_node_start(cfg, &node, &err);
+  lbmkv_config_free(cfg);
+  if (st != LBMKV_STATUS_UNAVAILABLE) {
+    FAIL_AT("lbmkv_node_start returned %s: %s", lbmkv_status_name(st),
+            lbmkv_error_message(err));
+    lbmkv_error_free(err);
+    lbmkv_node_free(node);
+    return;
+  }
+  CHECK(node == NULL);
+  CHECK(lbmkv_error_status(err) == LBMKV_STATUS_UNAVAILABLE);
+  if (strstr(lbmkv_error_message(err), "1 of 2 members") == NULL ||
+      strstr(lbmkv_error_message(err), "127.0.0.1:1: ") == NULL) {
+    FAIL_AT("the message does not name the seed: %s", lbmkv_error_message(err));
+    lbmkv_error_free(err);
+    return;
+  }
+  lbmkv_error_free(err);
+}
+
+static void test_advertised_node_is_joined_with_min_members(void) {
+  int port = free_port();
+  char addr[32];
+  lbmkv_config *cfg;
+  lbmkv_node *a = NULL, *b = NULL;
+  CHECK(port > 0);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  cfg = test_config("c-advertised");
+  CHECK(cfg != NULL);
+  OK(lbmkv_config_set_listen, cfg, addr);
+  OK(lbmkv_config_set_advertise, cfg, addr);
+  OK(lbmkv_node_start, cfg, &a);
+  lbmkv_config_free(cfg);
+  CHECK(strcmp(lbmkv_node_address(a), addr) == 0);
+  /* A node that needs two members starts once it joined the first. */
+  cfg = test_config("c-joiner");
+  CHECK(cfg != NULL);
+  OK(lbmkv_config_add_seed, cfg, addr);
+  OK(lbmkv_config_set_min_members, cfg, 2);
+  OK(lbmkv_node_start, cfg, &b);
+  lbmkv_config_free(cfg);
+  CHECK(member_count(b) == 2);
+  lbmkv_node_free(b);
+  lbmkv_node_free(a);
+  /* The advertised address is the one the node gives, whatever it listens on. */
+  cfg = test_config("c-elsewhere");
+  CHECK(cfg != NULL);
+  OK(lbmkv_config_set_advertise, cfg, "127.0.0.1:1");
+  OK(lbmkv_node_start, cfg, &a);
+  lbmkv_config_free(cfg);
+  CHECK(strcmp(lbmkv_node_address(a), "127.0.0.1:1") == 0);
+  lbmkv_node_free(a);
 }
 
 static void test_single_node_operations(void) {
@@ -867,6 +960,8 @@ int main(void) {
   RUN(test_version_and_status_names);
   RUN(test_config_setters_check_their_input);
   RUN(test_node_start_rejects_an_unusable_config);
+  RUN(test_min_members_fails_naming_the_seed);
+  RUN(test_advertised_node_is_joined_with_min_members);
   RUN(test_single_node_operations);
   RUN(test_events_are_pulled);
   RUN(test_bad_input_gives_typed_errors);

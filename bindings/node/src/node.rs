@@ -24,8 +24,18 @@ pub struct NodeOptions {
     pub name: Option<String>,
     /// Address to listen on, `host:port` (default `127.0.0.1:0`: a free port).
     pub listen: Option<String>,
+    /// The address (`host:port`) peers are told to reach this node at, for NAT
+    /// and containers. Default: the listen address; for a wildcard listen
+    /// address (`0.0.0.0:7000`), each peer uses the address it sees this node's
+    /// connection come from, with the listen port.
+    pub advertise: Option<String>,
     /// Addresses (`host:port`) of nodes to join.
     pub seeds: Option<Vec<String>>,
+    /// `Node.start` waits until this many members, this node included, are in
+    /// the view, and rejects with `UNAVAILABLE` (naming each seed and why it was
+    /// not reached) when they are not there within `requestTimeoutMs`. 0 or 1
+    /// (default 0): no wait.
+    pub min_members: Option<f64>,
     /// Shared cluster secret (default `$LBMKV_COOKIE`, else `~/.lbmkv.cookie`).
     pub cookie: Option<Either<String, Uint8Array>>,
     /// Interval of heartbeats on idle connections (default 250).
@@ -110,7 +120,9 @@ fn count(field: &str, v: Option<f64>, default: usize) -> Result<usize> {
 const START_OPTIONS: &[&str] = &[
     "name",
     "listen",
+    "advertise",
     "seeds",
+    "minMembers",
     "cookie",
     "heartbeatIntervalMs",
     "failureTimeoutMs",
@@ -184,7 +196,9 @@ unsafe fn config(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Config
     Ok(lbmkv::Config {
         name: o.name,
         listen: o.listen.unwrap_or(d.listen),
+        advertise: o.advertise,
         seeds: o.seeds.unwrap_or_default(),
+        min_members: count("minMembers", o.min_members, d.min_members)?,
         cookie,
         heartbeat_interval: millis(
             "heartbeatIntervalMs",
@@ -346,7 +360,8 @@ pub struct Node {
 #[napi]
 impl Node {
     /// Starts a node: binds its listener and makes a first attempt to reach
-    /// every seed. Resolves once the node is up.
+    /// every seed. Resolves once the node is up (with `minMembers`, once that
+    /// many members are in its view).
     #[napi(
         writable = true,
         configurable = true,

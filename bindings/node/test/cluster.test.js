@@ -3,7 +3,7 @@
 const test = require('node:test')
 const assert = require('node:assert/strict')
 
-const { start, waitFor, strPairs } = require('./helpers')
+const { start, waitFor, strPairs, freePort } = require('./helpers')
 
 /** Two connected nodes, `a` and `b`. */
 async function pair(t, extraA, extraB) {
@@ -26,6 +26,18 @@ async function heal(a, b) {
   await b.connect(a.address)
   await waitFor('the healed view', () => a.members().length === 2 && b.members().length === 2)
 }
+
+test('advertise is the address a node gives; minMembers waits for the members', async (t) => {
+  // The advertised address is the one the node gives, whatever it listens on.
+  const elsewhere = await start(t, 'elsewhere', { advertise: '127.0.0.1:1' })
+  assert.strictEqual(elsewhere.address, '127.0.0.1:1')
+  const addr = `127.0.0.1:${await freePort()}`
+  const a = await start(t, 'adv-a', { listen: addr, advertise: addr })
+  assert.strictEqual(a.address, addr)
+  // A node that needs two members starts once it joined the first.
+  const b = await start(t, 'adv-b', { seeds: [addr], minMembers: 2 })
+  assert.deepStrictEqual(b.members(), ['adv-a', 'adv-b'])
+})
 
 test('a write on one node is readable on the other when it resolves', async (t) => {
   const { a, b } = await pair(t)

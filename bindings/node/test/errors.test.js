@@ -4,7 +4,12 @@ const test = require('node:test')
 const assert = require('node:assert/strict')
 
 const { Node } = require('..')
-const { start, rejectsWith, throwsWith, options } = require('./helpers')
+const { start, rejectsWith, throwsWith, options, freePort } = require('./helpers')
+
+/** A loopback address where nobody listens any more: dialing it is refused. */
+async function closedPort() {
+  return `127.0.0.1:${await freePort()}`
+}
 
 const notBytes = [undefined, null, 42, true, {}, [1, 2], new Int16Array(2), Symbol('s'), () => 1, 10n]
 
@@ -103,11 +108,28 @@ test('bad start options are INVALID_ARGUMENT', async () => {
     [{ heartbeatIntervalMs: 100, failureTimeoutMs: 50 }, /failure_timeout/],
     [{ maxKeySize: 1.5 }, /maxKeySize/],
     [{ listen: 'nowhere' }, /host:port/],
+    [{ advertise: 42 }, /advertise/],
+    [{ advertise: 'nowhere' }, /advertised address "nowhere" is not host:port/],
+    [{ advertise: ':7000' }, /advertised address/],
+    [{ minMembers: '2' }, /minMembers/],
+    [{ minMembers: -1 }, /minMembers/],
+    [{ minMembers: 1.5 }, /minMembers/],
     [{ failureTimeout: 600 }, /unknown Node.start option "failureTimeout"/],
   ]
   for (const [opts, message] of cases) {
     await rejectsWith(assert, () => Node.start(opts), 'INVALID_ARGUMENT', message)
   }
+})
+
+test('minMembers with an unreachable seed is UNAVAILABLE, naming the seed', async () => {
+  const seed = await closedPort()
+  const err = await rejectsWith(
+    assert,
+    () => Node.start(options('lonely', { seeds: [seed], minMembers: 2, requestTimeoutMs: 1000 })),
+    'UNAVAILABLE',
+    /1 of 2 members/
+  )
+  assert.ok(err.message.includes(`${seed}: `), err.message)
 })
 
 test('a getter that throws in the options rejects with its own error', async () => {

@@ -1,5 +1,6 @@
 'use strict'
 // Shared by the tests: nodes on loopback with fast failure detection.
+const net = require('node:net')
 const { Node } = require('..')
 
 const COOKIE = 'lbmkv-node-tests'
@@ -59,8 +60,20 @@ function throwsWith(assert, fn, code, message) {
   })
 }
 
+/** A loopback TCP port that was free a moment ago. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
 const b = (s) => Buffer.from(s)
 /** `[key, value]` Buffer pairs as strings, for comparisons. */
 const strPairs = (pairs) => pairs.map(([k, v]) => [k.toString(), v.toString()])
 
-module.exports = { COOKIE, options, start, waitFor, rejectsWith, throwsWith, b, strPairs }
+module.exports = { COOKIE, options, start, waitFor, rejectsWith, throwsWith, freePort, b, strPairs }

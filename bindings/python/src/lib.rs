@@ -298,16 +298,19 @@ impl Drop for PyNode {
 impl PyNode {
     /// Starts a node; options left at `None` keep the core's defaults.
     #[new]
-    #[pyo3(signature = (*, name=None, listen=None, seeds=None, cookie=None,
-        failure_timeout=None, request_timeout=None, heartbeat_interval=None,
-        handler_timeout=None, anti_entropy_interval=None, tombstone_retention=None,
-        conflict_log_limit=None, max_key_size=None, max_value_size=None))]
+    #[pyo3(signature = (*, name=None, listen=None, advertise=None, seeds=None,
+        min_members=None, cookie=None, failure_timeout=None, request_timeout=None,
+        heartbeat_interval=None, handler_timeout=None, anti_entropy_interval=None,
+        tombstone_retention=None, conflict_log_limit=None, max_key_size=None,
+        max_value_size=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         name: Option<Bound<'_, PyAny>>,
         listen: Option<Bound<'_, PyAny>>,
+        advertise: Option<Bound<'_, PyAny>>,
         seeds: Option<Bound<'_, PyAny>>,
+        min_members: Option<Bound<'_, PyAny>>,
         cookie: Option<Bound<'_, PyAny>>,
         failure_timeout: Option<Bound<'_, PyAny>>,
         request_timeout: Option<Bound<'_, PyAny>>,
@@ -325,6 +328,9 @@ impl PyNode {
         }
         if let Some(listen) = listen.filter(|o| !o.is_none()) {
             config.listen = text(&listen, "listen")?;
+        }
+        if let Some(advertise) = advertise.filter(|o| !o.is_none()) {
+            config.advertise = Some(text(&advertise, "advertise")?);
         }
         if let Some(seeds) = seeds.filter(|o| !o.is_none()) {
             let list = seeds.cast::<PyList>().map_err(|_| {
@@ -386,6 +392,7 @@ impl PyNode {
             ),
             ("max_key_size", max_key_size, &mut config.max_key_size),
             ("max_value_size", max_value_size, &mut config.max_value_size),
+            ("min_members", min_members, &mut config.min_members),
         ];
         for (what, n, field) in counts {
             if let Some(n) = count_arg(n.as_ref(), what)? {

@@ -74,6 +74,11 @@ def test_wrong_types_raise_typeerror(table: lbmkv.Table, call: Callable[[lbmkv.T
         {"seeds": "127.0.0.1:1"},
         {"seeds": [1]},
         {"listen": 80},
+        {"advertise": 80},
+        {"advertise": b"127.0.0.1:7000"},
+        {"min_members": "2"},
+        {"min_members": 1.5},
+        {"min_members": True},
         {"cookie": 5},
         {"failure_timeout": "2"},
         {"conflict_log_limit": 1.5},
@@ -97,6 +102,9 @@ def test_wrong_option_types_raise_typeerror(kwargs: Any) -> None:
         {"request_timeout": 0},
         {"failure_timeout": 0.1, "heartbeat_interval": 0.25},
         {"listen": "no port here"},
+        {"advertise": "no port here"},
+        {"advertise": ":7000"},
+        {"min_members": -1},
         {"max_key_size": -1},
         {"max_value_size": 0},
     ],
@@ -106,6 +114,19 @@ def test_invalid_options_raise_invalidargument(kwargs: Any) -> None:
         lbmkv.Node(**{"cookie": COOKIE, **kwargs})
     assert isinstance(info.value, ValueError)
     assert str(info.value)
+
+
+def test_min_members_with_an_unreachable_seed_raises_unavailable_naming_it() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        seed = f"127.0.0.1:{s.getsockname()[1]}"
+    # Nobody listens there any more: the seed is refused.
+    with pytest.raises(lbmkv.Unavailable) as info:
+        lbmkv.Node(cookie=COOKIE, seeds=[seed], min_members=2, request_timeout=1.0)
+    assert isinstance(info.value, ConnectionError)
+    assert info.value.code == "UNAVAILABLE"
+    assert "1 of 2 members" in str(info.value)
+    assert f"{seed}: " in str(info.value)
 
 
 def test_listen_on_a_busy_port_raises_ioerror() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import MutableMapping
 from typing import Optional
 
@@ -221,6 +222,20 @@ def test_two_nodes_in_one_process_replicate(make_node) -> None:  # type: ignore[
         a.connect(b.address)
     b.connect(a.address)
     wait_for(lambda: len(a.members()) == 2 and len(b.members()) == 2, what="the heal")
+
+
+def test_advertise_and_min_members(make_node) -> None:  # type: ignore[no-untyped-def]
+    # The advertised address is the one the node gives, whatever it listens on.
+    elsewhere = make_node(advertise="127.0.0.1:1")
+    assert elsewhere.address == "127.0.0.1:1"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    a = make_node(listen=addr, advertise=addr)
+    assert a.address == addr
+    # A node that needs two members starts once it joined the first.
+    b = make_node(seeds=[addr], min_members=2)
+    assert sorted(b.members()) == sorted([a.name, b.name])
 
 
 def test_version() -> None:

@@ -28,7 +28,15 @@ class Node:
 
     - ``name``: unique in the cluster (default ``<hostname>-<pid>``);
     - ``listen``: ``host:port`` (default ``127.0.0.1:0``, an OS-chosen port);
+    - ``advertise``: the ``host:port`` peers are told to reach this node at
+      (NAT, containers); default the listen address, and for a wildcard one
+      (``0.0.0.0:7000``) each peer uses the address it sees this node's
+      connection come from, with the listen port;
     - ``seeds``: ``host:port`` addresses to join;
+    - ``min_members``: ``int``; starting waits until this many members, this
+      node included, are in the view, and raises :class:`lbmkv.Unavailable`
+      (naming each seed and why it was not reached) when they are not there
+      within ``request_timeout``; 0 or 1 (the default 0): no wait;
     - ``cookie``: the cluster secret, ``str`` or bytes (default ``$LBMKV_COOKIE``,
       else ``~/.lbmkv.cookie``);
     - ``failure_timeout`` (2 s), ``request_timeout`` (5 s), ``heartbeat_interval``
@@ -37,7 +45,8 @@ class Node:
     - ``conflict_log_limit`` (1,000), ``max_key_size`` (64 KiB), ``max_value_size``
       (64 MiB): ``int``.
 
-    Starting waits (with the GIL released) for a first attempt to reach every seed.
+    Starting waits (with the GIL released) for a first attempt to reach every seed
+    and, with ``min_members``, for that many members.
     """
 
     __slots__ = ("_n", "__weakref__")
@@ -47,7 +56,9 @@ class Node:
         *,
         name: Optional[str] = None,
         listen: Optional[str] = None,
+        advertise: Optional[str] = None,
         seeds: Optional[Iterable[str]] = None,
+        min_members: Optional[int] = None,
         cookie: Optional[Union[str, bytes]] = None,
         failure_timeout: Optional[float] = None,
         request_timeout: Optional[float] = None,
@@ -69,7 +80,9 @@ class Node:
         self._n = _lbmkv.Node(
             name=name,
             listen=listen,
+            advertise=advertise,
             seeds=seed_list,
+            min_members=min_members,
             cookie=cookie,
             failure_timeout=failure_timeout,
             request_timeout=request_timeout,
