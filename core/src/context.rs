@@ -184,9 +184,19 @@ impl Context {
         self.replicas().iter().map(|r| r.info()).collect()
     }
 
+    /// Milliseconds since the Unix epoch on this node: the timestamps of
+    /// clock dots. The network's clock when it simulates one (with a skew per
+    /// node), else the system's.
+    pub fn wall_clock_ms(&self) -> u64 {
+        self.net
+            .wall_clock_ms(self.source_ip)
+            .unwrap_or_else(wall_clock_ms)
+    }
+
     /// Tombstones whose newest dot is older than this are past their retention.
     pub fn tombstone_cutoff_ms(&self) -> u64 {
-        wall_clock_ms().saturating_sub(self.config.tombstone_retention.as_millis() as u64)
+        self.wall_clock_ms()
+            .saturating_sub(self.config.tombstone_retention.as_millis() as u64)
     }
 
     /// A conflict settled without the handler's decision: the losing version

@@ -12,6 +12,8 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+mod faults;
+
 /// A byte stream to a peer.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
@@ -43,6 +45,11 @@ pub trait Net: Send + Sync + 'static {
     ) -> BoxFuture<'_, io::Result<BoxStream>>;
     /// Resolves `host:port` to all its addresses.
     fn resolve(&self, host_port: String) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>>;
+    /// The wall clock (ms since the Unix epoch) of the node at `ip`, when the
+    /// network simulates one; `None`: the system clock.
+    fn wall_clock_ms(&self, _ip: Option<IpAddr>) -> Option<u64> {
+        None
+    }
 }
 
 /// Resolves `host:port` to its first address.
@@ -131,6 +138,7 @@ struct MemState {
     cuts: HashSet<(IpAddr, IpAddr)>,
     /// Readers parked on a cut link, woken when links heal.
     parked: Vec<Waker>,
+    faults: faults::Faults,
 }
 
 impl MemState {
@@ -274,6 +282,7 @@ impl Net for MemNet {
                 // Like a SYN into a firewall: no answer at all.
                 std::future::pending::<()>().await;
             }
+            self.connect_delay(me, addr.ip()).await;
             let listener = self.lock().listeners.get(&addr).cloned();
             let Some(listener) = listener else {
                 return Err(io::Error::new(
@@ -295,10 +304,11 @@ impl Net for MemNet {
                 net: self.clone(),
             };
             let from = SocketAddr::new(me, 0);
+            let (ours, theirs) = self.shape(ours, theirs);
             listener
-                .send((Box::new(theirs) as BoxStream, from))
+                .send((theirs, from))
                 .map_err(|_| io::Error::new(io::ErrorKind::ConnectionRefused, "listener closed"))?;
-            Ok(Box::new(ours) as BoxStream)
+            Ok(ours)
         })
     }
 
@@ -309,5 +319,9 @@ impl Net for MemNet {
                 .map(|a| vec![a])
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
         })
+    }
+
+    fn wall_clock_ms(&self, ip: Option<IpAddr>) -> Option<u64> {
+        self.sim_clock_ms(ip)
     }
 }

@@ -452,7 +452,7 @@ impl Replication {
         let mut sequencer = Sequencer {
             store: &mut store,
             actor: &self.ctx.actor,
-            now_ms: wall_clock_ms(),
+            now_ms: self.ctx.wall_clock_ms(),
             max_key: self.ctx.config.max_key_size,
             max_value: self.ctx.config.max_value_size,
             changes: Vec::new(),

@@ -1,0 +1,150 @@
+//! Deterministic simulation of whole clusters (see `tests/sim/`): 3 to 7 nodes
+//! in one thread, paused time, a seeded in-memory network, a nemesis, clients
+//! and a history checker.
+//!
+//! - `cargo test -p lbmkv --test simulation` runs the fixed seed set;
+//! - `LBMKV_SIM_SEED=<seed> cargo test -p lbmkv --test simulation -- --nocapture`
+//!   replays one seed and prints its history summary;
+//! - `LBMKV_SIM_SOAK=<n> cargo test -p lbmkv --test simulation soak -- --ignored --nocapture`
+//!   runs `n` fresh seeds (`make soak SEEDS=n`).
+
+mod sim;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use sim::Outcome;
+
+/// The fixed seed set of `make test`.
+const FIXED_SEEDS: u64 = 200;
+
+fn replay_line(seed: u64) -> String {
+    format!("LBMKV_SIM_SEED={seed} cargo test -p lbmkv --test simulation -- --nocapture")
+}
+
+fn summary(o: &Outcome) -> String {
+    format!(
+        "seed {:>20} {:>6} {} nodes {:>2} faults {:>4} ops {:>4} acked incr {:>3} split dups, converged {:>5} ms after, {:>6} ms simulated in {:>5} ms; fingerprint {:016x}; {} violations",
+        o.seed,
+        if o.strict { "strict" } else { "split" },
+        o.nodes,
+        o.faults,
+        o.ops,
+        o.acked_increments,
+        o.duplicates_in_split,
+        o.converged_after_ms.map_or("never".into(), |c| c.to_string()),
+        o.sim_ms,
+        o.wall.as_millis(),
+        o.fingerprint,
+        o.violations.len()
+    )
+}
+
+/// Runs `seeds` on two threads; returns the outcomes in seed order.
+fn run_all(seeds: Vec<u64>) -> Vec<Outcome> {
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::new());
+    let threads = std::env::var("LBMKV_SIM_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2usize);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&seed) = seeds.get(i) else { return };
+                let o = sim::run_seed(seed, &|_| {});
+                if !o.violations.is_empty() {
+                    eprintln!("{}\n{}replay: {}\n", summary(&o), o.report, replay_line(seed));
+                }
+                results.lock().unwrap().push((i, o));
+            });
+        }
+    });
+    let mut r = results.into_inner().unwrap();
+    r.sort_by_key(|(i, _)| *i);
+    r.into_iter().map(|(_, o)| o).collect()
+}
+
+fn totals(outcomes: &[Outcome], took: std::time::Duration) -> String {
+    let faults: usize = outcomes.iter().map(|o| o.faults).sum();
+    let ops: usize = outcomes.iter().map(|o| o.ops).sum();
+    let bad: Vec<u64> = outcomes
+        .iter()
+        .filter(|o| !o.violations.is_empty())
+        .map(|o| o.seed)
+        .collect();
+    let violations: usize = outcomes.iter().map(|o| o.violations.len()).sum();
+    format!(
+        "simulation: {} seeds, {faults} faults, {ops} operations, {violations} violations{} in {:.1} s ({:.0} seeds/min)",
+        outcomes.len(),
+        if bad.is_empty() {
+            String::new()
+        } else {
+            format!(" (seeds {bad:?})")
+        },
+        took.as_secs_f64(),
+        outcomes.len() as f64 / took.as_secs_f64() * 60.0
+    )
+}
+
+#[test]
+fn fixed_seeds() {
+    if let Some(seed) = std::env::var("LBMKV_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        if let Ok(filter) = std::env::var("LBMKV_SIM_LOG") {
+            // Engine logs, stamped with the simulated time.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_timer(sim::SimTimer)
+                .try_init();
+        }
+        let o = sim::run_seed(seed, &|_| {});
+        println!("{}", summary(&o));
+        print!("{}", o.report);
+        if std::env::var("LBMKV_SIM_VERBOSE").is_ok() {
+            print!("{}", o.timeline);
+        }
+        assert!(o.violations.is_empty(), "replay: {}", replay_line(seed));
+        return;
+    }
+    let began = Instant::now();
+    let count = std::env::var("LBMKV_SIM_COUNT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(FIXED_SEEDS);
+    let outcomes = run_all((1..=count).collect());
+    let line = totals(&outcomes, began.elapsed());
+    println!("{line}");
+    assert!(
+        outcomes.iter().all(|o| o.violations.is_empty()),
+        "{line}"
+    );
+}
+
+/// `make soak SEEDS=n`: fresh seeds, one summary line.
+#[test]
+#[ignore]
+fn soak() {
+    let n: u64 = std::env::var("LBMKV_SIM_SOAK")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let base = std::env::var("LBMKV_SIM_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    let seeds: Vec<u64> = (0..n).map(|i| sim::mix(base.wrapping_add(i))).collect();
+    let began = Instant::now();
+    let outcomes = run_all(seeds);
+    println!("{}", totals(&outcomes, began.elapsed()));
+    assert!(outcomes.iter().all(|o| o.violations.is_empty()));
+}
