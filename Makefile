@@ -6,7 +6,7 @@ CARGO ?= cargo
 PREFIX ?= /usr/local
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build demo test bench install lint test-rust
+.PHONY: all build demo test bench install lint test-rust soak fuzz
 all: build
 
 build:
@@ -21,12 +21,25 @@ lint:
 
 test-rust:
 	$(CARGO) test -p lbmkv -p lbmkv-cli
+	$(CARGO) test --release -q -p lbmkv --test simulation
 	$(CARGO) run -q -p lbmkv --example sequencer
 	$(CARGO) run -q --release -p lbmkv-cli -- demo > /dev/null
 	./target/release/lbmkv bench --json --entries 2000 --ops 200 --gets 10000 2>/dev/null \
 	  | python3 -c "import json, sys; ids = {r['id'] for r in json.load(sys.stdin)['results']}; \
 	    missing = {'local_get', 'write', 'hot_key', 'memory', 'join', 'heal'} - ids; \
 	    sys.exit('lbmkv bench --json lacks ' + str(missing) if missing else 0)"
+
+# `make soak SEEDS=N`: N fresh seeds of the cluster simulation, one summary line
+# (a failing seed prints its replay command and the history that shows it).
+SEEDS ?= 500
+soak:
+	LBMKV_SIM_SOAK=$(SEEDS) $(CARGO) test --release -q -p lbmkv --test simulation soak -- --ignored --nocapture
+
+# `make fuzz SECONDS=N`: each wire fuzz test (frame decoding, handshake,
+# messages from an authenticated peer) runs N seconds.
+SECONDS ?= 60
+fuzz:
+	LBMKV_FUZZ_SECONDS=$(SECONDS) $(CARGO) test --release -q -p lbmkv --test wire_fuzz -- --nocapture
 
 # Each surface adds its own targets (test-c, test-python, test-node, test-cli, ...).
 include mk/*.mk

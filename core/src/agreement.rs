@@ -29,7 +29,7 @@
 //! under one lock: a node that turns to a new sequencer has no write of the old
 //! one half-done that the new one's merge could miss.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -72,12 +72,13 @@ pub(crate) struct State {
     ready: bool,
     follows: Option<ActorId>,
     applied_from: Option<ActorId>,
-    peers: HashMap<ActorId, Peer>,
+    /// Ordered, so that messages to every peer go out in the same order in every run.
+    peers: BTreeMap<ActorId, Peer>,
     next_probe: u64,
     /// Probes sent within the last lease, with when they were sent.
     probes: VecDeque<(u64, Instant)>,
     /// Nodes a peer sees and this node does not, since when.
-    unreachable: HashMap<ActorId, Instant>,
+    unreachable: BTreeMap<ActorId, Instant>,
 }
 
 /// A merge this node must finish with a peer before it may sequence.
@@ -101,10 +102,10 @@ impl Agreement {
                 ready: false,
                 follows: None,
                 applied_from: None,
-                peers: HashMap::new(),
+                peers: BTreeMap::new(),
                 next_probe: 0,
                 probes: VecDeque::new(),
-                unreachable: HashMap::new(),
+                unreachable: BTreeMap::new(),
             }),
             ready: watch::channel(false).0,
         }

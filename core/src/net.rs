@@ -280,7 +280,7 @@ impl Net for MemNet {
             let me = local_ip.unwrap_or(addr.ip());
             if self.lock().is_cut(me, addr.ip()) {
                 // Like a SYN into a firewall: no answer at all.
-                std::future::pending::<()>().await;
+                self.syn_into_cut(me, addr.ip()).await;
             }
             self.connect_delay(me, addr.ip()).await;
             let listener = self.lock().listeners.get(&addr).cloned();

@@ -153,6 +153,8 @@ impl Replication {
                 }
             }
         }
+        // In id order, so that waiters are woken in the same order on every run.
+        finished.sort_unstable();
         finished.iter().filter_map(|id| acks.remove(id)).collect()
     }
 
@@ -170,11 +172,12 @@ impl Replication {
         self.fail_requests_to(actor);
         let lost: Vec<PendingAck> = {
             let mut acks = lock(&self.acks);
-            let ids: Vec<u64> = acks
+            let mut ids: Vec<u64> = acks
                 .iter()
                 .filter(|(_, p)| p.waiting.contains(actor))
                 .map(|(id, _)| *id)
                 .collect();
+            ids.sort_unstable();
             ids.iter().filter_map(|id| acks.remove(id)).collect()
         };
         let why = format!(
@@ -186,11 +189,12 @@ impl Replication {
 
     fn fail_requests_to(&self, actor: &ActorId) {
         let mut reqs = lock(&self.requests);
-        let ids: Vec<u64> = reqs
+        let mut ids: Vec<u64> = reqs
             .iter()
             .filter(|(_, (a, _))| a == actor)
             .map(|(id, _)| *id)
             .collect();
+        ids.sort_unstable();
         for id in ids {
             if let Some((_, tx)) = reqs.remove(&id) {
                 let _ = tx.send(Err(WriteRefusal::Failed(

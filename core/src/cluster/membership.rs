@@ -105,9 +105,11 @@ impl Membership {
         v
     }
 
-    /// The live peers.
+    /// The live peers, sorted by actor (one order on every run).
     pub fn peers(&self) -> Vec<Arc<PeerConn>> {
-        self.lock().peers.values().cloned().collect()
+        let mut peers: Vec<Arc<PeerConn>> = self.lock().peers.values().cloned().collect();
+        peers.sort_by(|a, b| a.actor.cmp(&b.actor));
+        peers
     }
 
     /// The connection to `actor`, if live.

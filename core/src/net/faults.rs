@@ -2,7 +2,8 @@
 //! simulation: per-link delay with jitter, loss (a lost segment costs a
 //! retransmission timeout, as on TCP, and holds up what follows it), stalls
 //! (nothing is delivered until the stall ends, nothing is lost), connection
-//! resets, and a simulated wall clock with a per-node skew.
+//! resets, SYN retransmission into cut links, and a simulated wall clock with
+//! a per-node skew.
 //!
 //! All of it is off on a [`MemNet::new`] network, which behaves as before. A
 //! [`MemNet::seeded`] network sends every byte through a delivery queue per
@@ -145,9 +146,26 @@ impl MemNet {
     pub(super) fn sim_clock_ms(&self, ip: Option<IpAddr>) -> Option<u64> {
         let st = self.lock();
         let c = st.faults.clock.as_ref()?;
-        let elapsed = Instant::now().saturating_duration_since(c.start).as_millis() as i64;
+        let elapsed = Instant::now()
+            .saturating_duration_since(c.start)
+            .as_millis() as i64;
         let skew = ip.and_then(|ip| c.skew_ms.get(&ip)).copied().unwrap_or(0);
         Some((c.base_ms as i64 + elapsed + skew).max(0) as u64)
+    }
+
+    /// A connection attempt into a cut link: no answer at all. On a seeded
+    /// network the SYN is sent again as TCP does (after 1 s, then 2 s, 4 s...),
+    /// so the attempt goes through at the first retransmission after the link
+    /// heals; otherwise it hangs for good.
+    pub(super) async fn syn_into_cut(&self, a: IpAddr, b: IpAddr) {
+        if !self.lock().faults.shaped {
+            std::future::pending::<()>().await;
+        }
+        let mut wait = Duration::from_secs(1);
+        while self.lock().is_cut(a, b) {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
     }
 
     /// Waits as long as opening a connection from `a` to `b` takes: a round

@@ -178,11 +178,7 @@ async fn run_op(t: &Table, op: &Op) -> Res {
         Op::Incr(k) => {
             match t
                 .update(k, |_, v| {
-                    Some(
-                        (parse_counter(v).unwrap_or(0) + 1)
-                            .to_string()
-                            .into_bytes(),
-                    )
+                    Some((parse_counter(v).unwrap_or(0) + 1).to_string().into_bytes())
                 })
                 .await
             {
@@ -251,7 +247,7 @@ async fn client_loop(sim: Arc<Sim>, slot: usize, client: usize) {
             });
         }
         drop(table);
-        let think = rng.random_range(0..60);
+        let think = rng.random_range(0..40);
         tokio::time::sleep(Duration::from_millis(think)).await;
     }
 }

@@ -56,6 +56,10 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTimer {
             e.set(Some(epoch));
             epoch
         });
-        write!(w, "{:>9.3}", now.duration_since(epoch).as_secs_f64() * 1000.0)
+        write!(
+            w,
+            "{:>9.3}",
+            now.duration_since(epoch).as_secs_f64() * 1000.0
+        )
     }
 }

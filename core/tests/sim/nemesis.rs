@@ -152,6 +152,12 @@ async fn network_lane(sim: Arc<Sim>, until: Instant) {
         let Some(kind) = pick(&mut rng, &sim, &weights) else {
             return;
         };
+        if sim.params.strict && matches!(kind, Kind::Bridge | Kind::Stall | Kind::Pause) {
+            // Connections lag behind healed links (a dial into a cut link
+            // hangs until it times out): start from whole views, so that the
+            // links that go down now are the only ones missing.
+            wait_for(&sim, Duration::from_secs(5), |s| s.views_whole()).await;
+        }
         let nodes = active(&sim);
         if nodes.len() < 2 {
             continue;
@@ -278,7 +284,14 @@ async fn network_lane(sim: Arc<Sim>, until: Instant) {
             Kind::Reset => {
                 let a = nodes[rng.random_range(0..nodes.len())];
                 let b = nodes[rng.random_range(0..nodes.len())];
+                // On strict seeds a reset link is down until it is redialed:
+                // its ends must keep a common neighbour (the hub meanwhile).
+                let hub = nodes.iter().copied().find(|&c| c != a && c != b);
+                if sim.params.strict && (hub.is_none() || !sim.views_whole()) {
+                    continue;
+                }
                 if a != b {
+                    sim.lanes.lock().unwrap().hub = hub.filter(|_| sim.params.strict);
                     sim.fault(format!(
                         "reset connections {}-{}",
                         name(&sim, a),
@@ -286,6 +299,7 @@ async fn network_lane(sim: Arc<Sim>, until: Instant) {
                     ));
                     sim.net.reset(ip_of(a), ip_of(b));
                     tokio::time::sleep(ms(ft)).await;
+                    sim.lanes.lock().unwrap().hub = None;
                 }
             }
             Kind::Halves | Kind::Isolate => {
@@ -398,6 +412,11 @@ async fn node_lane(sim: Arc<Sim>, until: Instant) {
                 };
                 let max_down = (sim.params.nodes - 1) / 2;
                 if holders == 0 || Some(target) == hub || down + 1 > max_down.max(1) {
+                    continue;
+                }
+                // On strict seeds the others must still see each other or a
+                // common neighbour, by the connections they have now.
+                if sim.params.strict && !sim.close_knit_without(Some(target)) {
                     continue;
                 }
                 let downtime = if rng.random_bool(0.3) {
