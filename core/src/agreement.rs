@@ -1,14 +1,12 @@
 //! Sequencer agreement: which member of a view orders its writes, and when it
 //! may.
 //!
-//! Every node *follows* one sequencer, chosen among the members of its view
-//! that are *ready*: a node is ready once it holds the cluster's state (it
-//! started alone, or it finished its first merge with every member it
-//! joined). The sequencer that the ready members follow stays while it is in
-//! the view: a node that joins or comes back follows it, whatever its name.
-//! When groups with different sequencers meet, the smallest of those
-//! sequencers orders for all; when the sequencer leaves, the smallest ready
-//! member takes over. A node that is joining never takes over the ordering.
+//! Every node *follows* one sequencer: the smallest actor id among the members
+//! of its view that are *ready*. A node is ready once it holds the cluster's
+//! state: it started alone, or it finished its first merge with every member
+//! it joined. A node that is joining therefore never takes over the ordering
+//! before it has the data; it follows whoever orders meanwhile. A node that
+//! stands out of a partial partition does not count as ready meanwhile.
 //!
 //! A node orders writes only while it is *active*:
 //! - it follows itself;
@@ -79,6 +77,10 @@ pub(crate) struct State {
     probes: VecDeque<(u64, Instant)>,
     /// Nodes a peer sees and this node does not, since when.
     unreachable: BTreeMap<ActorId, Instant>,
+    /// Set while this node stays out of a partial partition: the nodes it
+    /// could not reach, and until when. Meanwhile it does not sequence, so
+    /// what it left and what it kept never order writes side by side.
+    stepped_out: Option<(Vec<ActorId>, Instant)>,
 }
 
 /// A merge this node must finish with a peer before it may sequence.
@@ -106,6 +108,7 @@ impl Agreement {
                 next_probe: 0,
                 probes: VecDeque::new(),
                 unreachable: BTreeMap::new(),
+                stepped_out: None,
             }),
             ready: watch::channel(false).0,
         }
@@ -146,6 +149,15 @@ impl Agreement {
     pub fn peer_up(&self, conn: Arc<PeerConn>) {
         let mut st = self.lock();
         let actor = conn.actor.clone();
+        // Reaching a node it could not reach ends a step-out.
+        if st
+            .stepped_out
+            .as_ref()
+            .is_some_and(|(causes, _)| causes.iter().any(|c| c.name == actor.name))
+        {
+            st.stepped_out = None;
+            st.reconsider();
+        }
         match st.peers.get_mut(&actor) {
             Some(p) => p.conn = conn.clone(),
             None => {
@@ -277,6 +289,15 @@ impl Agreement {
     /// Asks every peer to confirm that it follows this node, if it does.
     fn probe_round(&self) {
         let mut st = self.lock();
+        if st
+            .stepped_out
+            .as_ref()
+            .is_some_and(|(_, until)| *until <= Instant::now())
+        {
+            st.stepped_out = None;
+            st.reconsider();
+            st.tell_everyone();
+        }
         if st.follows.as_ref() != Some(&st.me) || st.peers.is_empty() {
             return;
         }
@@ -295,7 +316,11 @@ impl Agreement {
     /// What remains are views that agree (each side of the missing link keeps
     /// the members that do not need it), and the step-out ends once the
     /// larger reaches the smaller again.
-    fn partial_partition(&self, patience: Duration) -> Vec<(ActorId, ActorId)> {
+    fn partial_partition(
+        &self,
+        patience: Duration,
+        step_out_for: Duration,
+    ) -> Vec<(ActorId, ActorId)> {
         let mut st = self.lock();
         let now = Instant::now();
         let seen: Vec<ActorId> = st
@@ -316,12 +341,18 @@ impl Agreement {
             .map(|(a, _)| a.clone())
             .collect();
         let mut victims = Vec::new();
-        for x in smaller_unreachable {
+        for x in &smaller_unreachable {
             for (actor, p) in &st.peers {
-                if p.view.contains(&x) && !victims.iter().any(|(v, _)| v == actor) {
+                if p.view.contains(x) && !victims.iter().any(|(v, _)| v == actor) {
                     victims.push((actor.clone(), x.clone()));
                 }
             }
+        }
+        if !victims.is_empty() {
+            let until = now + step_out_for;
+            st.stepped_out = Some((smaller_unreachable, until));
+            st.reconsider();
+            st.tell_everyone();
         }
         victims
     }
@@ -376,35 +407,17 @@ impl State {
         id
     }
 
-    /// Recomputes the sequencer to follow; tells every peer when it changed.
-    ///
-    /// The rule, the same on every node: among the sequencers that this node
-    /// and its ready peers follow, and that are ready members of this view,
-    /// the smallest; when there is none, the smallest ready member. So a
-    /// sequencer stays while it is there (a node that joins or comes back,
-    /// whatever its name, follows it), and when two groups that each had one
-    /// meet, the smaller of the two orders for all.
+    /// Recomputes the sequencer to follow (the smallest ready member); tells
+    /// every peer when it changed.
     fn reconsider(&mut self) {
-        let eligible = |a: &ActorId| {
-            (*a == self.me && self.ready) || self.peers.get(a).is_some_and(|p| p.ready)
-        };
-        let followed = self
+        let mine = self.may_sequence().then(|| self.me.clone());
+        let best = self
             .peers
-            .values()
-            .filter(|p| p.ready)
-            .filter_map(|p| p.follows.clone())
-            .chain(self.follows.clone())
-            .filter(|a| eligible(a))
+            .iter()
+            .filter(|(_, p)| p.ready)
+            .map(|(a, _)| a.clone())
+            .chain(mine)
             .min();
-        let best = followed.or_else(|| {
-            let mine = self.ready.then(|| self.me.clone());
-            self.peers
-                .iter()
-                .filter(|(_, p)| p.ready)
-                .map(|(a, _)| a.clone())
-                .chain(mine)
-                .min()
-        });
         if best != self.follows {
             tracing::debug!(node = %self.me, from = ?self.follows, to = ?best, "follows another sequencer");
             self.follows = best;
@@ -412,9 +425,15 @@ impl State {
         }
     }
 
+    /// Whether this node may sequence: it holds the cluster's state and is not
+    /// standing out of a partial partition.
+    fn may_sequence(&self) -> bool {
+        self.ready && self.stepped_out.is_none()
+    }
+
     fn status_for(&self, probe_seen: u64) -> Message {
         Message::Status(Status {
-            ready: self.ready,
+            ready: self.may_sequence(),
             follows: self.follows.clone(),
             applied_from: self.applied_from.clone(),
             echo: probe_seen,
@@ -456,7 +475,10 @@ pub(crate) fn start(ctx: &Context, agreement: &Arc<Agreement>, members: &Arc<Mem
                 return;
             };
             agreement.probe_round();
-            let victims = agreement.partial_partition(failure_timeout * PARTIAL_PARTITION_PATIENCE);
+            let victims = agreement.partial_partition(
+                failure_timeout * PARTIAL_PARTITION_PATIENCE,
+                failure_timeout * STEP_OUT_FOR,
+            );
             if !victims.is_empty() {
                 members.step_out(victims, failure_timeout * STEP_OUT_FOR);
             }

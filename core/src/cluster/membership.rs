@@ -280,7 +280,7 @@ impl Membership {
     /// failure timeout when it hangs (packets dropped), so that a healed link
     /// is found again soon after.
     async fn dial_with_limit(self: &Arc<Self>, addr: &str, target: SocketAddr) -> bool {
-        let limit = self.ctx.config.failure_timeout;
+        let limit = self.ctx.config.request_timeout;
         let failure = match tokio::time::timeout(limit, self.dial(target, false)).await {
             Ok(Ok(())) => None,
             // A wrong cookie or protocol version is worth a warning on this
@@ -456,9 +456,13 @@ impl Membership {
     }
 
     async fn dial(self: &Arc<Self>, addr: SocketAddr, unban: bool) -> Result<()> {
-        self.lock().in_flight.insert(addr);
-        let result = handshake::dial(&self.ctx, addr).await;
-        self.lock().in_flight.remove(&addr);
+        let result = {
+            // Dials are given up by timeouts: whatever ends this one, the
+            // address stops counting as dialed (else peers dialing this node
+            // from it would be turned away for good).
+            let _dialing = InFlight::new(self, addr);
+            handshake::dial(&self.ctx, addr).await
+        };
         let peer = result?;
         {
             let mut st = self.lock();
@@ -611,6 +615,25 @@ impl ConnectionEvents for Membership {
 
     fn on_lost(&self, peer: &PeerConn, reason: &str) {
         self.drop_peer(&peer.actor, Some(peer.conn_id), reason);
+    }
+}
+
+/// Marks an address as being dialed for as long as it lives.
+struct InFlight<'a> {
+    members: &'a Membership,
+    addr: SocketAddr,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(members: &'a Membership, addr: SocketAddr) -> Self {
+        members.lock().in_flight.insert(addr);
+        InFlight { members, addr }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.members.lock().in_flight.remove(&self.addr);
     }
 }
 

@@ -392,8 +392,11 @@ impl Sim {
             n.sort();
             n
         };
-        up.iter()
-            .all(|s| s.node.as_ref().is_some_and(|n| n.members() == names))
+        up.iter().all(|s| {
+            s.node
+                .as_ref()
+                .is_some_and(|n| n.members().unwrap_or_default() == names)
+        })
     }
 
     /// Whether the connections between the ready nodes, `without` the node at
@@ -404,7 +407,17 @@ impl Sim {
         let ready: Vec<(usize, Vec<String>)> = (0..rec.slots.len())
             .filter(|&i| Some(i) != without && rec.slots[i].is_ready())
             .filter(|&i| !rec.slots[i].freeze.is_frozen())
-            .map(|i| (i, rec.slots[i].node.as_ref().unwrap().members()))
+            .map(|i| {
+                (
+                    i,
+                    rec.slots[i]
+                        .node
+                        .as_ref()
+                        .unwrap()
+                        .members()
+                        .unwrap_or_default(),
+                )
+            })
             .collect();
         let sees = |a: usize, b: usize| {
             let (ia, ma) = &ready[a];
@@ -517,7 +530,7 @@ pub async fn simulate(params: Params) -> Outcome {
                 (Some(n), Some(t)) => format!(
                     "{} sees {:?}, digest {}",
                     s.name,
-                    n.members(),
+                    n.members().unwrap_or_default(),
                     t.stats().map(|s| s.digest).unwrap_or_default()
                 ),
                 (Some(_), None) => format!("{} is starting", s.name),
