@@ -313,7 +313,13 @@ fn a_partial_partition_settles_into_views_that_agree_and_heals_whole() {
         net.cut(common::ip(1), common::ip(3));
         let failure_timeout = config("x").failure_timeout;
         tokio::time::sleep(failure_timeout).await;
-        wait_until(failure_timeout * 5, || views_agree(&nodes)).await;
+        // Settled: views agree, and q3 stands out (it follows no sequencer;
+        // a q3 merely dropped for silence would follow itself until it
+        // reconnects and meets the rule).
+        wait_until(failure_timeout * 12, || {
+            views_agree(&nodes) && nodes[2].info().unwrap().sequencer.is_none()
+        })
+        .await;
         let settled = cut_at.elapsed();
         let views: Vec<Vec<String>> = nodes.iter().map(|n| n.members().unwrap()).collect();
         // The larger of the two that cannot meet (q3) leaves the peers that see q1.
