@@ -289,11 +289,14 @@ impl Agreement {
     /// Asks every peer to confirm that it follows this node, if it does.
     fn probe_round(&self) {
         let mut st = self.lock();
-        if st
+        // A step-out ends when its time is up, but only once this node is back
+        // among peers with no one out of its reach: alone it would order writes
+        // apart from the others.
+        let over = st
             .stepped_out
             .as_ref()
-            .is_some_and(|(_, until)| *until <= Instant::now())
-        {
+            .is_some_and(|(_, until)| *until <= Instant::now());
+        if over && !st.peers.is_empty() && st.unreachable.is_empty() {
             st.stepped_out = None;
             st.reconsider();
             st.tell_everyone();
