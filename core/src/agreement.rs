@@ -248,7 +248,9 @@ impl Agreement {
                 }
             }
         }
-        st.reconsider();
+        if st.reconsider() {
+            st.tell_everyone();
+        }
         catch_up
     }
 
@@ -410,9 +412,9 @@ impl State {
         id
     }
 
-    /// Recomputes the sequencer to follow (the smallest ready member); tells
-    /// every peer when it changed.
-    fn reconsider(&mut self) {
+    /// Recomputes the sequencer to follow (the smallest ready member); returns
+    /// whether it changed (the caller tells the peers).
+    fn reconsider(&mut self) -> bool {
         let mine = self.may_sequence().then(|| self.me.clone());
         let best = self
             .peers
@@ -421,11 +423,12 @@ impl State {
             .map(|(a, _)| a.clone())
             .chain(mine)
             .min();
-        if best != self.follows {
-            tracing::debug!(node = %self.me, from = ?self.follows, to = ?best, "follows another sequencer");
-            self.follows = best;
-            self.tell_everyone();
+        if best == self.follows {
+            return false;
         }
+        tracing::debug!(node = %self.me, from = ?self.follows, to = ?best, "follows another sequencer");
+        self.follows = best;
+        true
     }
 
     /// Whether this node may sequence: it holds the cluster's state and is not
