@@ -211,8 +211,8 @@ impl Context {
     }
 }
 
-/// Milliseconds since the Unix epoch: the timestamps of clock dots.
-pub(crate) fn wall_clock_ms() -> u64 {
+/// Milliseconds since the Unix epoch by the system clock.
+fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

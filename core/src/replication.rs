@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::agreement::Agreement;
 use crate::cluster::{Membership, PeerConn};
-use crate::context::{wall_clock_ms, Context, SETTLE_PAUSE};
+use crate::context::{Context, SETTLE_PAUSE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, ResolutionKind};
 use crate::locks::lock;
@@ -360,12 +360,12 @@ impl Replication {
             tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, "refusing a batch from a sequencer this node does not follow");
             return peer.send(&Message::ApplyRefused { id });
         }
-        let cutoff = self.ctx.tombstone_cutoff_ms();
+        let (now, cutoff) = (self.ctx.wall_clock_ms(), self.ctx.tombstone_cutoff_ms());
         let applied = self.ensure_table(table).and_then(|replica| {
             let mut store = replica.write()?;
             let conflicts: Vec<ConflictRecord> = entries
                 .into_iter()
-                .filter_map(|e| apply_replicated(&mut store, e, &peer.actor.name, cutoff))
+                .filter_map(|e| apply_replicated(&mut store, e, &peer.actor.name, now, cutoff))
                 .collect();
             Ok((replica.clone(), conflicts))
         });
@@ -559,6 +559,7 @@ fn apply_replicated(
     store: &mut TableStore,
     e: WireEntry,
     sender: &str,
+    now_ms: u64,
     cutoff_ms: u64,
 ) -> Option<ConflictRecord> {
     match store.clock(&e.key) {
@@ -589,7 +590,7 @@ fn apply_replicated(
                     kept,
                     lost,
                     peer: sender.to_string(),
-                    at_ms: wall_clock_ms(),
+                    at_ms: now_ms,
                 }
             })
         }

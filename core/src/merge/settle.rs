@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Merge, Tally};
 use crate::cluster::PeerConn;
-use crate::context::{wall_clock_ms, Context};
+use crate::context::Context;
 use crate::events::{Event, ResolutionKind};
 use crate::replica::{ConflictRecord, Replica};
 use crate::replication::Replication;
@@ -26,8 +26,8 @@ struct Found {
 }
 
 impl Found {
-    /// The conflict log's record of the fallback's choice.
-    fn record(self) -> ConflictRecord {
+    /// The conflict log's record of the fallback's choice, made at `at_ms`.
+    fn record(self, at_ms: u64) -> ConflictRecord {
         let lost = if self.kept == self.local {
             self.remote
         } else {
@@ -38,7 +38,7 @@ impl Found {
             kept: self.kept,
             lost,
             peer: self.peer,
-            at_ms: wall_clock_ms(),
+            at_ms,
         }
     }
 }
@@ -83,8 +83,11 @@ impl Merge {
                     async move { resolve_with_handler(&ctx, &replication, &table, f).await },
                 );
             } else {
-                self.ctx
-                    .report_conflict(table, f.record(), ResolutionKind::Fallback);
+                self.ctx.report_conflict(
+                    table,
+                    f.record(self.ctx.wall_clock_ms()),
+                    ResolutionKind::Fallback,
+                );
             }
         }
     }
@@ -180,7 +183,7 @@ async fn resolve_with_handler(
                 resolution: how,
             });
         }
-        Ok(WriteOutcome::Swapped) => ctx.report_conflict(table, f.record(), how),
+        Ok(WriteOutcome::Swapped) => ctx.report_conflict(table, f.record(ctx.wall_clock_ms()), how),
         Ok(_) => {
             tracing::info!(table = %table.name, "a newer write superseded a conflict resolution")
         }
@@ -188,7 +191,8 @@ async fn resolve_with_handler(
             // The fallback this node stored stays, and anti-entropy carries it
             // to the others (its merged clock descends their versions).
             tracing::warn!(table = %table.name, "cannot write a conflict resolution: {e}");
-            ctx.report_conflict(table, f.record(), ResolutionKind::HandlerFailed);
+            let record = f.record(ctx.wall_clock_ms());
+            ctx.report_conflict(table, record, ResolutionKind::HandlerFailed);
         }
     }
 }
