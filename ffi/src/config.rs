@@ -62,7 +62,7 @@ pub extern "C" fn lbmkv_config_set_listen(
     ffi_status!(err_out, {
         let config = handle::try_mut(config, "config")?;
         let addr = handle::c_str(addr, "listen address")?;
-        check_addr(addr, "listen address")?;
+        lbmkv::validate_address("listen address", addr)?;
         config.listen = addr.to_string();
         Ok(())
     })
@@ -81,7 +81,7 @@ pub extern "C" fn lbmkv_config_set_advertise(
     ffi_status!(err_out, {
         let config = handle::try_mut(config, "config")?;
         let addr = handle::c_str(addr, "advertised address")?;
-        check_addr(addr, "advertised address")?;
+        lbmkv::validate_address("advertised address", addr)?;
         config.advertise = Some(addr.to_string());
         Ok(())
     })
@@ -98,7 +98,7 @@ pub extern "C" fn lbmkv_config_add_seed(
     ffi_status!(err_out, {
         let config = handle::try_mut(config, "config")?;
         let addr = handle::c_str(addr, "seed address")?;
-        check_addr(addr, "seed address")?;
+        lbmkv::validate_address("seed address", addr)?;
         config.seeds.push(addr.to_string());
         Ok(())
     })
@@ -135,10 +135,6 @@ pub extern "C" fn lbmkv_config_set_min_members(
         config.min_members = n;
         Ok(())
     })
-}
-
-fn check_addr(addr: &str, what: &str) -> Result<(), Failure> {
-    Ok(lbmkv::validate_address(what, addr)?)
 }
 
 fn set_ms(
