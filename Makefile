@@ -22,8 +22,8 @@ lint:
 test-rust:
 	$(CARGO) test -p lbmkv -p lbmkv-cli
 	$(CARGO) test --release -q -p lbmkv --test simulation
-	$(CARGO) run -q -p lbmkv --example sequencer
-	$(CARGO) run -q --release -p lbmkv-cli -- demo > /dev/null
+	timeout 600 $(CARGO) run -q -p lbmkv --example sequencer
+	timeout 600 $(CARGO) run -q --release -p lbmkv-cli -- demo > /dev/null
 	./target/release/lbmkv bench --json --entries 2000 --ops 200 --gets 10000 2>/dev/null \
 	  | python3 -c "import json, sys; ids = {r['id'] for r in json.load(sys.stdin)['results']}; \
 	    missing = {'local_get', 'write', 'hot_key', 'memory', 'join', 'heal'} - ids; \

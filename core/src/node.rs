@@ -82,7 +82,9 @@ impl NodeInner {
         let limit = self.ctx.config.request_timeout * 12;
         self.ctx.spawn(async move {
             let (actor, conn_id) = (job.conn.actor.clone(), job.conn.conn_id);
-            while agreement.catch_up_wanted(&actor, conn_id, job.turn) {
+            // A round on a closed connection fails at once without waiting:
+            // retrying it would spin and never yield to the node's close.
+            while !job.conn.is_closed() && agreement.catch_up_wanted(&actor, conn_id, job.turn) {
                 if merge.merge_round(&job.conn, limit).await {
                     agreement.caught_up(&actor, conn_id, job.turn);
                     return;

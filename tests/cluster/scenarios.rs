@@ -457,3 +457,37 @@ fn min_members_that_do_not_come_make_the_node_say_why_and_exit_1() {
         "first line: {first:?}"
     );
 }
+
+/// `lbmkv demo` ends with its nodes closed and the process exiting, every time:
+/// a task that outlives `close` keeps the runtime from shutting down.
+#[test]
+fn the_demo_finishes_and_its_process_exits_every_time() {
+    for run in 1..=20 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lbmkv"))
+            .arg("demo")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("lbmkv demo runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match child.try_wait().expect("the demo's status") {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => break None,
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "run {run}: the demo {}",
+            match status {
+                Some(s) => format!("failed with {s}"),
+                None => "did not exit within 30 s".to_string(),
+            }
+        );
+    }
+}
