@@ -371,12 +371,39 @@ impl State {
                 p.follows.as_ref() == Some(&self.me)
                     && p.caught_up
                     && p.confirmed_until.is_some_and(|t| t > now)
+                    && self.reaches_all_of(&p.view)
             })
+    }
+
+    /// Whether this node sees every member of a peer's view. A member it
+    /// does not see may order writes of its own, or hold writes this node
+    /// lacks that the peer merged: ordering for that peer meanwhile could
+    /// hand out what was handed out there.
+    fn reaches_all_of(&self, view: &[ActorId]) -> bool {
+        view.iter()
+            .all(|a| *a == self.me || self.peers.contains_key(a))
     }
 
     /// The connections of the view's peers.
     pub fn peer_conns(&self) -> Vec<Arc<PeerConn>> {
         self.peers.values().map(|p| p.conn.clone()).collect()
+    }
+
+    /// A peer refused a batch of this node's. A peer that still follows this
+    /// node refuses only a version that does not descend its own: it holds a
+    /// write this node has not seen. This node then orders nothing more
+    /// until a merge with that peer, begun now, has finished; returns that merge.
+    pub fn refused_by(&mut self, conn: &PeerConn) -> Option<CatchUp> {
+        let p = self.peers.get_mut(&conn.actor)?;
+        if p.conn.conn_id != conn.conn_id || p.follows.as_ref() != Some(&self.me) {
+            return None;
+        }
+        p.caught_up = false;
+        p.turn += 1;
+        Some(CatchUp {
+            conn: p.conn.clone(),
+            turn: p.turn,
+        })
     }
 
     /// Whether connection `conn_id` is the live one of a view member.
@@ -494,9 +521,10 @@ pub(crate) fn start(ctx: &Context, agreement: &Arc<Agreement>, members: &Arc<Mem
 
 /// Makes the node ready once it has finished its first merge with every peer
 /// it has. A node that meets nobody starts a cluster of its own and is ready at
-/// once; one whose peers all left before a merge finished waits for them to
-/// come back, and takes the ordering on itself only after a failure timeout
-/// alone (they are gone: it is the cluster now).
+/// once; one that met a member (even one that turned its connection away for
+/// now, as a node dialing it at the same time does) or whose peers all left
+/// before a merge finished waits for them, and takes the ordering on itself
+/// only after a failure timeout alone (they are gone: it is the cluster now).
 pub(crate) fn start_join(ctx: &Context, agreement: &Arc<Agreement>, members: &Arc<Membership>) {
     let (agreement, members) = (Arc::downgrade(agreement), Arc::downgrade(members));
     let failure_timeout = ctx.config.failure_timeout;
@@ -508,6 +536,10 @@ pub(crate) fn start_join(ctx: &Context, agreement: &Arc<Agreement>, members: &Ar
                 return;
             };
             let peers = members.peers();
+            if !peers.is_empty() || (!met_anyone && members.met_a_member()) {
+                met_anyone = true;
+                alone_since = Instant::now();
+            }
             let ready = match peers.is_empty() {
                 true => !met_anyone || alone_since.elapsed() >= failure_timeout,
                 false => peers.iter().all(|p| p.is_synced()),
@@ -515,10 +547,6 @@ pub(crate) fn start_join(ctx: &Context, agreement: &Arc<Agreement>, members: &Ar
             if ready {
                 agreement.set_ready();
                 return;
-            }
-            if !peers.is_empty() {
-                met_anyone = true;
-                alone_since = Instant::now();
             }
             drop((agreement, members));
             tokio::time::sleep(SETTLE_PAUSE).await;

@@ -133,7 +133,11 @@ impl Inbound for NodeInner {
                 self.replication.on_apply(peer, id, &table, entries.0)
             }
             Message::ApplyAck { id } => self.replication.on_apply_ack(&peer.actor, id),
-            Message::ApplyRefused { id } => self.replication.on_apply_refused(&peer.actor, id),
+            Message::ApplyRefused { id } => {
+                if let Some(job) = self.replication.on_apply_refused(peer, id) {
+                    self.catch_up(job);
+                }
+            }
             msg @ (Message::SyncDigest { .. }
             | Message::SyncLeaves { .. }
             | Message::SyncDescend { .. }

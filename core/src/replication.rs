@@ -11,16 +11,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::agreement::Agreement;
+use crate::agreement::CatchUp;
 use crate::cluster::{Membership, PeerConn};
 use crate::context::{Context, SETTLE_PAUSE};
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Event, ResolutionKind};
+use crate::events::Event;
 use crate::locks::lock;
-use crate::replica::{ConflictRecord, Replica};
-use crate::resolve::merge_versions;
+use crate::replica::Replica;
 use crate::sequencer::{Reply, Sequencer};
 use crate::store::{Entry, TableStore};
-use crate::vclock::ActorId;
+use crate::vclock::{ActorId, VClock};
 use crate::wire::{Message, WireEntry, WriteOp, WriteOutcome, WriteRefusal};
 
 /// Most writes the sequencer folds into one replication round.
@@ -60,6 +60,25 @@ struct PendingAck {
     waiting: Vec<ActorId>,
     replies: Vec<Answer>,
     deadline: Instant,
+    replica: Arc<Replica>,
+    /// Each version the batch wrote, with what it replaced.
+    written: Vec<Written>,
+}
+
+/// A batch executed on the sequencer's replica: the answers, the new
+/// versions in order, and what each of them replaced.
+struct Executed {
+    replies: Vec<Answer>,
+    changes: Vec<WireEntry>,
+    replaced: Vec<Option<Entry>>,
+}
+
+/// A version the sequencer wrote and what it replaced, kept until the batch
+/// is acknowledged so that a refused batch can be taken back.
+struct Written {
+    key: Vec<u8>,
+    clock: VClock,
+    replaced: Option<Entry>,
 }
 
 /// The sequencer tasks of the node's tables, its requests in flight to remote
@@ -352,7 +371,8 @@ impl Replication {
     }
 
     /// A batch from a sequencer: applied in order and acknowledged when it
-    /// comes from the sequencer this node follows, refused otherwise.
+    /// comes from the sequencer this node follows and descends what this
+    /// node holds; refused otherwise.
     pub fn on_apply(&self, peer: &PeerConn, id: u64, table: &str, entries: Vec<WireEntry>) {
         let mut agreement = self.agreement.lock();
         if !agreement.may_apply_from(&peer.actor) {
@@ -360,25 +380,21 @@ impl Replication {
             tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, "refusing a batch from a sequencer this node does not follow");
             return peer.send(&Message::ApplyRefused { id });
         }
-        let (now, cutoff) = (self.ctx.wall_clock_ms(), self.ctx.tombstone_cutoff_ms());
+        let cutoff = self.ctx.tombstone_cutoff_ms();
         let applied = self.ensure_table(table).and_then(|replica| {
             let mut store = replica.write()?;
-            let conflicts: Vec<ConflictRecord> = entries
-                .into_iter()
-                .filter_map(|e| apply_replicated(&mut store, e, &peer.actor.name, now, cutoff))
-                .collect();
-            Ok((replica.clone(), conflicts))
+            Ok(apply_replicated(&mut store, entries, cutoff))
         });
         match applied {
-            Ok((replica, conflicts)) => {
+            Ok(true) => {
                 agreement.applied_from(&peer.actor);
                 drop(agreement);
-                for record in conflicts {
-                    tracing::warn!(node = %self.ctx.actor, table = %replica.name, peer = %record.peer, "a replicated version was concurrent with the local one; settled by the fallback");
-                    self.ctx
-                        .report_conflict(&replica, record, ResolutionKind::Fallback);
-                }
                 peer.send(&Message::ApplyAck { id });
+            }
+            Ok(false) => {
+                drop(agreement);
+                tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, table, "refusing a batch: this node holds a version the sequencer has not seen");
+                peer.send(&Message::ApplyRefused { id });
             }
             Err(e) => {
                 drop(agreement);
@@ -393,21 +409,50 @@ impl Replication {
         deliver(self.acknowledge(peer, Some(id)));
     }
 
-    /// A member refused a batch: it follows another sequencer now.
-    pub fn on_apply_refused(&self, peer: &ActorId, id: u64) {
-        let refused = lock(&self.acks).remove(&id);
-        let why = format!(
-            "{} follows another sequencer and refused the write",
-            peer.name
-        );
-        fail_batches(refused.into_iter().collect(), &why);
+    /// A member refused a batch: it follows another sequencer now, or it
+    /// holds a version of a key in the batch that the batch does not descend
+    /// from. The batch and every later one of its table fail and are taken
+    /// back here (newest first), so that a version no member acknowledged
+    /// never competes later with the acknowledged ones; returns the merge to
+    /// run with the member before this node orders again.
+    pub fn on_apply_refused(&self, peer: &PeerConn, id: u64) -> Option<CatchUp> {
+        let mut agreement = self.agreement.lock();
+        let refused: Vec<PendingAck> = {
+            let mut acks = lock(&self.acks);
+            let table = acks.get(&id).map(|p| p.replica.name.clone())?;
+            let mut ids: Vec<u64> = acks
+                .iter()
+                .filter(|(i, p)| **i >= id && p.replica.name == table)
+                .map(|(i, _)| *i)
+                .collect();
+            ids.sort_unstable();
+            ids.iter().filter_map(|i| acks.remove(i)).collect()
+        };
+        for batch in refused.iter().rev() {
+            match batch.replica.write() {
+                Ok(mut store) => {
+                    for w in batch.written.iter().rev() {
+                        store.take_back(&w.key, &w.clock, w.replaced.as_ref());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.ctx.actor, "cannot take back a refused batch: {e}")
+                }
+            }
+        }
+        let catch_up = agreement.refused_by(peer);
+        drop(agreement);
+        tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, batches = refused.len(), "a member refused a batch; taken back");
+        let why = format!("{} refused the write", peer.actor.name);
+        fail_batches(refused, &why);
+        catch_up
     }
 
     /// Applies a batch of writes in order, replicates it and arranges its
     /// answers; refuses it when this node is not the active sequencer. Runs
     /// under the agreement lock, so the batch is executed and queued to the
     /// members as a whole before this node can turn to another sequencer.
-    fn sequence_batch(&self, replica: &Replica, batch: &mut Vec<WriteJob>) {
+    fn sequence_batch(&self, replica: &Arc<Replica>, batch: &mut Vec<WriteJob>) {
         let mut agreement = self.agreement.lock();
         if !agreement.is_active(Instant::now()) {
             drop(agreement);
@@ -424,7 +469,11 @@ impl Replication {
             ReplyTo::Local(_) => true,
         });
         let peers = agreement.peer_conns();
-        let (replies, changes) = match self.execute(replica, batch) {
+        let Executed {
+            replies,
+            changes,
+            replaced,
+        } = match self.execute(replica, batch) {
             Ok(done) => done,
             Err(e) => {
                 drop(agreement);
@@ -443,15 +492,11 @@ impl Replication {
             deliver_replies(replies);
             return;
         }
-        self.replicate(replica, &peers, changes, replies);
+        self.replicate(replica, &peers, changes, replaced, replies);
     }
 
     /// Executes `batch` on the local replica.
-    fn execute(
-        &self,
-        replica: &Replica,
-        batch: &mut Vec<WriteJob>,
-    ) -> Result<(Vec<Answer>, Vec<WireEntry>)> {
+    fn execute(&self, replica: &Replica, batch: &mut Vec<WriteJob>) -> Result<Executed> {
         let mut store = replica.write()?;
         let mut sequencer = Sequencer {
             store: &mut store,
@@ -460,6 +505,7 @@ impl Replication {
             max_key: self.ctx.config.max_key_size,
             max_value: self.ctx.config.max_value_size,
             changes: Vec::new(),
+            replaced: Vec::new(),
         };
         let replies = batch
             .drain(..)
@@ -468,7 +514,11 @@ impl Replication {
                 (job.reply, outcome)
             })
             .collect();
-        Ok((replies, sequencer.changes))
+        Ok(Executed {
+            replies,
+            changes: sequencer.changes,
+            replaced: sequencer.replaced,
+        })
     }
 
     /// Sends a batch to `peers`; its answers go out when all of them
@@ -476,18 +526,30 @@ impl Replication {
     /// silent for too long).
     fn replicate(
         &self,
-        replica: &Replica,
+        replica: &Arc<Replica>,
         peers: &[Arc<PeerConn>],
         entries: Vec<WireEntry>,
+        replaced: Vec<Option<Entry>>,
         replies: Vec<Answer>,
     ) {
         let id = self.next_id();
+        let written = entries
+            .iter()
+            .zip(replaced)
+            .map(|(e, replaced)| Written {
+                key: e.key.clone(),
+                clock: e.clock.clone(),
+                replaced,
+            })
+            .collect();
         lock(&self.acks).insert(
             id,
             PendingAck {
                 waiting: peers.iter().map(|p| p.actor.clone()).collect(),
                 replies,
                 deadline: Instant::now() + self.ctx.config.failure_timeout,
+                replica: replica.clone(),
+                written,
             },
         );
         let msg = Message::Apply {
@@ -551,54 +613,37 @@ fn deliver_replies(replies: Vec<Answer>) {
     }
 }
 
-/// Stores a version from the sequencer. It normally descends the local one; when
-/// it does not (a merge brought a version the sequencer has not seen yet), the
-/// merge rule decides, and a conflict it settles by the fallback is returned
-/// to be logged and reported.
-fn apply_replicated(
-    store: &mut TableStore,
-    e: WireEntry,
-    sender: &str,
-    now_ms: u64,
-    cutoff_ms: u64,
-) -> Option<ConflictRecord> {
-    match store.clock(&e.key) {
-        Some(local) if !e.clock.descends(&local) => {
-            let local = store.entry(&e.key)?;
-            if local.is_expired_tombstone(cutoff_ms) {
-                // Past its retention the tombstone counts as absent here, as it
-                // already is where it was purged (the sequencer, for one).
-                store.insert(&e.key, e.value.as_deref(), &e.clock);
-                return None;
-            }
-            let incoming = Entry {
-                value: e.value.map(Vec::into_boxed_slice),
-                clock: e.clock,
-            };
-            let merged = merge_versions(&local, &incoming);
-            store.insert(&e.key, merged.entry.value.as_deref(), &merged.entry.clock);
-            merged.conflict.then(|| {
-                let kept = merged.entry.value.as_deref().map(<[u8]>::to_vec);
-                let local = local.value.as_deref().map(<[u8]>::to_vec);
-                let lost = if kept == local {
-                    incoming.value.as_deref().map(<[u8]>::to_vec)
-                } else {
-                    local
-                };
-                ConflictRecord {
-                    key: e.key,
-                    kept,
-                    lost,
-                    peer: sender.to_string(),
-                    at_ms: now_ms,
-                }
-            })
-        }
-        _ => {
-            store.insert(&e.key, e.value.as_deref(), &e.clock);
-            None
+/// Stores a batch from the sequencer, all or nothing: each version must
+/// descend the local one, which it does unless this replica took in a
+/// version the sequencer has not seen (by a merge, after a netsplit or a
+/// handoff). Then nothing is stored and `false` says so: acknowledging
+/// would let the sequencer hand out what it ordered from a state that lacks
+/// that version. A version older than the local one (an anti-entropy round
+/// brought its successor first) is skipped.
+fn apply_replicated(store: &mut TableStore, entries: Vec<WireEntry>, cutoff_ms: u64) -> bool {
+    let mut fresh = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Some(local) = store.clock(&e.key) else {
+            fresh.push(e);
+            continue;
+        };
+        // Past its retention a tombstone counts as absent here, as it
+        // already is where it was purged (the sequencer, for one).
+        let gone = || {
+            store
+                .entry(&e.key)
+                .is_some_and(|l| l.is_expired_tombstone(cutoff_ms))
+        };
+        if e.clock.descends(&local) || gone() {
+            fresh.push(e);
+        } else if !local.descends(&e.clock) {
+            return false;
         }
     }
+    for e in fresh {
+        store.insert(&e.key, e.value.as_deref(), &e.clock);
+    }
+    true
 }
 
 #[cfg(test)]
@@ -612,8 +657,52 @@ mod tests {
             waiting: vec![waiting],
             replies: vec![(ReplyTo::Local(tx), Ok(WriteOutcome::Swapped))],
             deadline: tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+            replica: Replica::new("t"),
+            written: Vec::new(),
         };
         (batch, rx)
+    }
+
+    fn version(key: &[u8], value: &[u8], clock: &VClock) -> WireEntry {
+        WireEntry {
+            key: key.to_vec(),
+            value: Some(value.to_vec()),
+            clock: clock.clone(),
+        }
+    }
+
+    #[test]
+    fn a_batch_that_does_not_descend_a_local_version_is_refused_whole() {
+        let (seq, other) = (ActorId::new("seq", 1), ActorId::new("other", 2));
+        let mut store = TableStore::new();
+        let mut base = VClock::fresh();
+        base.increment(&seq, 1);
+        store.insert(b"a", Some(b"1"), &base);
+        // This replica merged a write the sequencer has not seen.
+        let mut theirs = base.clone();
+        theirs.increment(&other, 2);
+        store.insert(b"b", Some(b"theirs"), &theirs);
+
+        let mut next = base.clone();
+        next.increment(&seq, 3);
+        let batch = vec![version(b"a", b"2", &next), version(b"b", b"stale", &next)];
+        assert!(!apply_replicated(&mut store, batch, 0));
+        assert_eq!(
+            store.value(b"a"),
+            Some(&b"1"[..]),
+            "nothing of it is stored"
+        );
+        assert_eq!(store.value(b"b"), Some(&b"theirs"[..]));
+
+        // An older version (an anti-entropy round brought its successor
+        // first) is skipped, a newer one stored.
+        store.insert(b"a", Some(b"2"), &next);
+        let mut newer = theirs.clone();
+        newer.increment(&seq, 4);
+        let batch = vec![version(b"a", b"1", &base), version(b"b", b"3", &newer)];
+        assert!(apply_replicated(&mut store, batch, 0));
+        assert_eq!(store.value(b"a"), Some(&b"2"[..]));
+        assert_eq!(store.value(b"b"), Some(&b"3"[..]));
     }
 
     #[test]

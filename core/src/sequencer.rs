@@ -3,7 +3,7 @@
 //! collecting the new versions that go to the other members.
 
 use crate::error::ErrorKind;
-use crate::store::TableStore;
+use crate::store::{Entry, TableStore};
 use crate::vclock::{ActorId, PruneLimits, VClock};
 use crate::wire::{WireEntry, WriteOp, WriteOutcome, WriteRefusal};
 
@@ -21,6 +21,8 @@ pub(crate) struct Sequencer<'a> {
     pub max_value: usize,
     /// The new versions, in order.
     pub changes: Vec<WireEntry>,
+    /// What each new version replaced, in the same order.
+    pub replaced: Vec<Option<Entry>>,
 }
 
 impl Sequencer<'_> {
@@ -146,6 +148,7 @@ impl Sequencer<'_> {
         }
         clock.increment(self.actor, self.now_ms);
         clock.prune(self.now_ms, &PruneLimits::default());
+        self.replaced.push(self.store.entry(&key));
         let old = self.store.insert(&key, value.as_deref(), &clock);
         self.changes.push(WireEntry { key, value, clock });
         old

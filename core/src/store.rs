@@ -247,10 +247,12 @@ pub struct TableStore {
     actor_index: HashMap<ActorId, u32>,
     stats: StoreStats,
     digest: Digest,
-    /// Per actor (by index), the largest counter of any purged tombstone: a
-    /// key written again after its tombstone was purged starts above it, so
-    /// it supersedes a copy of that tombstone that survives elsewhere.
-    purged_counters: HashMap<u32, u64>,
+    /// Per actor (by index), the largest counter of any version this replica
+    /// dropped: purged tombstones, and versions the sequencer took back (see
+    /// [`TableStore::take_back`]). The actor's next version of any key starts
+    /// above it, so it supersedes a copy of a dropped version that survives
+    /// elsewhere and never reuses its dot for other contents.
+    dropped_counters: HashMap<u32, u64>,
 }
 
 impl std::fmt::Debug for TableStore {
@@ -277,31 +279,30 @@ impl TableStore {
             actor_index: HashMap::new(),
             stats: StoreStats::default(),
             digest: Digest::new(MIN_DIGEST_BITS),
-            purged_counters: HashMap::new(),
+            dropped_counters: HashMap::new(),
         }
     }
 
-    /// The clock a new version of `key` starts from: the key's own, or for a
-    /// key with no entry, `actor`'s largest counter among purged tombstones.
+    /// The clock `actor`'s next version of `key` starts from: the key's own
+    /// (none for a key with no entry), with `actor`'s counter raised to the
+    /// largest it had in any version this replica dropped.
     pub fn base_clock(&self, key: &[u8], actor: &ActorId) -> VClock {
-        if let Some(p) = self.find(key) {
-            return self.decode_clock(p);
-        }
+        let mut clock = self
+            .find(key)
+            .map_or_else(VClock::fresh, |p| self.decode_clock(p));
         let floor = self
             .actor_index
             .get(actor)
-            .and_then(|i| self.purged_counters.get(i))
+            .and_then(|i| self.dropped_counters.get(i))
             .copied();
-        match floor {
-            Some(counter) => VClock::from_dots([(
-                actor.clone(),
-                Dot {
-                    counter,
-                    timestamp_ms: 0,
-                },
-            )]),
-            None => VClock::fresh(),
+        if let Some(counter) = floor.filter(|c| *c > clock.counter(actor)) {
+            let dot = Dot {
+                counter,
+                timestamp_ms: clock.timestamp(actor).unwrap_or(0),
+            };
+            clock.merge_from(&VClock::from_dots([(actor.clone(), dot)]));
         }
+        clock
     }
 
     fn find(&self, key: &[u8]) -> Option<&Packed> {
@@ -544,19 +545,47 @@ impl TableStore {
             .map(|p| Box::from(p.key()))
             .collect();
         for key in &old {
-            let h = self.hasher.hash_one(&**key);
-            if let Ok(slot) = self.slots.find_entry(h, |p| p.key() == &**key) {
-                let (removed, _) = slot.remove();
-                for (actor, dot) in removed.dots() {
-                    let floor = self.purged_counters.entry(actor).or_insert(0);
-                    *floor = (*floor).max(dot.counter);
-                }
-                let kh = key_hash(key);
-                self.digest.toggle(kh, self.packed_hash(kh, &removed));
-                self.count(None, key.len(), false);
-            }
+            self.remove(key);
         }
         old.len()
+    }
+
+    /// Puts back what a version the sequencer wrote replaced (`previous`, or
+    /// no entry), unless the key moved on since (its clock is no longer
+    /// `written`). Either way the written version's counters count as
+    /// dropped, so that no later version reuses its dot.
+    pub fn take_back(&mut self, key: &[u8], written: &VClock, previous: Option<&Entry>) {
+        if self.clock(key).is_some_and(|c| c.equal(written)) {
+            match previous {
+                Some(e) => {
+                    self.insert(key, e.value.as_deref(), &e.clock);
+                }
+                None => self.remove(key),
+            }
+        }
+        for (actor, dot) in written.dots() {
+            let i = self.intern(actor);
+            self.raise_dropped(i, dot.counter);
+        }
+    }
+
+    /// Removes `key`'s entry, keeping its counters as dropped.
+    fn remove(&mut self, key: &[u8]) {
+        let h = self.hasher.hash_one(key);
+        if let Ok(slot) = self.slots.find_entry(h, |p| p.key() == key) {
+            let (removed, _) = slot.remove();
+            for (actor, dot) in removed.dots() {
+                self.raise_dropped(actor, dot.counter);
+            }
+            let kh = key_hash(key);
+            self.digest.toggle(kh, self.packed_hash(kh, &removed));
+            self.count(removed.value(), key.len(), false);
+        }
+    }
+
+    fn raise_dropped(&mut self, actor: u32, counter: u64) {
+        let floor = self.dropped_counters.entry(actor).or_insert(0);
+        *floor = (*floor).max(counter);
     }
 }
 
@@ -584,6 +613,57 @@ mod tests {
             value: v.map(Box::from),
             clock,
         }
+    }
+
+    /// The sequencer's next version of `key` after `base_clock`.
+    fn next_version(s: &TableStore, key: &[u8], actor: &ActorId) -> VClock {
+        let mut clock = s.base_clock(key, actor);
+        clock.increment(actor, 5000);
+        clock
+    }
+
+    #[test]
+    fn a_version_taken_back_restores_the_previous_one_and_its_dot_is_never_reused() {
+        let me = ActorId::new("seq", 1);
+        let mut s = TableStore::new();
+        put(&mut s, b"k", entry(Some(b"old"), &me, 3));
+        let before = s.digest_total();
+        let previous = s.entry(b"k");
+        let written = next_version(&s, b"k", &me);
+        s.insert(b"k", Some(b"refused"), &written);
+
+        s.take_back(b"k", &written, previous.as_ref());
+        assert_eq!(s.value(b"k"), Some(&b"old"[..]));
+        assert_eq!(
+            s.digest_total(),
+            before,
+            "the replica is as before the write"
+        );
+        // The next version of any key starts above the dot taken back, so a
+        // replica that applied the refused version sees it superseded.
+        let next = next_version(&s, b"k", &me);
+        assert!(next.dominates(&written), "{next:?} vs {written:?}");
+        assert!(next_version(&s, b"other", &me).counter(&me) > written.counter(&me));
+    }
+
+    #[test]
+    fn a_new_key_taken_back_is_gone_and_one_that_moved_on_is_left_alone() {
+        let me = ActorId::new("seq", 1);
+        let mut s = TableStore::new();
+        let written = next_version(&s, b"new", &me);
+        s.insert(b"new", Some(b"v"), &written);
+        s.take_back(b"new", &written, None);
+        assert!(s.entry(b"new").is_none());
+        assert_eq!(s.stats().entries, 0);
+
+        let previous = s.entry(b"k");
+        let written = next_version(&s, b"k", &me);
+        s.insert(b"k", Some(b"v1"), &written);
+        let merged_in = entry(Some(b"v2"), &ActorId::new("other", 2), 1);
+        let moved_on = written.merge(&merged_in.clock);
+        s.insert(b"k", Some(b"v2"), &moved_on);
+        s.take_back(b"k", &written, previous.as_ref());
+        assert_eq!(s.value(b"k"), Some(&b"v2"[..]), "a later version stays");
     }
 
     #[test]

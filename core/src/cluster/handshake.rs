@@ -28,8 +28,13 @@ struct Challenge {
     proof: [u8; 32],
 }
 
-/// Connects to `addr` and authenticates both ways.
-pub(crate) async fn dial(ctx: &Context, addr: SocketAddr) -> Result<Authenticated> {
+/// Connects to `addr` and authenticates both ways; `on_proof` runs once the
+/// peer proved the cookie, even if it turns the connection away afterwards.
+pub(crate) async fn dial(
+    ctx: &Context,
+    addr: SocketAddr,
+    on_proof: impl FnOnce(),
+) -> Result<Authenticated> {
     let mut stream = ctx.net.connect(ctx.source_ip, addr).await.map_err(|e| {
         Error::new(
             ErrorKind::Unavailable,
@@ -65,6 +70,7 @@ pub(crate) async fn dial(ctx: &Context, addr: SocketAddr) -> Result<Authenticate
             theirs.actor.name
         )));
     }
+    on_proof();
     let proof = auth::proof(
         &ctx.cookie,
         Role::Initiator,
@@ -124,7 +130,8 @@ async fn read_challenge(stream: &mut BoxStream) -> Result<Challenge> {
 }
 
 /// Answers a connection: `admit` may refuse the peer by its identity (and the
-/// address it listens on) before this node proves anything.
+/// address it listens on) once both sides proved the cookie, so that a peer
+/// turned away knows it met a member of its cluster.
 pub(crate) async fn accept(
     ctx: &Context,
     mut stream: BoxStream,
@@ -155,7 +162,6 @@ pub(crate) async fn accept(
         )));
     }
     let listen = reachable(&listen, from.ip());
-    admit(&actor, &listen)?;
     let nonce = ctx.random_nonce();
     let proof = auth::proof(
         &ctx.cookie,
@@ -190,6 +196,7 @@ pub(crate) async fn accept(
             actor.name
         )));
     }
+    admit(&actor, &listen)?;
     write_message(&mut stream, &Message::Welcome).await?;
     Ok(Authenticated {
         actor,

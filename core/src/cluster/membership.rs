@@ -43,6 +43,9 @@ struct State {
     handlers: HashMap<ActorId, HashSet<String>>,
     /// Why the last attempt at each dialed address failed.
     dial_errors: HashMap<String, String>,
+    /// A member of this node's cluster answered it: it became a peer, or it
+    /// proved the cookie and then turned the connection away.
+    met_a_member: bool,
 }
 
 impl State {
@@ -303,6 +306,13 @@ impl Membership {
         ok
     }
 
+    /// Whether a member of this node's cluster ever answered it (a joining
+    /// node that met one does not start a cluster of its own at once).
+    pub fn met_a_member(&self) -> bool {
+        let st = self.lock();
+        st.met_a_member || !st.peers.is_empty()
+    }
+
     /// Waits until the view holds `n` members (this node included); fails with
     /// `Unavailable` naming each seed and why it was not reached.
     pub async fn wait_for_members(&self, n: usize, limit: Duration) -> Result<()> {
@@ -461,7 +471,7 @@ impl Membership {
             // address stops counting as dialed (else peers dialing this node
             // from it would be turned away for good).
             let _dialing = InFlight::new(self, addr);
-            handshake::dial(&self.ctx, addr).await
+            handshake::dial(&self.ctx, addr, || self.lock().met_a_member = true).await
         };
         let peer = result?;
         {
