@@ -4,6 +4,16 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// Bytes a frame may need beyond the keys and values of the entries it
+/// carries: a merge chunk holds up to 1 MiB of other entries before its last
+/// one, plus clocks, lengths and the message around them. The largest key and
+/// value together with this must fit `max_frame_size`.
+pub const FRAME_ENVELOPE: usize = 1280 * 1024;
+
+/// What one entry of a write counts for beyond its key and value (its clock
+/// and lengths) when writes are weighed against the write budget.
+pub const ENTRY_OVERHEAD: usize = 256;
+
 /// How a node is started. Every field has a default; `Config::default()` gives a
 /// node on `127.0.0.1` with an OS-chosen port and no seeds.
 #[derive(Clone, Debug)]
@@ -44,9 +54,12 @@ pub struct Config {
     pub conflict_log_limit: usize,
     /// Largest accepted key, in bytes.
     pub max_key_size: usize,
-    /// Largest accepted value, in bytes.
+    /// Largest accepted value, in bytes. The largest key and value plus
+    /// [`FRAME_ENVELOPE`] must fit `max_frame_size`.
     pub max_value_size: usize,
-    /// Largest frame accepted from an authenticated peer.
+    /// Largest frame accepted from an authenticated peer. It also bounds the
+    /// bytes of writes in flight from this node and of each batch it orders
+    /// (see [`Config::write_budget`]).
     pub max_frame_size: usize,
     /// Seed of the node's random number generator (incarnation, nonces); random by default.
     /// Fixed seeds make runs reproducible under a network simulator.
@@ -70,7 +83,7 @@ impl Default for Config {
             tombstone_retention: Duration::from_secs(24 * 3600),
             conflict_log_limit: 1000,
             max_key_size: 64 * 1024,
-            max_value_size: 64 * 1024 * 1024,
+            max_value_size: 62 * 1024 * 1024,
             max_frame_size: 64 * 1024 * 1024,
             rng_seed: None,
         }
@@ -104,6 +117,26 @@ impl Config {
         if self.max_frame_size < 64 * 1024 {
             return Err(Error::invalid("max_frame_size must be at least 64 KiB"));
         }
+        if self.max_frame_size > u32::MAX as usize {
+            return Err(Error::invalid(
+                "max_frame_size must be below 4 GiB (frame lengths are 32 bits)",
+            ));
+        }
+        let largest = self
+            .max_key_size
+            .saturating_add(self.max_value_size)
+            .saturating_add(ENTRY_OVERHEAD)
+            .saturating_add(FRAME_ENVELOPE);
+        if largest > self.max_frame_size {
+            return Err(Error::invalid(format!(
+                "max_key_size ({}) + max_value_size ({}) + {} bytes of envelope do not fit \
+                 max_frame_size ({}): an entry of the largest size could never be replicated",
+                self.max_key_size,
+                self.max_value_size,
+                ENTRY_OVERHEAD + FRAME_ENVELOPE,
+                self.max_frame_size
+            )));
+        }
         if let Some(cookie) = &self.cookie {
             validate_cookie(cookie)?;
         }
@@ -115,6 +148,17 @@ impl Config {
             validate_address("seed address", seed)?;
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Bytes of writes that may be waiting for their sequencer at once: this
+    /// node's own writes in flight, and the writes it orders as sequencer (its
+    /// own and its peers'). A batch of writes therefore always fits one frame,
+    /// and a writer waits while the budget is spent (a slow member holds its
+    /// share until it acknowledges or is dropped).
+    pub fn write_budget(&self) -> usize {
+        self.max_frame_size.saturating_sub(FRAME_ENVELOPE)
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{Event, Events, ResolutionKind};
+use crate::flow::WriteBudget;
 use crate::locks::{lock, read, write};
 use crate::net::Net;
 use crate::replica::{ConflictRecord, Replica};
@@ -46,6 +47,8 @@ pub(crate) struct Context {
     pub cookie: Vec<u8>,
     pub net: Arc<dyn Net>,
     pub stats: Stats,
+    /// The bytes of writes that may wait for sequencers at once.
+    pub writes: WriteBudget,
     replicas: RwLock<HashMap<String, Arc<Replica>>>,
     /// Taken at shutdown, which ends every subscription.
     events: Mutex<Option<broadcast::Sender<Event>>>,
@@ -70,7 +73,9 @@ impl Context {
     /// The context of a new node, and the first subscription to its events.
     pub fn new(id: Identity) -> (Arc<Context>, Events) {
         let (events, rx) = broadcast::channel(4096);
+        let writes = WriteBudget::new(id.config.write_budget());
         let ctx = Context {
+            writes,
             config: id.config,
             actor: id.actor,
             address: id.address,

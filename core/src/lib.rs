@@ -28,6 +28,7 @@ mod config;
 mod context;
 mod error;
 mod events;
+mod flow;
 pub mod glob;
 mod hash;
 mod locks;
@@ -50,6 +51,7 @@ pub mod wire;
 pub use auth::{COOKIE_ENV, COOKIE_FILE};
 pub use config::{
     name_from_bytes, validate_address, validate_cookie, validate_name, validate_positive, Config,
+    ENTRY_OVERHEAD, FRAME_ENVELOPE,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};

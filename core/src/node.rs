@@ -25,7 +25,7 @@ use crate::replication::Replication;
 use crate::resolve::ConflictHandler;
 use crate::table::Table;
 use crate::vclock::ActorId;
-use crate::wire::{Message, TableInfo};
+use crate::wire::{Message, TableInfo, WriteOp, WriteRefusal};
 
 /// Process-wide count of started nodes, for default names.
 static NODES_STARTED: AtomicU64 = AtomicU64::new(0);
@@ -93,6 +93,40 @@ impl NodeInner {
         });
     }
 
+    /// A peer's write goes to the sequencer once its bytes fit the write
+    /// budget, which it holds until it is answered (see [`crate::flow`]).
+    fn on_write_request(&self, peer: &Arc<PeerConn>, id: u64, table: String, op: WriteOp) {
+        let budget = &self.ctx.writes;
+        let cost = match budget.check(&op) {
+            Ok(cost) => cost,
+            Err(e) => {
+                let result = Err(WriteRefusal::Failed(e.kind(), e.message().to_string()));
+                return peer.send(&Message::WriteReply { id, result });
+            }
+        };
+        if let Some(share) = budget.try_reserve(cost) {
+            peer.hold_share(id, share);
+            return self.replication.on_write_request(peer, id, table, op);
+        }
+        let (ctx, peer) = (self.ctx.clone(), peer.clone());
+        let replication = Arc::downgrade(&self.replication);
+        let deadline = tokio::time::Instant::now() + self.ctx.config.request_timeout;
+        self.ctx.spawn(async move {
+            match ctx.writes.reserve(cost, deadline).await {
+                Ok(share) => {
+                    if let Some(replication) = replication.upgrade() {
+                        peer.hold_share(id, share);
+                        replication.on_write_request(&peer, id, table, op);
+                    }
+                }
+                Err(e) => {
+                    let result = Err(WriteRefusal::Failed(e.kind(), e.message().to_string()));
+                    peer.send(&Message::WriteReply { id, result });
+                }
+            }
+        });
+    }
+
     fn shutdown(&self) {
         if !self.ctx.close() {
             return;
@@ -125,9 +159,7 @@ impl Inbound for NodeInner {
                 }
             }
             Message::Probe { id } => self.agreement.on_probe(peer, id),
-            Message::WriteRequest { id, table, op } => {
-                self.replication.on_write_request(peer, id, table, op)
-            }
+            Message::WriteRequest { id, table, op } => self.on_write_request(peer, id, table, op),
             Message::WriteReply { id, result } => self.replication.on_write_reply(id, result),
             Message::Apply { id, table, entries } => {
                 self.replication.on_apply(peer, id, &table, entries.0)
@@ -207,6 +239,10 @@ pub struct Info {
     pub bytes_received: u64,
     /// Bytes of merge traffic this node wrote.
     pub merge_bytes_sent: u64,
+    /// Bytes queued for peers and not yet handed to their sockets.
+    pub send_queue_bytes: u64,
+    /// Bytes of the write budget held by writes waiting for sequencers.
+    pub write_budget_in_use: u64,
 }
 
 impl Node {
@@ -403,6 +439,14 @@ impl Node {
             bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
             bytes_received: stats.bytes_received.load(Ordering::Relaxed),
             merge_bytes_sent: stats.merge_bytes_sent.load(Ordering::Relaxed),
+            send_queue_bytes: self
+                .inner
+                .members
+                .peers()
+                .iter()
+                .map(|p| p.queued_bytes() as u64)
+                .sum(),
+            write_budget_in_use: ctx.writes.in_use() as u64,
         })
     }
 

@@ -3,7 +3,7 @@
 //! task and sends nothing.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use serde::Serialize;
 
@@ -83,11 +83,21 @@ impl Replica {
             .map_err(|_| Error::internal("table lock poisoned"))
     }
 
-    /// The store, to write (see [`Replica::read`] on poisoning).
+    /// The store, to write (see [`Replica::read`] on poisoning). Writers are
+    /// runtime tasks, and a long local read (a `match` or `keys` over a big
+    /// table from a user thread) can hold the store meanwhile: a worker that
+    /// must wait for it first hands its other tasks and its timer and I/O
+    /// duties to another thread, so heartbeats still go out and peers do not
+    /// declare this node down.
     pub fn write(&self) -> Result<RwLockWriteGuard<'_, TableStore>> {
-        self.store
-            .write()
-            .map_err(|_| Error::internal("table lock poisoned"))
+        let poisoned = |_| Error::internal("table lock poisoned");
+        match self.store.try_write() {
+            Ok(guard) => Ok(guard),
+            Err(TryLockError::Poisoned(p)) => Err(poisoned(p)),
+            Err(TryLockError::WouldBlock) => {
+                crate::offload::run_long(|| self.store.write()).map_err(poisoned)
+            }
+        }
     }
 
     /// This node's conflict handler for the table.

@@ -74,7 +74,13 @@ impl Table {
         Ok(())
     }
 
+    /// Sends `op` to the sequencer once its bytes fit the node's write
+    /// budget (see [`crate::flow`]); refuses it when they never could.
     async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
+        let budget = &self.ctx.writes;
+        let cost = budget.check(&op)?;
+        let deadline = tokio::time::Instant::now() + self.ctx.config.request_timeout;
+        let _share = budget.reserve(cost, deadline).await?;
         self.replication.submit(&self.shared, op).await
     }
 
@@ -154,19 +160,23 @@ impl Table {
             Glob::new(key_pattern).map_err(|e| Error::invalid(format!("bad key pattern: {e}")))?;
         let vp = Glob::new(value_pattern)
             .map_err(|e| Error::invalid(format!("bad value pattern: {e}")))?;
+        // Runtime tasks wait for this lock to apply writes: it is held only
+        // to copy the entries under the key's literal prefix, and the globs,
+        // which can cost much more per entry, run after it is released.
         let mut out: Entries = {
             let store = self.shared.read()?;
             let prefix = kp.literal_prefix();
             store
                 .live()
-                .filter(|(k, v)| {
-                    k.starts_with(prefix)
-                        && (kp.is_match_all() || kp.matches(k))
-                        && (vp.is_match_all() || vp.matches(v))
-                })
+                .filter(|(k, _)| k.starts_with(prefix))
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect()
         };
+        if !kp.is_match_all() || !vp.is_match_all() {
+            out.retain(|(k, v)| {
+                (kp.is_match_all() || kp.matches(k)) && (vp.is_match_all() || vp.matches(v))
+            });
+        }
         out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }

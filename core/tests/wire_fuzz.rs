@@ -442,7 +442,9 @@ fn frame_decoding_survives_random_and_damaged_input() {
 
 const COOKIE: &[u8] = b"fuzz-cookie";
 const NODE_ADDR: &str = "127.0.0.1:7000";
-const FRAME_LIMIT: usize = 64 * 1024;
+/// The smallest frame limit small key and value limits allow (the frame must
+/// hold the largest entry plus `lbmkv::FRAME_ENVELOPE`).
+const FRAME_LIMIT: usize = 2 << 20;
 
 fn node_config() -> Config {
     Config {
@@ -454,6 +456,8 @@ fn node_config() -> Config {
         request_timeout: Duration::from_millis(1000),
         // No merge rounds the node would start by itself.
         anti_entropy_interval: Duration::from_secs(3600),
+        max_key_size: 1024,
+        max_value_size: 64 * 1024,
         max_frame_size: FRAME_LIMIT,
         rng_seed: Some(7),
         ..Config::default()

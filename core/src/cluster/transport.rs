@@ -2,19 +2,23 @@
 //! heartbeats and the silence that counts as failure. What the frames mean is
 //! left to [`ConnectionEvents`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf, ReadHalf, WriteHalf,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
+use crate::flow::Share;
 use crate::locks::lock;
 use crate::net::BoxStream;
 use crate::vclock::ActorId;
@@ -41,6 +45,10 @@ pub(crate) struct PeerConn {
     pub initiated_by_smaller: bool,
     ctx: Arc<Context>,
     tx: Mutex<Option<mpsc::UnboundedSender<Arc<[u8]>>>>,
+    /// Bytes queued for the writer and not yet handed to the socket.
+    queued: Arc<AtomicUsize>,
+    /// The write budget held by the peer's write requests until they are answered.
+    shares: Mutex<HashMap<u64, Share>>,
     tasks: Mutex<Vec<AbortHandle>>,
     writer_done: watch::Receiver<bool>,
     synced: watch::Sender<bool>,
@@ -80,6 +88,8 @@ impl PeerConn {
             initiated_by_smaller,
             ctx: ctx.clone(),
             tx: Mutex::new(Some(tx)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            shares: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             writer_done,
             synced: watch::channel(false).0,
@@ -101,6 +111,10 @@ impl PeerConn {
     /// Queues `msg` for this peer; a closed connection drops it silently (its
     /// waiters learn of the loss when the connection is reported lost).
     pub fn send(&self, msg: &Message) {
+        if let Message::WriteReply { id, .. } = msg {
+            // Answered: the request's share of the write budget is free again.
+            lock(&self.shares).remove(id);
+        }
         match wire::encode_frame(msg) {
             Ok(frame) => self.send_frame(frame.into()),
             Err(e) => tracing::error!("cannot encode a message: {e}"),
@@ -109,11 +123,12 @@ impl PeerConn {
 
     /// Queues an encoded frame.
     pub fn send_frame(&self, frame: Arc<[u8]>) {
-        let len = frame.len() as u64;
-        if let Some(tx) = lock(&self.tx).as_ref() {
-            if tx.send(frame).is_ok() {
-                self.ctx.stats.bytes_sent.fetch_add(len, Ordering::Relaxed);
-            }
+        let len = frame.len();
+        if self.enqueue(frame) {
+            self.ctx
+                .stats
+                .bytes_sent
+                .fetch_add(len as u64, Ordering::Relaxed);
         }
     }
 
@@ -121,12 +136,34 @@ impl PeerConn {
     pub fn send_control(&self, msg: &Message) {
         match wire::encode_frame(msg) {
             Ok(frame) => {
-                if let Some(tx) = lock(&self.tx).as_ref() {
-                    let _ = tx.send(frame.into());
-                }
+                self.enqueue(frame.into());
             }
             Err(e) => tracing::error!("cannot encode a message: {e}"),
         }
+    }
+
+    fn enqueue(&self, frame: Arc<[u8]>) -> bool {
+        let len = frame.len();
+        let Some(tx) = lock(&self.tx).as_ref().cloned() else {
+            return false;
+        };
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        if tx.send(frame).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Bytes queued for this peer and not yet handed to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the share of the write budget taken by the peer's write request
+    /// `id` until the request is answered (or the connection is gone).
+    pub fn hold_share(&self, id: u64, share: Share) {
+        lock(&self.shares).insert(id, share);
     }
 
     /// The first merge after connecting finished.
@@ -161,6 +198,8 @@ impl PeerConn {
         for t in lock(&self.tasks).iter() {
             t.abort();
         }
+        // Requests of a connection that is gone are never answered on it.
+        lock(&self.shares).clear();
     }
 }
 
@@ -215,14 +254,22 @@ async fn run_writer(
         Ok(f) => f.into(),
         Err(_) => return,
     };
-    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    // A peer that takes no byte for the request timeout while frames wait is
+    // dropped, and what was queued for it freed, whether it still sends or
+    // not. Longer than the failure timeout: a live peer may be busy for a
+    // while with a large frame before it reads the next.
+    let stall = Stall::new(wr, peer.ctx.config.request_timeout);
+    let mut w = BufWriter::with_capacity(64 * 1024, stall);
+    let queued = peer.queued.clone();
     let result: std::io::Result<()> = async {
         loop {
             match tokio::time::timeout(interval, rx.recv()).await {
                 Ok(Some(frame)) => {
                     w.write_all(&frame).await?;
+                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
                     while let Ok(frame) = rx.try_recv() {
                         w.write_all(&frame).await?;
+                        queued.fetch_sub(frame.len(), Ordering::Relaxed);
                     }
                     w.flush().await?;
                 }
@@ -240,6 +287,11 @@ async fn run_writer(
     }
     .await;
     done.send_replace(true);
+    // Whatever is left in the queue is dropped with it.
+    rx.close();
+    while let Ok(frame) = rx.try_recv() {
+        queued.fetch_sub(frame.len(), Ordering::Relaxed);
+    }
     if let Err(e) = result {
         if let Some(events) = events.upgrade() {
             events.on_lost(&peer, &format!("write failed: {e}"));
@@ -337,5 +389,79 @@ impl<R: AsyncRead + Unpin> AsyncRead for Silence<R> {
                 this.timer.as_mut().reset(deadline);
             },
         }
+    }
+}
+
+/// A writer that fails with `TimedOut` once a write has taken no byte for
+/// `limit` (the peer stopped reading, or the link is gone).
+struct Stall<W> {
+    inner: W,
+    limit: Duration,
+    /// When the pending write started waiting, or last took bytes.
+    since: Option<tokio::time::Instant>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<W> Stall<W> {
+    fn new(inner: W, limit: Duration) -> Self {
+        Stall {
+            inner,
+            limit,
+            since: None,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// Called while the inner writer is not ready: `Ready(Err)` once it has
+    /// not been for `limit`.
+    fn check(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Error> {
+        let now = tokio::time::Instant::now();
+        let since = *self.since.get_or_insert_with(|| {
+            self.timer.as_mut().reset(now + self.limit);
+            now
+        });
+        if now >= since + self.limit {
+            return Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer took no byte for {:?}", self.limit),
+            ));
+        }
+        let _ = self.timer.as_mut().poll(cx);
+        Poll::Pending
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Stall<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.check(cx).map(Err),
+            ready => {
+                this.since = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.check(cx).map(Err),
+            ready => {
+                this.since = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
