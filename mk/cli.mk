@@ -3,7 +3,8 @@
 # changes (tests/cluster/handoffs.rs), ten joins of a node holding 1,000,000
 # entries (tests/cluster/join.rs, release profile: the debug binary needs
 # 12-17 s per join) and real netsplits cut with nftables
-# (tests/cluster/partitions.rs, root and `nft` needed, run one at a time).
+# (tests/cluster/partitions.rs, root and `nft` needed, run one at a time), and
+# clusters across hosts in network namespaces (tests/cluster/hosts.rs, root).
 #
 # `make test-cli LBMKV_NO_NFT=1` leaves the netsplit scenarios out, and says so;
 # without it they always run, and fail loudly when they cannot cut the network.
@@ -28,6 +29,7 @@ test-cli: cli-deps
 	$(CARGO) test --release -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test join -- --nocapture
 ifeq ($(LBMKV_NO_NFT),)
 	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test partitions -- --nocapture --test-threads=1
+	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test hosts -- --nocapture --test-threads=1
 else
 	@echo "*** test-cli: the netsplit scenarios (tests/cluster/partitions.rs) were LEFT OUT: LBMKV_NO_NFT is set ***"
 endif

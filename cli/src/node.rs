@@ -37,6 +37,9 @@ options:
                            the failure timeout when that is shorter)
   --request-timeout-ms MS  bound of one write, strong read or connect (default 5000)
   --anti-entropy-ms MS     interval of digest comparisons with peers (default 1000)
+  --max-value-size BYTES   largest value (default 65011712, 62 MiB)
+  --max-frame-size BYTES   largest frame from a peer (default 67108864, 64 MiB);
+                           the largest key and value plus 1.25 MiB must fit
 
 commands: create T [max] | put T K V | get T K | sget T K | del T K | match T KPAT [VPAT]
           incr T K | tables | members | info | connect ADDR | disconnect NAME
@@ -78,6 +81,8 @@ struct Options {
     heartbeat_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     anti_entropy_ms: Option<u64>,
+    max_value_size: Option<usize>,
+    max_frame_size: Option<usize>,
 }
 
 impl Options {
@@ -105,6 +110,12 @@ impl Options {
                     format!("{flag} needs a positive number of milliseconds, got {v:?}")
                 })
             };
+            let bytes = |v: String| -> Result<usize, String> {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("{flag} needs a positive number of bytes, got {v:?}"))
+            };
             match flag {
                 "-h" | "--help" => return Ok(None),
                 "--name" => o.name = Some(value()?),
@@ -129,6 +140,8 @@ impl Options {
                 "--heartbeat-ms" => o.heartbeat_ms = Some(ms(value()?)?),
                 "--request-timeout-ms" => o.request_timeout_ms = Some(ms(value()?)?),
                 "--anti-entropy-ms" => o.anti_entropy_ms = Some(ms(value()?)?),
+                "--max-value-size" => o.max_value_size = Some(bytes(value()?)?),
+                "--max-frame-size" => o.max_frame_size = Some(bytes(value()?)?),
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
@@ -162,6 +175,12 @@ impl Options {
         }
         if let Some(ms) = self.anti_entropy_ms {
             c.anti_entropy_interval = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_value_size {
+            c.max_value_size = n;
+        }
+        if let Some(n) = self.max_frame_size {
+            c.max_frame_size = n;
         }
         c
     }

@@ -48,6 +48,8 @@ pub struct Spec {
     pub events: bool,
     pub failure_timeout_ms: u64,
     pub extra: Vec<String>,
+    /// The network namespace to run in (a host of `hosts.rs`); `None`: this one.
+    pub netns: Option<String>,
 }
 
 impl Spec {
@@ -62,6 +64,7 @@ impl Spec {
             events: true,
             failure_timeout_ms: 1000,
             extra: Vec::new(),
+            netns: None,
         }
     }
     pub fn listen(mut self, addr: &str) -> Spec {
@@ -76,13 +79,36 @@ impl Spec {
         self.cookie = cookie.to_string();
         self
     }
+    pub fn netns(mut self, ns: &str) -> Spec {
+        self.netns = Some(ns.to_string());
+        self
+    }
     pub fn arg(mut self, arg: &str) -> Spec {
         self.extra.push(arg.to_string());
         self
     }
 }
 
-fn log_dir() -> PathBuf {
+impl Spec {
+    /// `lbmkv node`, inside the spec's network namespace when it has one
+    /// (`ip netns exec` execs the command: the child is the node itself).
+    pub fn command(&self) -> Command {
+        let bin = env!("CARGO_BIN_EXE_lbmkv");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("node");
+        cmd
+    }
+}
+
+/// Where the nodes' logs go.
+pub fn log_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster-logs");
     let _ = std::fs::create_dir_all(&dir);
     dir
@@ -93,8 +119,8 @@ impl NodeProc {
     pub fn start(spec: Spec) -> NodeProc {
         let log = log_dir().join(format!("{}-{}.log", spec.name, std::process::id()));
         let stderr = std::fs::File::create(&log).expect("create the node's log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbmkv"));
-        cmd.args(["node", "--name", &spec.name, "--listen", &spec.listen])
+        let mut cmd = spec.command();
+        cmd.args(["--name", &spec.name, "--listen", &spec.listen])
             .args(["--cookie", &spec.cookie])
             .args(["--failure-timeout-ms", &spec.failure_timeout_ms.to_string()]);
         for s in &spec.seeds {
