@@ -259,7 +259,7 @@ export interface NodeOptions {
   conflictLogLimit?: number
   /** Largest key in bytes (default 64 KiB). */
   maxKeySize?: number
-  /** Largest value in bytes (default 64 MiB). */
+  /** Largest value in bytes (default 62 MiB). */
   maxValueSize?: number
 }
 

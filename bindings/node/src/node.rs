@@ -54,7 +54,7 @@ pub struct NodeOptions {
     pub conflict_log_limit: Option<f64>,
     /// Largest key in bytes (default 64 KiB).
     pub max_key_size: Option<f64>,
-    /// Largest value in bytes (default 64 MiB).
+    /// Largest value in bytes (default 62 MiB).
     pub max_value_size: Option<f64>,
 }
 

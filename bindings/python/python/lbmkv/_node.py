@@ -43,7 +43,7 @@ class Node:
       (0.25 s), ``handler_timeout`` (5 s), ``anti_entropy_interval`` (1 s),
       ``tombstone_retention`` (24 h): seconds, as ``float``;
     - ``conflict_log_limit`` (1,000), ``max_key_size`` (64 KiB), ``max_value_size``
-      (64 MiB): ``int``.
+      (62 MiB): ``int``.
 
     Starting waits (with the GIL released) for a first attempt to reach every seed
     and, with ``min_members``, for that many members.
