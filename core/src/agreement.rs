@@ -77,10 +77,21 @@ pub(crate) struct State {
     probes: VecDeque<(u64, Instant)>,
     /// Nodes a peer sees and this node does not, since when.
     unreachable: BTreeMap<ActorId, Instant>,
-    /// Set while this node stays out of a partial partition: the nodes it
-    /// could not reach, and until when. Meanwhile it does not sequence, so
-    /// what it left and what it kept never order writes side by side.
-    stepped_out: Option<(Vec<ActorId>, Instant)>,
+    /// Set while this node stays out of a partial partition. Meanwhile it
+    /// does not sequence, so what it left and what it kept never order
+    /// writes side by side.
+    stepped_out: Option<StepOut>,
+}
+
+/// A step-out from a partial partition (see [`Agreement::partial_partition`]).
+struct StepOut {
+    /// The nodes this one could not reach while its peers saw them.
+    causes: Vec<ActorId>,
+    /// Until when it keeps the peers it left away.
+    until: Instant,
+    /// When it ends even with no ready member in sight (liveness, should
+    /// the rest of the cluster be gone).
+    last_resort: Instant,
 }
 
 /// A merge this node must finish with a peer before it may sequence.
@@ -149,15 +160,6 @@ impl Agreement {
     pub fn peer_up(&self, conn: Arc<PeerConn>) {
         let mut st = self.lock();
         let actor = conn.actor.clone();
-        // Reaching a node it could not reach ends a step-out.
-        if st
-            .stepped_out
-            .as_ref()
-            .is_some_and(|(causes, _)| causes.iter().any(|c| c.name == actor.name))
-        {
-            st.stepped_out = None;
-            st.reconsider();
-        }
         match st.peers.get_mut(&actor) {
             Some(p) => p.conn = conn.clone(),
             None => {
@@ -248,7 +250,8 @@ impl Agreement {
                 }
             }
         }
-        if st.reconsider() {
+        let step_out_ended = st.end_step_out(now);
+        if st.reconsider() || step_out_ended {
             st.tell_everyone();
         }
         catch_up
@@ -291,16 +294,7 @@ impl Agreement {
     /// Asks every peer to confirm that it follows this node, if it does.
     fn probe_round(&self) {
         let mut st = self.lock();
-        // A step-out ends when its time is up, but only once this node is back
-        // among peers with no one out of its reach: alone it would order writes
-        // apart from the others.
-        let over = st
-            .stepped_out
-            .as_ref()
-            .is_some_and(|(_, until)| *until <= Instant::now());
-        if over && !st.peers.is_empty() && st.unreachable.is_empty() {
-            st.stepped_out = None;
-            st.reconsider();
+        if st.end_step_out(Instant::now()) {
             st.tell_everyone();
         }
         if st.follows.as_ref() != Some(&st.me) || st.peers.is_empty() {
@@ -320,7 +314,8 @@ impl Agreement {
     /// this node and X steps out: it leaves every peer that sees the smaller.
     /// What remains are views that agree (each side of the missing link keeps
     /// the members that do not need it), and the step-out ends once the
-    /// larger reaches the smaller again.
+    /// larger reaches the smaller again and finds it ready (see
+    /// [`State::end_step_out`]).
     fn partial_partition(
         &self,
         patience: Duration,
@@ -355,7 +350,11 @@ impl Agreement {
         }
         if !victims.is_empty() {
             let until = now + step_out_for;
-            st.stepped_out = Some((smaller_unreachable, until));
+            st.stepped_out = Some(StepOut {
+                causes: smaller_unreachable,
+                until,
+                last_resort: now + step_out_for * 2,
+            });
             st.reconsider();
             st.tell_everyone();
         }
@@ -456,6 +455,28 @@ impl State {
         tracing::debug!(node = %self.me, from = ?self.follows, to = ?best, "follows another sequencer");
         self.follows = best;
         true
+    }
+
+    /// Ends this node's step-out when it may: every node it could not reach
+    /// is a ready peer again; or its time is up and it is back among peers,
+    /// one of them ready (a node that stepped out too is no sign of the
+    /// cluster: two such nodes ordering for each other would fork from it),
+    /// with no member out of its reach; or, past its last resort, among any
+    /// peers with no member out of its reach. Returns whether it ended.
+    fn end_step_out(&mut self, now: Instant) -> bool {
+        let Some(out) = &self.stepped_out else {
+            return false;
+        };
+        let back = |c: &ActorId| self.peers.iter().any(|(a, p)| a.name == c.name && p.ready);
+        let settled = !self.peers.is_empty() && self.unreachable.is_empty();
+        let ends = out.causes.iter().all(back)
+            || (settled && out.until <= now && self.peers.values().any(|p| p.ready))
+            || (settled && out.last_resort <= now);
+        if ends {
+            self.stepped_out = None;
+            self.reconsider();
+        }
+        ends
     }
 
     /// Whether this node may sequence: it holds the cluster's state and is not

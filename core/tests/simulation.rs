@@ -7,8 +7,6 @@
 //!   replays one seed and prints its history summary;
 //! - `LBMKV_SIM_SOAK=<n> cargo test -p lbmkv --test simulation soak -- --ignored --nocapture`
 //!   runs `n` fresh seeds (`make soak SEEDS=n`; `LBMKV_SIM_BASE=<b>` fixes them);
-//! - `cargo test -p lbmkv --test simulation known_engine_findings -- --ignored`
-//!   runs the seeds of violations the engine is known to have.
 //!
 //! Replays take `LBMKV_SIM_VERBOSE=1` (every fault and conflict),
 //! `LBMKV_SIM_CALLS=1` (with every call) and `LBMKV_SIM_LOG=lbmkv=debug`
@@ -61,6 +59,11 @@ const DEBUG_SEEDS: u64 = 4;
 ///   ready node that sorts first) kept that batch in its own replica; merged
 ///   later, it was concurrent with the acknowledged versions and the fallback
 ///   could keep it (12923536439675549604). A refused batch is now taken back;
+/// - a node that stepped out of a partial partition ended its step-out on
+///   reaching another node that had stepped out too, and the two ordered
+///   for each other while the rest of the cluster ordered on
+///   (7520992057763579749, 1144797980576831655, 15124139495500306375). A
+///   step-out now ends only among ready peers;
 /// - a restarted node whose seeds both turned its connections away (each was
 ///   dialing it at that moment) took itself for a new cluster and ordered
 ///   from an empty table (3368728696908891100). Such a refusal now comes after
@@ -83,11 +86,6 @@ const REGRESSION_SEEDS: &[u64] = &[
     12941188880994266164,
     2001242780340999272,
     3368728696908891100,
-];
-
-/// Seeds that show violations the current engine is known to have (see
-/// `known_engine_findings`): left out of the fixed set, which must pass.
-const KNOWN_FINDINGS: &[u64] = &[
     7520992057763579749,
     1144797980576831655,
     15124139495500306375,
@@ -235,10 +233,7 @@ fn fixed_seeds() {
         } else {
             FIXED_SEEDS
         });
-    let mut seeds: Vec<u64> = (1..)
-        .filter(|s| !KNOWN_FINDINGS.contains(s))
-        .take(count as usize)
-        .collect();
+    let mut seeds: Vec<u64> = (1..=count).collect();
     if !cfg!(debug_assertions) {
         let fixed_since = REGRESSION_SEEDS.iter().filter(|s| !seeds.contains(s));
         let fixed_since: Vec<u64> = fixed_since.copied().collect();
@@ -270,17 +265,6 @@ fn soak() {
     let seeds: Vec<u64> = (0..n).map(|i| sim::mix(base.wrapping_add(i))).collect();
     let began = Instant::now();
     let outcomes = run_all(seeds);
-    println!("{}", totals(&outcomes, began.elapsed()));
-    assert!(outcomes.iter().all(|o| o.violations.is_empty()));
-}
-
-/// Seeds whose violations the current engine is known to have; they pass
-/// once the engine is fixed, then move back into the fixed set.
-#[test]
-#[ignore]
-fn known_engine_findings() {
-    let began = Instant::now();
-    let outcomes = run_all(KNOWN_FINDINGS.to_vec());
     println!("{}", totals(&outcomes, began.elapsed()));
     assert!(outcomes.iter().all(|o| o.violations.is_empty()));
 }
