@@ -32,6 +32,7 @@ mod flow;
 pub mod glob;
 mod hash;
 mod locks;
+pub mod log;
 mod merge;
 pub mod net;
 mod node;
@@ -55,6 +56,7 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};
+pub use log::{set_log_sink, LogLevel, LogRecord, LogSink};
 pub use node::{Info, Node};
 pub use replica::{ConflictRecord, TableStats};
 pub use resolve::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
