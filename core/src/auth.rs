@@ -33,10 +33,10 @@ pub fn resolve_cookie(configured: Option<&[u8]>, random: [u8; 32]) -> Result<Vec
 /// file appears whole or not at all (written aside, then linked into place),
 /// and every process that raced to create it uses the one that won.
 fn cookie_file(path: &std::path::Path, random: [u8; 32]) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(bytes) => return cookie_from(path, &bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(&format!("reading {}", path.display()), e)),
+    match read_private(path) {
+        Ok(cookie) => return Ok(cookie),
+        Err(None) => {}
+        Err(Some(e)) => return Err(e),
     }
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let aside = path.with_extension(format!("{}.{}", std::process::id(), &hex[..8]));
@@ -47,12 +47,42 @@ fn cookie_file(path: &std::path::Path, random: [u8; 32]) -> Result<Vec<u8>> {
         Ok(()) => Ok(hex.into_bytes()),
         // Another process created it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| Error::io(&format!("reading {}", path.display()), e))?;
-            cookie_from(path, &bytes)
+            read_private(path).map_err(|e| {
+                e.unwrap_or_else(|| Error::invalid(format!("{} vanished", path.display())))
+            })
         }
         Err(e) => Err(Error::io(&format!("creating {}", path.display()), e)),
     }
+}
+
+/// The cookie in `path`; `Err(None)` when the file does not exist. A file
+/// that group or others may access is refused, as Erlang refuses such an
+/// `.erlang.cookie`: whoever reads the cookie can join the cluster.
+fn read_private(path: &std::path::Path) -> Result<Vec<u8>, Option<Error>> {
+    use std::io::Read;
+    let reading = |e: std::io::Error| Error::io(&format!("reading {}", path.display()), e);
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(None),
+        Err(e) => return Err(Some(reading(e))),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(reading)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(Some(Error::invalid(format!(
+                "{} is accessible by group or others (mode {:03o}); the cookie must be \
+                 readable by its owner only: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            ))));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(reading)?;
+    cookie_from(path, &bytes).map_err(Some)
 }
 
 fn cookie_from(path: &std::path::Path, bytes: &[u8]) -> Result<Vec<u8>> {
@@ -191,6 +221,39 @@ mod tests {
             &n2,
             &p
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_cookie_file_that_group_or_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lbmkv-cookie-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(COOKIE_FILE);
+        std::fs::write(&path, "secret\n").unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = cookie_file(&path, [0; 32]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                crate::ErrorKind::InvalidArgument,
+                "mode {mode:o}"
+            );
+            assert!(
+                err.message().contains("group or others") && err.message().contains("chmod 600"),
+                "{err}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                cookie_file(&path, [0; 32]).unwrap(),
+                b"secret",
+                "mode {mode:o}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
