@@ -263,3 +263,106 @@ fn long_local_scans_do_not_keep_the_node_from_its_heartbeats() {
     rt1.block_on(a.close()).unwrap();
     rt2.block_on(b.close()).unwrap();
 }
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[test]
+fn connections_that_never_speak_are_capped_and_a_peer_still_joins() {
+    // The cap of inbound connections in their handshake (MAX_PENDING_HANDSHAKES).
+    const CAP: usize = 64;
+    const SILENT: usize = 300;
+    let _serial = serial();
+    let warnings: Arc<Mutex<Vec<String>>> = Arc::default();
+    let into = warnings.clone();
+    let sink: lbmkv::LogSink = Arc::new(move |r: &lbmkv::LogRecord<'_>| {
+        if r.message.contains("closed a connection at once") {
+            into.lock().unwrap().push(r.message.to_string());
+        }
+    });
+    lbmkv::set_log_sink(lbmkv::LogLevel::Warn, Some(sink)).expect("log sink");
+    runtime().block_on(async {
+        // A short request timeout: the silent connections' handshakes end soon.
+        let a = Node::start(Config {
+            request_timeout: Duration::from_secs(1),
+            ..config("n1")
+        })
+        .await
+        .expect("start n1");
+        let metrics = tokio::runtime::Handle::current().metrics();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (tasks_before, fds_before) = (metrics.num_alive_tasks(), open_fds());
+
+        let mut silent = Vec::new();
+        for _ in 0..SILENT {
+            silent.push(
+                tokio::net::TcpStream::connect(a.address())
+                    .await
+                    .expect("connect"),
+            );
+        }
+        // Connections beyond the cap are closed at once: reading them ends.
+        let mut probes = tokio::task::JoinSet::new();
+        for mut s in silent {
+            probes.spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 16];
+                let read = tokio::time::timeout(Duration::from_millis(400), s.read(&mut buf));
+                let closed = matches!(read.await, Ok(Ok(0) | Err(_)));
+                (s, closed)
+            });
+        }
+        let mut silent = Vec::new();
+        let mut closed = 0;
+        while let Some(probe) = probes.join_next().await {
+            let (s, c) = probe.expect("probe");
+            closed += usize::from(c);
+            silent.push(s);
+        }
+        assert!(
+            closed >= SILENT - CAP,
+            "only {closed} of {SILENT} silent connections were closed at once"
+        );
+        let tasks = metrics.num_alive_tasks();
+        assert!(
+            tasks <= tasks_before + CAP + 4,
+            "{tasks} tasks alive with {SILENT} silent connections, {tasks_before} before"
+        );
+        // This process holds the clients' ends; the node holds at most CAP.
+        let fds = open_fds();
+        assert!(
+            fds <= fds_before + SILENT + CAP + 8,
+            "{fds} descriptors open, {fds_before} before {SILENT} silent connections"
+        );
+
+        // The silent connections stay open on this side; a peer still joins
+        // once their handshakes ran out of time.
+        let joined = Instant::now();
+        let b = Node::start(Config {
+            seeds: vec![a.address().to_string()],
+            min_members: 2,
+            request_timeout: Duration::from_secs(10),
+            ..config("n2")
+        })
+        .await
+        .expect("n2 joins while the silent connections stay open");
+        assert!(
+            joined.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            joined.elapsed()
+        );
+        assert_eq!(a.members().unwrap(), vec!["n1", "n2"]);
+        drop(silent);
+        b.close().await.unwrap();
+        a.close().await.unwrap();
+    });
+    lbmkv::set_log_sink(lbmkv::LogLevel::Off, None).expect("log sink");
+    let warnings = warnings.lock().unwrap();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning per 10 s for the connections closed at once: {warnings:?}"
+    );
+}

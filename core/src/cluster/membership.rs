@@ -4,10 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::handshake::{self, Authenticated};
@@ -23,6 +24,20 @@ use crate::wire::{self, Message, PeerInfo, TableInfo};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Inbound connections that may be in their handshake at once. Each holds a
+/// socket and a task until it proves the cookie or its request timeout ends;
+/// beyond this, new connections are closed at once, so that connections that
+/// never speak cannot take every file descriptor of the process.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Dials (connection attempts with their handshakes) in flight at once.
+pub(crate) const MAX_CONCURRENT_DIALS: usize = 32;
+/// Addresses dialed at once beyond which addresses learned from peers are not
+/// dialed (seeds always are): a full mesh of this many nodes is far beyond
+/// what lbmkv is made for, so more means addresses that no longer lead anywhere.
+pub(crate) const MAX_DIALERS: usize = 1024;
+/// At most one warning per this interval for each kind of refusal.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct State {
@@ -75,6 +90,40 @@ pub(crate) struct Membership {
     state: Mutex<State>,
     inbound: OnceLock<Weak<dyn Inbound>>,
     me: Weak<Membership>,
+    /// Permits of inbound connections in their handshake.
+    handshakes: Arc<Semaphore>,
+    /// Permits of dials in flight.
+    dials: Semaphore,
+    refused_busy: Throttle,
+    refused_dialer: Throttle,
+}
+
+/// Lets one warning through per interval and counts the ones it held back.
+struct Throttle {
+    last: Mutex<Option<Instant>>,
+    held_back: AtomicU64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Throttle {
+            last: Mutex::new(None),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when a warning may go out now, `n` being how many were held
+    /// back since the last one.
+    fn allow(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut last = lock(&self.last);
+        if last.is_some_and(|t| now < t + WARN_EVERY) {
+            self.held_back.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.held_back.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl Membership {
@@ -84,6 +133,10 @@ impl Membership {
             state: Mutex::new(State::default()),
             inbound: OnceLock::new(),
             me: me.clone(),
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
+            dials: Semaphore::new(MAX_CONCURRENT_DIALS),
+            refused_busy: Throttle::new(),
+            refused_dialer: Throttle::new(),
         })
     }
 
@@ -284,6 +337,10 @@ impl Membership {
     /// is found again soon after.
     async fn dial_with_limit(self: &Arc<Self>, addr: &str, target: SocketAddr) -> bool {
         let limit = self.ctx.config.request_timeout;
+        // Closed only with the node, which ends this task anyway.
+        let Ok(_permit) = self.dials.acquire().await else {
+            return false;
+        };
         let failure = match tokio::time::timeout(limit, self.dial(target, false)).await {
             Ok(Ok(())) => None,
             // A wrong cookie or protocol version is worth a warning on this
@@ -304,6 +361,30 @@ impl Membership {
         let ok = failure.is_none();
         self.note_dial(addr, failure);
         ok
+    }
+
+    /// Whether `addr` (not a seed) last led to a peer that is now connected
+    /// at another address: it restarted there, and is dialed there.
+    fn superseded(&self, addr: &str) -> bool {
+        if self.ctx.config.seeds.iter().any(|s| s == addr) {
+            return false;
+        }
+        let Ok(sock) = addr.parse::<SocketAddr>() else {
+            return false;
+        };
+        let mut st = self.lock();
+        let Some(name) = st.names_by_addr.get(&sock).cloned() else {
+            return false;
+        };
+        let moved = st
+            .peers
+            .values()
+            .any(|p| *p.actor.name == *name && p.listen.parse::<SocketAddr>().ok() != Some(sock));
+        if moved {
+            st.dialing.remove(addr);
+            st.dial_errors.remove(addr);
+        }
+        moved
     }
 
     /// Whether a member of this node's cluster ever answered it (a joining
@@ -379,10 +460,22 @@ impl Membership {
                 let Some(members) = me.upgrade() else { return };
                 match accepted {
                     Ok((stream, from)) => {
+                        let Ok(permit) = members.handshakes.clone().try_acquire_owned() else {
+                            drop(stream);
+                            if let Some(held_back) = members.refused_busy.allow() {
+                                tracing::warn!(
+                                    node = %members.ctx.actor, %from, held_back,
+                                    "closed a connection at once: {MAX_PENDING_HANDSHAKES} \
+                                     connections are in their handshake already"
+                                );
+                            }
+                            continue;
+                        };
                         let m = members.clone();
-                        members
-                            .ctx
-                            .spawn(async move { m.answer(stream, from).await });
+                        members.ctx.spawn(async move {
+                            m.answer(stream, from).await;
+                            drop(permit);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(node = %members.ctx.actor, "accept failed: {e}");
@@ -432,8 +525,25 @@ impl Membership {
 
     /// Starts a dialer for `addr` unless one runs; returns whether it started one.
     fn ensure_dialer(self: &Arc<Self>, addr: &str, first: Option<oneshot::Sender<()>>) -> bool {
-        if addr == self.ctx.address || !self.lock().dialing.insert(addr.to_string()) {
+        if addr == self.ctx.address {
             return false;
+        }
+        {
+            let mut st = self.lock();
+            if st.dialing.contains(addr) {
+                return false;
+            }
+            if st.dialing.len() >= MAX_DIALERS && !self.ctx.config.seeds.iter().any(|s| s == addr) {
+                drop(st);
+                if let Some(held_back) = self.refused_dialer.allow() {
+                    tracing::warn!(
+                        node = %self.ctx.actor, %addr, held_back,
+                        "not dialing an address: {MAX_DIALERS} addresses are dialed already"
+                    );
+                }
+                return false;
+            }
+            st.dialing.insert(addr.to_string());
         }
         self.ctx
             .spawn(dial_forever(self.me.clone(), addr.to_string(), first));
@@ -658,6 +768,10 @@ async fn dial_forever(
     loop {
         let Some(m) = members.upgrade() else { return };
         if m.ctx.check_open().is_err() {
+            return;
+        }
+        if m.superseded(&addr) {
+            tracing::debug!(node = %m.ctx.actor, %addr, "stopped dialing an address its node left");
             return;
         }
         let idle = m.ctx.config.heartbeat_interval;
