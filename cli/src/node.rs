@@ -8,8 +8,11 @@
 //! one writer, a whole reply at a time, so an event never lands inside a
 //! multi-line reply.
 
+use std::future::Future;
 use std::io::{BufRead, IsTerminal, Read, Write};
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::task::Poll;
 use std::time::Duration;
 
 use lbmkv::{Config, Error, ErrorKind, Node};
@@ -40,6 +43,11 @@ options:
   --max-value-size BYTES   largest value (default 65011712, 62 MiB)
   --max-frame-size BYTES   largest frame from a peer (default 67108864, 64 MiB);
                            the largest key and value plus 1.25 MiB must fit
+  --log-level L            logs on stderr up to L: off, error, warn, info,
+                           debug, trace (default $LBMKV_LOG, else warn)
+
+SIGTERM and SIGINT make the node leave the cluster (peers see it leave at
+once) and exit 0, as quit does.
 
 commands: create T [max] | put T K V | get T K | sget T K | del T K | match T KPAT [VPAT]
           incr T K | tables | members | info | connect ADDR | disconnect NAME
@@ -234,9 +242,48 @@ async fn run(options: Options) -> ExitCode {
     code
 }
 
+/// Resolves with the signal's name when the process gets SIGTERM or SIGINT.
+type StopSignal = Pin<Box<dyn Future<Output = &'static str> + Send>>;
+
+/// SIGTERM and SIGINT, caught from now on instead of ending the process, so
+/// that the node leaves the cluster before it exits.
+fn stop_signal() -> StopSignal {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => Box::pin(std::future::poll_fn(move |cx| {
+            if term.poll_recv(cx).is_ready() {
+                return Poll::Ready("SIGTERM");
+            }
+            int.poll_recv(cx).map(|_| "SIGINT")
+        })),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!(
+                "lbmkv node: signals are not caught ({e}): SIGTERM ends the node without a goodbye"
+            );
+            Box::pin(std::future::pending())
+        }
+    }
+}
+
+/// `fut`, unless `stop` resolves first (then its signal's name).
+async fn unless<T>(stop: &mut StopSignal, fut: impl Future<Output = T>) -> Result<T, &'static str> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(sig) = stop.as_mut().poll(cx) {
+            return Poll::Ready(Err(sig));
+        }
+        fut.as_mut().poll(cx).map(Ok)
+    })
+    .await
+}
+
 /// Serves stdin; `events` (subscribed before the node reached its seeds) are
-/// printed after READY, from the start on.
+/// printed after READY, from the start on. SIGTERM or SIGINT end it as `quit` does.
 async fn serve(node: Node, events: Option<lbmkv::Events>, out: &Out) {
+    let mut stop = stop_signal();
     let _ = out.send(format!("READY {} {}\n", node.name(), node.address()));
     let event_task = events.map(|mut events| {
         let out = out.clone();
@@ -255,7 +302,14 @@ async fn serve(node: Node, events: Option<lbmkv::Events>, out: &Out) {
         if interactive && out.send("lbmkv> ".to_string()).is_err() {
             break;
         }
-        let line = match lines.recv().await {
+        let line = match unless(&mut stop, lines.recv()).await {
+            Err(sig) => {
+                eprintln!("lbmkv node: {sig}: leaving the cluster");
+                break;
+            }
+            Ok(line) => line,
+        };
+        let line = match line {
             Some(Ok(line)) => line,
             Some(Err(msg)) => {
                 if out.send(format!("ERR INVALID_ARGUMENT {msg}\n")).is_err() {
@@ -265,7 +319,14 @@ async fn serve(node: Node, events: Option<lbmkv::Events>, out: &Out) {
             }
             None => break,
         };
-        let reply = match shell.execute(&line).await {
+        let reply = match unless(&mut stop, shell.execute(&line)).await {
+            Err(sig) => {
+                eprintln!("lbmkv node: {sig}: leaving the cluster");
+                break;
+            }
+            Ok(reply) => reply,
+        };
+        let reply = match reply {
             Ok(Reply::Text(text)) => text,
             Ok(Reply::Nothing) => continue,
             Ok(Reply::Quit) => break,

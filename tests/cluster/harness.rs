@@ -130,8 +130,8 @@ impl NodeProc {
             cmd.arg("--events");
         }
         cmd.args(&spec.extra);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
+        if std::env::var_os("LBMKV_LOG").is_none() {
+            cmd.env("LBMKV_LOG", "info");
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -421,6 +421,27 @@ impl NodeProc {
                 _ => self.fail("did not exit within 10 s of quit"),
             }
         }
+    }
+
+    /// Sends `sig` (`-TERM`, `-INT`) and waits up to 10 s for the process to
+    /// exit; returns its exit status.
+    pub fn stop_with(mut self, sig: &str) -> std::process::ExitStatus {
+        self.signal(sig);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => self.fail(&format!("did not exit within 10 s of kill {sig}")),
+            }
+        }
+    }
+
+    /// What the node wrote to stderr (its logs) so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Kills the process with SIGKILL (no goodbye to the peers) and reaps it.

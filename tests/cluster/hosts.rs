@@ -165,7 +165,7 @@ fn a_host_with_the_wrong_cookie_fails_start_with_min_members_and_says_why() {
         .args(["--cookie", &spec.cookie])
         .args(["--seed", &seed])
         .args(&spec.extra)
-        .env("RUST_LOG", "warn")
+        .env("LBMKV_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -147,6 +147,40 @@ fn sigkill_is_detected_within_the_failure_timeout_and_survivors_keep_writing() {
 }
 
 #[test]
+fn sigterm_and_sigint_make_a_node_leave_cleanly_and_exit_0() {
+    let mut nodes = local_cluster("t", 3);
+    for n in nodes.iter_mut() {
+        n.clear_events();
+    }
+    let failure_timeout = Duration::from_millis(1000);
+    for sig in ["-TERM", "-INT"] {
+        let victim = nodes.pop().expect("a node to stop");
+        let name = victim.name.clone();
+        let sent = Instant::now();
+        let status = victim.stop_with(sig);
+        assert_eq!(status.code(), Some(0), "{name} after kill {sig}: {status}");
+        for n in nodes.iter_mut() {
+            let (seen, ev) = n.wait_event(Duration::from_secs(3), "node_down", |ev| {
+                ev["type"] == "node_down" && ev["node"] == name.as_str()
+            });
+            assert_eq!(
+                ev["reason"], "left the cluster",
+                "{} after kill {sig}",
+                n.name
+            );
+            let took = seen.duration_since(sent);
+            println!(
+                "kill {sig}: {} saw {name} leave after {:.1} ms",
+                n.name,
+                took.as_secs_f64() * 1e3
+            );
+            assert!(took < failure_timeout, "{name} left after {took:?}");
+        }
+    }
+    nodes[0].wait_members(1, Duration::from_secs(1));
+}
+
+#[test]
 fn a_node_with_the_wrong_cookie_is_refused_and_never_sees_a_table() {
     let mut nodes = local_cluster("c", 2);
     create_everywhere(&mut nodes, "secret");
@@ -155,7 +189,9 @@ fn a_node_with_the_wrong_cookie_is_refused_and_never_sees_a_table() {
         Spec::new("intruder")
             .cookie("not-the-cookie")
             .seed(&nodes[0].addr)
-            .seed(&nodes[1].addr),
+            .seed(&nodes[1].addr)
+            .arg("--log-level")
+            .arg("warn"),
     );
     let reply = intruder.one(&format!("connect {}", nodes[0].addr));
     assert!(
@@ -182,6 +218,15 @@ fn a_node_with_the_wrong_cookie_is_refused_and_never_sees_a_table() {
         );
     }
     nodes[1].expect("put secret k2 still writable", "OK");
+    // The engine's warning reaches the command's stderr, at --log-level warn.
+    let log = intruder.stderr_text();
+    assert!(
+        log.lines().any(
+            |l| l.contains(" WARN lbmkv::cluster::membership: dial refused:")
+                && l.contains("failed authentication (different cookie)")
+        ),
+        "no dial refused warning on the intruder's stderr:\n{log}"
+    );
 }
 
 /// Whether the node closed `stream` (EOF or reset) within `limit`; how long it took.

@@ -53,7 +53,7 @@ class LineProcess:
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            env={**os.environ, "LBMKV_LOG": os.environ.get("LBMKV_LOG", "warn")},
         )
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
