@@ -50,7 +50,10 @@
  * blocking `lbmkv_*` functions, which then return
  * `LBMKV_STATUS_WOULD_DEADLOCK` (local reads such as `lbmkv_table_get` without
  * `strong` are fine). Events are pulled with `lbmkv_node_next_event`: lbmkv
- * never calls into application code for them.
+ * never calls into application code for them. The log callback of
+ * `lbmkv_log_set_callback` is the exception: it runs on whatever thread
+ * logged, lbmkv's own included, possibly on several at once, and must not
+ * call `lbmkv_*` functions.
  */
 
 #ifndef LBMKV_H
@@ -199,6 +202,36 @@ typedef uint32_t lbmkv_event_type;
 #endif // __cplusplus
 
 /**
+ * How much lbmkv logs. The values never change meaning.
+ */
+typedef enum {
+  /**
+   * Nothing.
+   */
+  LBMKV_LOG_LEVEL_OFF = 0,
+  /**
+   * Failures that lose something or stop a part of the node.
+   */
+  LBMKV_LOG_LEVEL_ERROR = 1,
+  /**
+   * Refused peers (wrong cookie, protocol version), dropped connections.
+   */
+  LBMKV_LOG_LEVEL_WARN = 2,
+  /**
+   * Nodes started, peers up and down.
+   */
+  LBMKV_LOG_LEVEL_INFO = 3,
+  /**
+   * Dial failures, refused connections, events.
+   */
+  LBMKV_LOG_LEVEL_DEBUG = 4,
+  /**
+   * Everything.
+   */
+  LBMKV_LOG_LEVEL_TRACE = 5,
+} lbmkv_log_level;
+
+/**
  * How a node is started: every setting has the default of the
  * specification until set (`127.0.0.1:0`, advertised as the listen
  * address, no seeds, no wait for members, cookie from `$LBMKV_COOKIE` or
@@ -293,6 +326,28 @@ typedef struct {
 } lbmkv_slice;
 
 /**
+ * Receives one log record. `target` says where it comes from (a module
+ * path such as `"lbmkv::cluster::membership"`), `message` is the text with
+ * its fields (`"dial failed: ... node=a#1f target=127.0.0.1:7001"`); both
+ * are NUL-terminated UTF-8, valid during the call only.
+ *
+ * It is called on whatever thread logged, lbmkv's own threads included,
+ * possibly on several at once: it must be thread-safe, should return
+ * quickly (lbmkv waits for it), must not call `lbmkv_*` functions, and must
+ * not unwind (C++ exceptions, `longjmp`) out of the call.
+ */
+typedef void (*lbmkv_log_fn)(void *user_data,
+                             lbmkv_log_level level,
+                             const char *target,
+                             const char *message);
+
+/**
+ * Frees the `user_data` of a callback. lbmkv calls it exactly once, when it
+ * drops the callback, on whatever thread does that.
+ */
+typedef void (*lbmkv_free_fn)(void *user_data);
+
+/**
  * A conflict handler. It sees the two concurrent versions of one key in
  * `conflict` and decides by calling `lbmkv_resolution_set_value` or
  * `lbmkv_resolution_set_delete` on `resolution`, then returns true. Returning
@@ -309,12 +364,6 @@ typedef struct {
 typedef bool (*lbmkv_conflict_fn)(void *user_data,
                                   const lbmkv_conflict *conflict,
                                   lbmkv_resolution *resolution);
-
-/**
- * Frees the `user_data` of a callback. lbmkv calls it exactly once, when it
- * drops the callback, on whatever thread does that.
- */
-typedef void (*lbmkv_free_fn)(void *user_data);
 
 /**
  * An update function, for `lbmkv_table_update` and `lbmkv_table_update_all`.
@@ -565,6 +614,21 @@ const char *lbmkv_event_table(const lbmkv_event *event);
  * Frees an event. NULL does nothing.
  */
 void lbmkv_event_free(lbmkv_event *event);
+
+/**
+ * Sends lbmkv's log records up to `level` (an `lbmkv_log_level` value) to
+ * `fn`, for every node of the process, from now on. The callback set before,
+ * if any, is dropped: its `user_data_free` runs once no call to it is
+ * running any more. `fn` NULL or `LBMKV_LOG_LEVEL_OFF` stops the logs (and
+ * `user_data_free(user_data)` runs at once). Nothing is logged until this is
+ * called. A level that is not an `lbmkv_log_level` gives
+ * `LBMKV_STATUS_INVALID_ARGUMENT`.
+ */
+lbmkv_status lbmkv_log_set_callback(uint32_t level,
+                                    lbmkv_log_fn fn,
+                                    void *user_data,
+                                    lbmkv_free_fn user_data_free,
+                                    lbmkv_error **err_out);
 
 /**
  * Starts a node with `config` (NULL: every default) and stores it in

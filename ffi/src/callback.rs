@@ -107,7 +107,7 @@ impl UserData {
 
     /// The pointer. A method, not a field access, so that closures capture the
     /// whole `UserData` (which is `Send`) rather than the bare pointer.
-    fn ptr(&self) -> *mut c_void {
+    pub(crate) fn ptr(&self) -> *mut c_void {
         self.ptr
     }
 }

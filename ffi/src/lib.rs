@@ -21,6 +21,7 @@ mod config;
 mod error;
 mod event;
 mod handle;
+mod log;
 mod node;
 mod panic;
 mod table;
@@ -30,6 +31,7 @@ pub use callback::*;
 pub use config::*;
 pub use error::*;
 pub use event::*;
+pub use log::*;
 pub use node::*;
 pub use table::*;
 

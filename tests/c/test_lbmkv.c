@@ -160,6 +160,40 @@ static bool upper_or_delete(void *user_data, lbmkv_slice key, const lbmkv_slice 
          LBMKV_STATUS_OK;
 }
 
+/* Log records seen by a log callback: the first dial failure, and the
+ * level it came at. */
+typedef struct {
+  free_counter freed; /* first: count_free frees the user data */
+  pthread_mutex_t lock;
+  int calls;
+  int dial_failures;
+  lbmkv_log_level dial_failure_level;
+  char target[64];
+} log_seen;
+
+static void on_log(void *user_data, lbmkv_log_level level, const char *target,
+                   const char *message) {
+  log_seen *seen = (log_seen *)user_data;
+  pthread_mutex_lock(&seen->lock);
+  seen->calls++;
+  if (strstr(message, "dial failed") != NULL && strstr(message, "127.0.0.1:1") != NULL) {
+    if (seen->dial_failures++ == 0) {
+      seen->dial_failure_level = level;
+      snprintf(seen->target, sizeof seen->target, "%s", target);
+    }
+  }
+  pthread_mutex_unlock(&seen->lock);
+}
+
+static int saw_dial_failure(void *arg) {
+  log_seen *seen = (log_seen *)arg;
+  int n;
+  pthread_mutex_lock(&seen->lock);
+  n = seen->dial_failures;
+  pthread_mutex_unlock(&seen->lock);
+  return n > 0;
+}
+
 /* ------------------------------------------------------------------ tests */
 
 static void test_version_and_status_names(void) {
@@ -702,6 +736,7 @@ static void test_user_data_free_runs_exactly_once(void) {
 /* ---------------------------------------------------- cluster and handler */
 
 typedef struct {
+  free_counter freed; /* first: count_free frees the user data */
   pthread_mutex_t lock;
   int calls;
   int frees;
@@ -956,6 +991,44 @@ static void test_handles_are_shared_between_threads(void) {
   lbmkv_node_free(node);
 }
 
+/* A dial failure of the engine reaches the log callback at debug level; the
+ * callback's user data is freed once when it is replaced. */
+static void test_engine_logs_reach_the_log_callback(void) {
+  static log_seen seen = {{PTHREAD_MUTEX_INITIALIZER, 0}, PTHREAD_MUTEX_INITIALIZER, 0, 0,
+                          LBMKV_LOG_LEVEL_OFF, ""};
+  lbmkv_config *cfg = test_config("c-logs");
+  lbmkv_node *node = NULL;
+  lbmkv_log_level level;
+  char target[64];
+  int calls, after;
+  CHECK(cfg != NULL);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_log_set_callback, 6, on_log, &seen, NULL);
+  OK(lbmkv_log_set_callback, LBMKV_LOG_LEVEL_DEBUG, on_log, &seen, count_free);
+  /* Nobody listens on port 1: every dial of the seed fails. */
+  OK(lbmkv_config_add_seed, cfg, "127.0.0.1:1");
+  OK(lbmkv_node_start, cfg, &node);
+  lbmkv_config_free(cfg);
+  CHECK(wait_until(saw_dial_failure, &seen, 10000));
+  pthread_mutex_lock(&seen.lock);
+  level = seen.dial_failure_level;
+  snprintf(target, sizeof target, "%s", seen.target);
+  pthread_mutex_unlock(&seen.lock);
+  CHECK(level == LBMKV_LOG_LEVEL_DEBUG);
+  CHECK(strcmp(target, "lbmkv::cluster::membership") == 0);
+  /* Removing the callback frees its user data at once and ends the calls. */
+  CHECK(frees_of(&seen.freed) == 0);
+  OK(lbmkv_log_set_callback, LBMKV_LOG_LEVEL_OFF, NULL, NULL, NULL);
+  CHECK(frees_of(&seen.freed) == 1);
+  pthread_mutex_lock(&seen.lock);
+  calls = seen.calls;
+  pthread_mutex_unlock(&seen.lock);
+  lbmkv_node_free(node);
+  pthread_mutex_lock(&seen.lock);
+  after = seen.calls;
+  pthread_mutex_unlock(&seen.lock);
+  CHECK(after == calls);
+}
+
 int main(void) {
   RUN(test_version_and_status_names);
   RUN(test_config_setters_check_their_input);
@@ -968,6 +1041,7 @@ int main(void) {
   RUN(test_user_data_free_runs_exactly_once);
   RUN(test_split_and_heal_resolved_by_a_c_handler);
   RUN(test_handles_are_shared_between_threads);
+  RUN(test_engine_logs_reach_the_log_callback);
   /* Last: it waits until lbmkv has dropped everything of its node (the
    * handler's user data is finalized), so that valgrind's leak check at exit
    * does not race with lbmkv's threads tearing down the last closed node. */
