@@ -9,7 +9,10 @@
 //! - `update` functions run on the calling thread and attach to the
 //!   interpreter only while they run;
 //! - conflict handlers run on tokio's blocking pool and attach with
-//!   `Python::try_attach` (at interpreter shutdown they count as unresolved).
+//!   `Python::try_attach` (at interpreter shutdown they count as unresolved);
+//! - log records reach Python on a thread of their own (see `logs`).
+
+mod logs;
 
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
@@ -744,6 +747,7 @@ impl PyTable {
 fn _lbmkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNode>()?;
     m.add_class::<PyTable>()?;
+    m.add_function(wrap_pyfunction!(logs::set_log_handler, m)?)?;
     m.add("__version__", lbmkv::VERSION)?;
     Ok(())
 }

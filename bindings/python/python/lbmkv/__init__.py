@@ -24,6 +24,7 @@ from ._errors import (
     WouldDeadlock,
 )
 from ._lbmkv import __version__
+from ._logs import TRACE, sync_log_level
 from ._node import ConflictHandler, Node
 from ._table import BytesLike, ConflictRecord, Table
 
@@ -44,5 +45,7 @@ __all__ = [
     "IoError",
     "ProtocolError",
     "InternalError",
+    "sync_log_level",
+    "TRACE",
     "__version__",
 ]

@@ -4,9 +4,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
 _BytesLike = Union[bytes, bytearray, memoryview, str]
 
-__all__ = ["Node", "Table", "__version__"]
+__all__ = ["Node", "Table", "__version__", "set_log_handler"]
 
 __version__: str
+
+def set_log_handler(level: int, handler: Optional[Callable[[int, str, str], None]]) -> None: ...
 
 @final
 class Node:

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Type, Union
 
 from . import _lbmkv
+from ._logs import sync_log_level
 from ._table import BytesLike, Table
 
 __all__ = ["Node", "ConflictHandler"]
@@ -47,6 +48,10 @@ class Node:
 
     Starting waits (with the GIL released) for a first attempt to reach every seed
     and, with ``min_members``, for that many members.
+
+    The engine's logs go to the ``lbmkv`` logger of :mod:`logging`, at the
+    level it lets through when the node starts (see
+    :func:`lbmkv.sync_log_level`).
     """
 
     __slots__ = ("_n", "__weakref__")
@@ -77,6 +82,7 @@ class Node:
             if not isinstance(seeds, abc.Iterable):
                 raise TypeError(f"seeds must be a list of 'host:port' strings, not {type(seeds).__name__}")
             seed_list = list(seeds)
+        sync_log_level()
         self._n = _lbmkv.Node(
             name=name,
             listen=listen,
