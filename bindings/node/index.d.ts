@@ -263,6 +263,13 @@ export interface NodeOptions {
   maxValueSize?: number
 }
 
+/**
+ * Sends lbmkv's log records up to `level` to `handler(level, target,
+ * message)`, called on the JavaScript thread, for every node of the
+ * process; `'off'` or `null` stops them. Replaces the handler set before.
+ */
+export declare function setLogger(level: 'off' | 'error' | 'warn' | 'info' | 'debug' | 'trace', handler: ((level: 'error' | 'warn' | 'info' | 'debug' | 'trace', target: string, message: string) => void) | null): void
+
 /** One table in `NodeInfo`. */
 export interface TableStats {
   /** The table's name. */

@@ -22,7 +22,7 @@ function load() {
 }
 
 const native = load()
-const { Node, Table, getInto, tableHandle, version } = native
+const { Node, Table, getInto, tableHandle, version, setLogger } = native
 
 // --- Node: an EventEmitter that keeps the event loop alive until close() ---
 
@@ -135,5 +135,5 @@ Object.defineProperty(Table.prototype, 'get', {
   configurable: true,
 })
 
-module.exports = { Node, Table, version }
+module.exports = { Node, Table, version, setLogger }
 module.exports.default = module.exports

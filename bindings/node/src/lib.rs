@@ -5,7 +5,8 @@
 //! Everything that crosses the network runs on the core's shared tokio
 //! runtime and settles a Promise; local reads are synchronous. JavaScript
 //! callbacks (update functions, conflict handlers, the event listener) are
-//! called from the runtime through weak ThreadsafeFunctions.
+//! called from the runtime through weak ThreadsafeFunctions, and so is the
+//! log handler of `setLogger`.
 
 // napi-rs registers exports only outside `cfg(test)`.
 #![cfg_attr(test, allow(dead_code))]
@@ -14,6 +15,7 @@ mod callbacks;
 mod conv;
 mod error;
 mod fast;
+mod logs;
 mod node;
 mod promise;
 mod table;
