@@ -1,4 +1,6 @@
-//! The cluster secret (the cookie) and the mutual HMAC-SHA256 challenge-response.
+//! The cluster secret (the cookie), the mutual HMAC-SHA256 challenge-response
+//! of the handshake, and the per-connection keys that authenticate each frame
+//! after it.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -110,9 +112,9 @@ fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(&format!("writing {}", path.display()), e))
 }
 
-/// Which side of the handshake computes a proof; part of the MAC input so a
-/// proof cannot be reflected back to its sender.
-#[derive(Clone, Copy)]
+/// Which side of the handshake; part of every MAC input, so that nothing one
+/// side computed is accepted as the other side's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {
     /// The side that connected.
     Initiator,
@@ -120,54 +122,163 @@ pub enum Role {
     Acceptor,
 }
 
-/// The proof that the prover knows the cookie, bound to both nonces and both actors.
-pub fn proof(
-    cookie: &[u8],
-    role: Role,
-    prover: &ActorId,
-    verifier_nonce: &[u8; 32],
-    prover_nonce: &[u8; 32],
-) -> [u8; 32] {
-    mac_for(cookie, role, prover, verifier_nonce, prover_nonce)
-        .finalize()
-        .into_bytes()
-        .into()
+/// Bytes of the MAC that follows every frame after the handshake.
+pub const TAG_LEN: usize = 16;
+
+/// What both sides said in a handshake. Proofs and session keys are MACs of
+/// the cookie over all of it, so a proof or a key is good for this one
+/// handshake only, and a relay that alters an announced address or a nonce
+/// breaks both.
+pub struct Transcript<'a> {
+    /// The protocol version both sides speak.
+    pub version: u16,
+    /// The side that connected.
+    pub initiator: &'a ActorId,
+    /// The address the initiator announced, as sent.
+    pub initiator_listen: &'a str,
+    /// The initiator's nonce (in its `Hello`).
+    pub initiator_nonce: &'a [u8; 32],
+    /// The side that accepted.
+    pub acceptor: &'a ActorId,
+    /// The address the acceptor announced, as sent.
+    pub acceptor_listen: &'a str,
+    /// The acceptor's nonce (in its `Challenge`).
+    pub acceptor_nonce: &'a [u8; 32],
 }
 
-/// Checks a proof in constant time.
-pub fn verify(
-    cookie: &[u8],
-    role: Role,
-    prover: &ActorId,
-    verifier_nonce: &[u8; 32],
-    prover_nonce: &[u8; 32],
-    proof: &[u8; 32],
-) -> bool {
-    mac_for(cookie, role, prover, verifier_nonce, prover_nonce)
-        .verify_slice(proof)
-        .is_ok()
+/// Labels, each ending in a NUL so that none is a prefix of another.
+const PROOF_INITIATOR: &[u8] = b"lbmkv proof initiator\0";
+const PROOF_ACCEPTOR: &[u8] = b"lbmkv proof acceptor\0";
+const FRAMES_FROM_INITIATOR: &[u8] = b"lbmkv frames initiator to acceptor\0";
+const FRAMES_FROM_ACCEPTOR: &[u8] = b"lbmkv frames acceptor to initiator\0";
+
+impl Transcript<'_> {
+    /// The proof that `role` knows the cookie.
+    pub fn proof(&self, cookie: &[u8], role: Role) -> [u8; 32] {
+        self.mac(cookie, proof_label(role))
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// Checks `role`'s proof in constant time.
+    pub fn verify(&self, cookie: &[u8], role: Role, proof: &[u8; 32]) -> bool {
+        self.mac(cookie, proof_label(role))
+            .verify_slice(proof)
+            .is_ok()
+    }
+
+    /// The keys of the connection's two directions, as `me` uses them.
+    pub fn session(&self, cookie: &[u8], me: Role) -> Session {
+        let key =
+            |label: &[u8]| -> [u8; 32] { self.mac(cookie, label).finalize().into_bytes().into() };
+        let (from_initiator, from_acceptor) = (
+            FrameKey::new(&key(FRAMES_FROM_INITIATOR)),
+            FrameKey::new(&key(FRAMES_FROM_ACCEPTOR)),
+        );
+        match me {
+            Role::Initiator => Session {
+                send: from_initiator,
+                receive: from_acceptor,
+            },
+            Role::Acceptor => Session {
+                send: from_acceptor,
+                receive: from_initiator,
+            },
+        }
+    }
+
+    fn mac(&self, cookie: &[u8], label: &[u8]) -> HmacSha256 {
+        let mut mac = keyed(cookie);
+        mac.update(label);
+        mac.update(&self.version.to_be_bytes());
+        for (actor, listen, nonce) in [
+            (self.initiator, self.initiator_listen, self.initiator_nonce),
+            (self.acceptor, self.acceptor_listen, self.acceptor_nonce),
+        ] {
+            field(&mut mac, actor.name.as_bytes());
+            mac.update(&actor.incarnation.to_be_bytes());
+            field(&mut mac, listen.as_bytes());
+            mac.update(nonce);
+        }
+        mac
+    }
 }
 
-fn mac_for(
-    cookie: &[u8],
-    role: Role,
-    prover: &ActorId,
-    verifier_nonce: &[u8; 32],
-    prover_nonce: &[u8; 32],
-) -> HmacSha256 {
-    // HMAC takes keys of any length: the error case does not exist for it.
-    let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(cookie)
-        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-    mac.update(match role {
-        Role::Initiator => b"lbmkv-initiator",
-        Role::Acceptor => b"lbmkv-acceptor\0",
-    });
-    mac.update(prover.name.as_bytes());
-    mac.update(&[0]);
-    mac.update(&prover.incarnation.to_be_bytes());
-    mac.update(verifier_nonce);
-    mac.update(prover_nonce);
-    mac
+fn proof_label(role: Role) -> &'static [u8] {
+    match role {
+        Role::Initiator => PROOF_INITIATOR,
+        Role::Acceptor => PROOF_ACCEPTOR,
+    }
+}
+
+/// A variable-length field, length first, so that no two transcripts hash
+/// the same bytes.
+fn field(mac: &mut HmacSha256, bytes: &[u8]) {
+    mac.update(&(bytes.len() as u64).to_be_bytes());
+    mac.update(bytes);
+}
+
+fn keyed(key: &[u8]) -> HmacSha256 {
+    <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+}
+
+/// The frame keys of one connection.
+pub struct Session {
+    /// Authenticates the frames this side sends.
+    pub send: FrameKey,
+    /// Checks the frames this side receives.
+    pub receive: FrameKey,
+}
+
+/// The key of one direction of a connection and the number of the next
+/// frame in it. Each frame's tag covers that number, so a frame dropped,
+/// replayed, reordered or sent back to its sender fails the check.
+#[derive(Clone)]
+pub struct FrameKey {
+    /// Keyed once: each frame clones this state instead of hashing the key again.
+    mac: HmacSha256,
+    next: u64,
+}
+
+impl FrameKey {
+    fn new(key: &[u8; 32]) -> FrameKey {
+        FrameKey {
+            mac: keyed(key),
+            next: 0,
+        }
+    }
+
+    fn for_next(&mut self, frame: &[&[u8]]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(&self.next.to_be_bytes());
+        for part in frame {
+            mac.update(part);
+        }
+        // 2^64 frames are out of reach: the number never wraps in practice.
+        self.next = self.next.wrapping_add(1);
+        mac
+    }
+
+    /// The tag of the next frame sent, `frame` being its length prefix and body.
+    pub fn seal(&mut self, frame: &[u8]) -> [u8; TAG_LEN] {
+        let full = self.for_next(&[frame]).finalize().into_bytes();
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
+    }
+
+    /// Whether `tag` is the tag of the next frame received, whose body is
+    /// `body` (checked in constant time).
+    pub fn open(&mut self, body: &[u8], tag: &[u8; TAG_LEN]) -> bool {
+        let Ok(len) = u32::try_from(body.len()) else {
+            return false;
+        };
+        self.for_next(&[&len.to_be_bytes(), body])
+            .verify_truncated_left(tag)
+            .is_ok()
+    }
 }
 
 #[cfg(test)]
@@ -204,23 +315,74 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    fn transcript<'a>(
+        a: &'a ActorId,
+        b: &'a ActorId,
+        n1: &'a [u8; 32],
+        n2: &'a [u8; 32],
+    ) -> Transcript<'a> {
+        Transcript {
+            version: 3,
+            initiator: a,
+            initiator_listen: "10.0.0.1:7000",
+            initiator_nonce: n1,
+            acceptor: b,
+            acceptor_listen: "10.0.0.2:7000",
+            acceptor_nonce: n2,
+        }
+    }
+
     #[test]
-    fn proofs_verify_only_with_the_same_cookie_role_and_nonces() {
-        let a = ActorId::new("a", 1);
+    fn proofs_verify_only_with_the_same_cookie_role_nonces_and_peers() {
+        let (a, b) = (ActorId::new("a", 1), ActorId::new("b", 2));
         let (n1, n2) = ([1u8; 32], [2u8; 32]);
-        let p = proof(b"secret", Role::Initiator, &a, &n1, &n2);
-        assert!(verify(b"secret", Role::Initiator, &a, &n1, &n2, &p));
-        assert!(!verify(b"other", Role::Initiator, &a, &n1, &n2, &p));
-        assert!(!verify(b"secret", Role::Acceptor, &a, &n1, &n2, &p));
-        assert!(!verify(b"secret", Role::Initiator, &a, &n2, &n1, &p));
-        assert!(!verify(
-            b"secret",
-            Role::Initiator,
-            &ActorId::new("a", 2),
-            &n1,
-            &n2,
-            &p
-        ));
+        let t = transcript(&a, &b, &n1, &n2);
+        let p = t.proof(b"secret", Role::Initiator);
+        assert!(t.verify(b"secret", Role::Initiator, &p));
+        assert!(!t.verify(b"other", Role::Initiator, &p));
+        assert!(!t.verify(b"secret", Role::Acceptor, &p));
+        assert!(!transcript(&a, &b, &n2, &n1).verify(b"secret", Role::Initiator, &p));
+        let a2 = ActorId::new("a", 2);
+        assert!(!transcript(&a2, &b, &n1, &n2).verify(b"secret", Role::Initiator, &p));
+        let moved = Transcript {
+            acceptor_listen: "10.0.0.3:7000",
+            ..transcript(&a, &b, &n1, &n2)
+        };
+        assert!(!moved.verify(b"secret", Role::Initiator, &p));
+    }
+
+    #[test]
+    fn frames_open_only_in_order_in_their_direction_and_unaltered() {
+        let (a, b) = (ActorId::new("a", 1), ActorId::new("b", 2));
+        let (n1, n2) = ([1u8; 32], [2u8; 32]);
+        let t = transcript(&a, &b, &n1, &n2);
+        let mut init = t.session(b"secret", Role::Initiator);
+        let mut acc = t.session(b"secret", Role::Acceptor);
+        let frame = |body: &[u8]| {
+            let mut f = (body.len() as u32).to_be_bytes().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        let (f0, f1) = (frame(b"first"), frame(b"second"));
+        let (t0, t1) = (init.send.seal(&f0), init.send.seal(&f1));
+        // Sent back to its sender: the other direction's key refuses it.
+        assert!(!init.receive.clone().open(b"first", &t0));
+        // Out of order, altered or replayed: refused.
+        assert!(!acc.receive.clone().open(b"second", &t1));
+        assert!(!acc.receive.clone().open(b"firsT", &t0));
+        assert!(acc.receive.open(b"first", &t0));
+        assert!(!acc.receive.clone().open(b"first", &t0));
+        assert!(acc.receive.open(b"second", &t1));
+        let other = Transcript {
+            initiator_nonce: &n2,
+            ..transcript(&a, &b, &n1, &n2)
+        };
+        let mut foreign = other.session(b"secret", Role::Initiator);
+        foreign.send.seal(&f0);
+        foreign.send.seal(&f1);
+        assert!(!acc
+            .receive
+            .open(b"third", &foreign.send.seal(&frame(b"third"))));
     }
 
     #[cfg(unix)]

@@ -1,5 +1,7 @@
 //! The messages nodes exchange, and their framing: a 4-byte big-endian length,
-//! then the message encoded with postcard.
+//! then the message encoded with postcard. After the handshake every frame is
+//! followed by a 16-byte tag (see `auth::FrameKey`), which the length does
+//! not count.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +11,7 @@ use crate::vclock::{ActorId, Dot, VClock};
 /// First field of every handshake message: "LBKV".
 pub const MAGIC: u32 = 0x4c42_4b56;
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bound on any frame before the peer is authenticated.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
@@ -299,11 +301,12 @@ pub enum Message {
         actor: ActorId,
         /// Where the initiator listens.
         listen: String,
-        /// Challenge for the acceptor.
+        /// The initiator's nonce.
         nonce: [u8; 32],
     },
-    /// Handshake 2, acceptor to initiator: its identity, its challenge, and its
-    /// proof of the cookie over the initiator's challenge.
+    /// Handshake 2, acceptor to initiator: its identity and its nonce. It
+    /// proves nothing yet: a peer learns nothing derived from the cookie
+    /// before it proved the cookie itself.
     Challenge {
         /// [`MAGIC`].
         magic: u32,
@@ -313,17 +316,22 @@ pub enum Message {
         actor: ActorId,
         /// Where the acceptor listens.
         listen: String,
-        /// Challenge for the initiator.
+        /// The acceptor's nonce.
         nonce: [u8; 32],
-        /// HMAC-SHA256 proof.
-        proof: [u8; 32],
     },
-    /// Handshake 3, initiator to acceptor: its proof over the acceptor's challenge.
+    /// Handshake 3, initiator to acceptor, then 4, acceptor to initiator once
+    /// the initiator's proof checked out: HMAC-SHA256 of the cookie over the
+    /// handshake (both identities, announced addresses and nonces) and the
+    /// sender's role.
     Proof {
         /// HMAC-SHA256 proof.
         proof: [u8; 32],
     },
-    /// Handshake 4, acceptor to initiator: accepted.
+    /// Handshake 4 instead of the acceptor's proof: the initiator's proof is
+    /// wrong (another cookie). The acceptor closes the connection.
+    Rejected,
+    /// Handshake 5, acceptor to initiator: accepted. Every later frame in
+    /// both directions carries a tag.
     Welcome,
     /// Keeps an idle connection alive.
     Heartbeat,

@@ -1,8 +1,8 @@
 //! Random-input tests of the wire, on stable Rust: frame decoding, the
-//! handshake, and every message type from an authenticated peer (the merge
-//! protocol's included). Nothing may panic, no single allocation may exceed a
-//! bound tied to the frame limit, and no malformed or out-of-protocol message
-//! may touch a table.
+//! handshake, every message type from an authenticated peer (the merge
+//! protocol's included), and frames whose tag fails. Nothing may panic, no
+//! single allocation may exceed a bound tied to the frame limit, and no
+//! malformed, out-of-protocol or unauthenticated message may touch a table.
 //!
 //! Each test runs for `LBMKV_FUZZ_SECONDS` (default 2) seconds of wall time;
 //! `make fuzz SECONDS=N` sets it. `LBMKV_FUZZ_SEED` fixes the generator
@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
+mod common;
+
+use common::raw_peer::{self, read_msg, send, send_msg, Sealer, Transcript};
 use lbmkv::net::{BoxStream, MemNet, Net};
 use lbmkv::vclock::{ActorId, Dot, VClock};
 use lbmkv::wire::{
@@ -25,8 +27,7 @@ use lbmkv::wire::{
 use lbmkv::{Config, ErrorKind, Node};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 // ---------------------------------------------------------------------------
 // The largest single allocation, per thread, while tracking is on.
@@ -214,7 +215,7 @@ fn session(rng: &mut StdRng) -> u64 {
 /// or inert, and must leave every table as it was.
 fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
     let small = |rng: &mut StdRng| rng.random_range(0..4u64);
-    let m = match rng.random_range(0..25) {
+    let m = match rng.random_range(0..26) {
         0 => Message::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -228,7 +229,6 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
             actor: actor(rng),
             listen: text(rng, 8),
             nonce: rng.random(),
-            proof: rng.random(),
         },
         2 => Message::Proof {
             proof: rng.random(),
@@ -335,6 +335,7 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
             view: (0..rng.random_range(0..3)).map(|_| actor(rng)).collect(),
         }),
         23 => Message::Probe { id: small(rng) },
+        24 => Message::Rejected,
         _ => Message::ApplyRefused { id: small(rng) },
     };
     let loud = match &m {
@@ -490,26 +491,6 @@ async fn dial(net: &MemNet, from: u8) -> BoxStream {
         .expect("connect")
 }
 
-async fn send(stream: &mut BoxStream, bytes: &[u8]) -> bool {
-    stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok()
-}
-
-async fn send_msg(stream: &mut BoxStream, m: &Message) -> bool {
-    send(stream, &encode_frame(m).unwrap()).await
-}
-
-/// Reads one frame, or `None` at the end of the stream, an error or after `wait`.
-async fn read_msg(stream: &mut BoxStream, wait: Duration) -> Option<Message> {
-    let read = async {
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).await.ok()?;
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        stream.read_exact(&mut body).await.ok()?;
-        decode(&body).ok()
-    };
-    tokio::time::timeout(wait, read).await.ok().flatten()
-}
-
 /// Whether the node closed the connection: it reads the end of the stream
 /// (skipping whatever the node still sends) within `wait`.
 async fn closed_by_node(stream: &mut BoxStream, wait: Duration) -> bool {
@@ -525,43 +506,16 @@ async fn closed_by_node(stream: &mut BoxStream, wait: Duration) -> bool {
     tokio::time::timeout(wait, drain).await.is_ok()
 }
 
-fn initiator_proof(me: &ActorId, their_nonce: &[u8; 32], my_nonce: &[u8; 32]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new_from_slice(COOKIE).unwrap();
-    mac.update(b"lbmkv-initiator");
-    mac.update(me.name.as_bytes());
-    mac.update(&[0]);
-    mac.update(&me.incarnation.to_be_bytes());
-    mac.update(their_nonce);
-    mac.update(my_nonce);
-    mac.finalize().into_bytes().into()
-}
-
-/// Connects as `me` and completes the handshake.
-async fn authenticated(net: &MemNet, me: &ActorId, rng: &mut StdRng) -> Option<BoxStream> {
+/// Connects as `me` and completes the handshake; the key of the frames it
+/// sends, and the transcript.
+async fn authenticated(
+    net: &MemNet,
+    me: &ActorId,
+    rng: &mut StdRng,
+) -> Option<(BoxStream, Sealer, Transcript)> {
     let mut s = dial(net, 9).await;
-    let nonce: [u8; 32] = rng.random();
-    send_msg(
-        &mut s,
-        &Message::Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            actor: me.clone(),
-            listen: "127.0.0.9:7000".into(),
-            nonce,
-        },
-    )
-    .await;
-    let Some(Message::Challenge { nonce: theirs, .. }) =
-        read_msg(&mut s, Duration::from_secs(2)).await
-    else {
-        return None;
-    };
-    let proof = initiator_proof(me, &theirs, &nonce);
-    send_msg(&mut s, &Message::Proof { proof }).await;
-    match read_msg(&mut s, Duration::from_secs(2)).await {
-        Some(Message::Welcome) => Some(s),
-        _ => None,
-    }
+    let t = raw_peer::handshake(&mut s, COOKIE, me, "127.0.0.9:7000", rng.random()).await?;
+    Some((s, t.initiator_frames(COOKIE), t))
 }
 
 /// Starts the node with a table `t` of a few entries.
@@ -672,13 +626,40 @@ fn handshake_survives_random_and_hostile_input() {
                     send_msg(&mut s, &m).await;
                 }
                 _ => {
-                    // A Hello, then a proof for other nonces.
-                    send_msg(&mut s, &hello(&mut rng)).await;
-                    if let Some(Message::Challenge { nonce, .. }) =
-                        read_msg(&mut s, Duration::from_millis(500)).await
+                    // A Hello, then a proof for another handshake: other
+                    // nonces, another identity or address, or another cookie.
+                    let nonce = rng.random();
+                    send_msg(&mut s, &raw_peer::hello(&me, "127.0.0.9:7000", nonce)).await;
+                    if let Some(Message::Challenge {
+                        actor,
+                        listen,
+                        nonce: theirs,
+                        ..
+                    }) = read_msg(&mut s, Duration::from_millis(500)).await
                     {
-                        let proof = initiator_proof(&me, &nonce, &rng.random());
+                        let mut t = Transcript {
+                            initiator: me.clone(),
+                            initiator_listen: "127.0.0.9:7000".into(),
+                            initiator_nonce: nonce,
+                            acceptor: actor,
+                            acceptor_listen: listen,
+                            acceptor_nonce: theirs,
+                        };
+                        let mut cookie = COOKIE.to_vec();
+                        match rng.random_range(0..5) {
+                            0 => t.initiator_nonce = rng.random(),
+                            1 => t.acceptor_nonce = rng.random(),
+                            2 => t.initiator.incarnation ^= 1,
+                            3 => t.acceptor_listen.push('0'),
+                            _ => cookie.push(b'!'),
+                        }
+                        let proof = t.initiator_proof(&cookie);
                         send_msg(&mut s, &Message::Proof { proof }).await;
+                        assert_eq!(
+                            read_msg(&mut s, Duration::from_millis(500)).await,
+                            Some(Message::Rejected),
+                            "a wrong proof is answered with Rejected, never a proof (seed {seed})"
+                        );
                     }
                 }
             }
@@ -726,7 +707,7 @@ fn messages_from_an_authenticated_peer_never_crash_the_node_or_touch_tables_out_
             // is its sequencer.
             let me = ActorId::new("zz", rng.random());
             let before = tables_of(&node);
-            let Some(mut s) = authenticated(&net, &me, &mut rng).await else {
+            let Some((mut s, mut key, _)) = authenticated(&net, &me, &mut rng).await else {
                 panic!("a correct handshake failed (seed {seed})");
             };
             sessions += 1;
@@ -742,9 +723,10 @@ fn messages_from_an_authenticated_peer_never_crash_the_node_or_touch_tables_out_
                         mutate(&mut rng, &mut body);
                         loud |= decode(&body).is_ok();
                         malformed += 1;
+                        // With a good tag: the damage reaches the decoder.
                         let mut frame = (body.len() as u32).to_be_bytes().to_vec();
                         frame.extend(body);
-                        frame
+                        key.seal(&frame)
                     }
                     1 => {
                         // Beyond the frame limit.
@@ -755,7 +737,7 @@ fn messages_from_an_authenticated_peer_never_crash_the_node_or_touch_tables_out_
                     _ => {
                         let (m, l) = message(&mut rng, &me_actor);
                         loud |= l;
-                        encode_frame(&m).unwrap()
+                        key.seal_msg(&m)
                     }
                 };
                 sent += 1;
@@ -788,5 +770,139 @@ fn messages_from_an_authenticated_peer_never_crash_the_node_or_touch_tables_out_
         println!(
             "peer: {sessions} authenticated sessions, {sent} frames ({malformed} malformed), {quiet} sessions checked to leave tables untouched, largest allocation {worst} bytes"
         );
+    });
+}
+
+/// The name of the table a forged frame announces.
+fn forged_table(n: u64) -> String {
+    format!("forged-{n}")
+}
+
+/// A frame that makes the node create a table at once when its tag is good.
+fn forged_frame(n: u64) -> Vec<u8> {
+    encode_frame(&Message::TableChanged(TableInfo {
+        name: forged_table(n),
+        has_handler: false,
+    }))
+    .unwrap()
+}
+
+fn has_table(node: &Node, name: &str) -> bool {
+    tables_of(node).iter().any(|(t, _)| t == name)
+}
+
+#[test]
+fn frames_whose_tag_fails_close_the_connection_and_touch_no_table() {
+    count_panics();
+    let (mut rng, seed) = rng_for("tags");
+    let until = Instant::now() + budget();
+    paused_runtime().block_on(async {
+        let net = MemNet::new();
+        let (node, t) = target(&net).await;
+        let (mut sessions, mut controls) = (0u64, 0u64);
+        while Instant::now() < until || controls == 0 {
+            let me = ActorId::new("zz", rng.random());
+            let Some((mut s, mut key, transcript)) = authenticated(&net, &me, &mut rng).await
+            else {
+                panic!("a correct handshake failed (seed {seed})");
+            };
+            sessions += 1;
+            let name = forged_table(sessions);
+            // Good frames first, so that frame numbers other than 0 are in play.
+            for _ in 0..rng.random_range(0..4) {
+                let heartbeat = encode_frame(&Message::Heartbeat).unwrap();
+                send(&mut s, &key.seal(&heartbeat)).await;
+            }
+            let frame = forged_frame(sessions);
+            let case = rng.random_range(0..8);
+            let bytes = match case {
+                0 => {
+                    // The control: with its good tag the same frame creates the table.
+                    key.seal(&frame)
+                }
+                1 => {
+                    // One bit flipped in the body or the tag.
+                    let mut f = key.seal(&frame);
+                    let i = rng.random_range(4..f.len());
+                    f[i] ^= 1 << rng.random_range(0..8);
+                    f
+                }
+                2 => {
+                    let mut f = frame.clone();
+                    f.extend_from_slice(&rng.random::<[u8; raw_peer::TAG_LEN]>());
+                    f
+                }
+                3 => {
+                    // Tagged as a later frame: one was dropped, or reordered.
+                    key.next += rng.random_range(1..3);
+                    key.seal(&frame)
+                }
+                4 => {
+                    // Tagged with a number already used: a replay.
+                    if key.next == 0 {
+                        let heartbeat = encode_frame(&Message::Heartbeat).unwrap();
+                        send(&mut s, &key.seal(&heartbeat)).await;
+                    }
+                    let mut replay = key.clone();
+                    replay.next = rng.random_range(0..key.next);
+                    replay.seal(&frame)
+                }
+                5 => {
+                    // Tagged with the node's own key: a reflection.
+                    let mut theirs = transcript.acceptor_frames(COOKIE);
+                    theirs.next = key.next;
+                    theirs.seal(&frame)
+                }
+                6 => {
+                    // Tagged with the key of another handshake.
+                    let other = Transcript {
+                        initiator_nonce: rng.random(),
+                        ..transcript.clone()
+                    };
+                    let mut other = other.initiator_frames(COOKIE);
+                    other.next = key.next;
+                    other.seal(&frame)
+                }
+                _ => {
+                    // No tag: the next frame's first bytes stand in for it.
+                    let mut f = frame.clone();
+                    f.extend(key.seal(&encode_frame(&Message::Heartbeat).unwrap()));
+                    f
+                }
+            };
+            let before = tables_of(&node);
+            send(&mut s, &bytes).await;
+            if case == 0 {
+                controls += 1;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !has_table(&node, &name) {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the frame with a good tag was not acted on (seed {seed})"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                drop(s);
+                still_serves(&node, &t, seed).await;
+                continue;
+            }
+            assert!(
+                closed_by_node(&mut s, Duration::from_secs(3)).await,
+                "the node kept a connection whose frame failed its tag open (case {case}, seed {seed})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !has_table(&node, &name),
+                "a frame that failed its tag was acted on (case {case}, seed {seed})"
+            );
+            assert_eq!(
+                tables_of(&node),
+                before,
+                "a frame that failed its tag changed a table (case {case}, seed {seed})"
+            );
+            assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a task panicked (seed {seed})");
+        }
+        still_serves(&node, &t, seed).await;
+        println!("tags: {sessions} sessions, {controls} of them controls with a good tag");
     });
 }

@@ -1,11 +1,24 @@
 //! The handshake: magic and protocol version, then a mutual HMAC-SHA256
-//! challenge-response over the cookie. Dialing and accepting return an
-//! authenticated peer; what becomes of it is membership's decision.
+//! challenge-response over the cookie in which the initiator proves first,
+//! so that a peer that does not know the cookie never sees anything derived
+//! from it. Both sides leave with the keys that authenticate every later
+//! frame. Dialing and accepting return an authenticated peer; what becomes of
+//! it is membership's decision.
+//!
+//! ```text
+//! initiator                                   acceptor
+//!   Hello{magic, version, actor, listen, nonce} ->
+//!                <- Challenge{magic, version, actor, listen, nonce}
+//!   Proof{initiator's proof} ->
+//!                <- Proof{acceptor's proof}   (or Rejected, then close)
+//!                <- Welcome                   (or close: refused by admission)
+//!   frames with tags <-> frames with tags
+//! ```
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::transport::{read_message, write_message};
-use crate::auth::{self, Role};
+use crate::auth::{Role, Session, Transcript};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::BoxStream;
@@ -18,6 +31,8 @@ pub(crate) struct Authenticated {
     /// Where the peer listens.
     pub listen: String,
     pub stream: BoxStream,
+    /// The keys of this connection's frames.
+    pub session: Session,
 }
 
 /// The acceptor's part of the handshake as the initiator receives it.
@@ -25,7 +40,6 @@ struct Challenge {
     actor: ActorId,
     listen: String,
     nonce: [u8; 32],
-    proof: [u8; 32],
 }
 
 /// Connects to `addr` and authenticates both ways; `on_proof` runs once the
@@ -51,34 +65,40 @@ pub(crate) async fn dial(
     };
     write_message(&mut stream, &hello).await?;
     let theirs = read_challenge(&mut stream).await?;
-    let proven = auth::verify(
-        &ctx.cookie,
-        Role::Acceptor,
-        &theirs.actor,
-        &nonce,
-        &theirs.nonce,
-        &theirs.proof,
-    );
-    if !proven {
-        return Err(Error::protocol(format!(
-            "{addr} failed authentication (different cookie)"
-        )));
-    }
+    // Before proving anything: a peer with this node's name may be this
+    // node's own proof reflected back to it.
     if theirs.actor.name == ctx.actor.name {
         return Err(Error::protocol(format!(
             "{addr} has this node's own name {:?}",
             theirs.actor.name
         )));
     }
-    on_proof();
-    let proof = auth::proof(
-        &ctx.cookie,
-        Role::Initiator,
-        &ctx.actor,
-        &theirs.nonce,
-        &nonce,
-    );
+    let transcript = Transcript {
+        version: PROTOCOL_VERSION,
+        initiator: &ctx.actor,
+        initiator_listen: &ctx.announce,
+        initiator_nonce: &nonce,
+        acceptor: &theirs.actor,
+        acceptor_listen: &theirs.listen,
+        acceptor_nonce: &theirs.nonce,
+    };
+    let proof = transcript.proof(&ctx.cookie, Role::Initiator);
     write_message(&mut stream, &Message::Proof { proof }).await?;
+    match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
+        Message::Proof { proof } if transcript.verify(&ctx.cookie, Role::Acceptor, &proof) => {}
+        Message::Proof { .. } => {
+            return Err(Error::protocol(format!(
+                "{addr} failed authentication (its proof is wrong)"
+            )))
+        }
+        Message::Rejected => {
+            return Err(Error::protocol(format!(
+                "{addr} failed authentication (different cookie)"
+            )))
+        }
+        other => return Err(Error::protocol(format!("expected Proof, got {other:?}"))),
+    }
+    on_proof();
     match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await {
         Ok(Message::Welcome) => {}
         Ok(other) => return Err(Error::protocol(format!("expected Welcome, got {other:?}"))),
@@ -89,10 +109,12 @@ pub(crate) async fn dial(
             ))
         }
     }
+    let session = transcript.session(&ctx.cookie, Role::Initiator);
     Ok(Authenticated {
-        actor: theirs.actor,
         listen: reachable(&theirs.listen, addr.ip()),
+        actor: theirs.actor,
         stream,
+        session,
     })
 }
 
@@ -113,14 +135,12 @@ async fn read_challenge(stream: &mut BoxStream) -> Result<Challenge> {
             actor,
             listen,
             nonce,
-            proof,
         } => {
             check_version(magic, version)?;
             Ok(Challenge {
                 actor,
                 listen,
                 nonce,
-                proof,
             })
         }
         other => Err(Error::protocol(format!(
@@ -138,19 +158,20 @@ pub(crate) async fn accept(
     from: SocketAddr,
     admit: impl FnOnce(&ActorId, &str) -> Result<()>,
 ) -> Result<Authenticated> {
-    let (actor, listen, their_nonce) = match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
-        Message::Hello {
-            magic,
-            version,
-            actor,
-            listen,
-            nonce,
-        } => {
-            check_version(magic, version)?;
-            (actor, listen, nonce)
-        }
-        other => return Err(Error::protocol(format!("expected Hello, got {other:?}"))),
-    };
+    let (actor, announced, their_nonce) =
+        match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
+            Message::Hello {
+                magic,
+                version,
+                actor,
+                listen,
+                nonce,
+            } => {
+                check_version(magic, version)?;
+                (actor, listen, nonce)
+            }
+            other => return Err(Error::protocol(format!("expected Hello, got {other:?}"))),
+        };
     if actor == ctx.actor {
         // This node dialed one of its own addresses (a seed list that names it).
         return Err(Error::unavailable("a connection from this node itself"));
@@ -161,47 +182,48 @@ pub(crate) async fn accept(
             actor.name
         )));
     }
-    let listen = reachable(&listen, from.ip());
     let nonce = ctx.random_nonce();
-    let proof = auth::proof(
-        &ctx.cookie,
-        Role::Acceptor,
-        &ctx.actor,
-        &their_nonce,
-        &nonce,
-    );
     let challenge = Message::Challenge {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         actor: ctx.actor.clone(),
         listen: ctx.announce.clone(),
         nonce,
-        proof,
     };
     write_message(&mut stream, &challenge).await?;
     let their_proof = match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
         Message::Proof { proof } => proof,
         other => return Err(Error::protocol(format!("expected Proof, got {other:?}"))),
     };
-    if !auth::verify(
-        &ctx.cookie,
-        Role::Initiator,
-        &actor,
-        &nonce,
-        &their_nonce,
-        &their_proof,
-    ) {
+    let transcript = Transcript {
+        version: PROTOCOL_VERSION,
+        initiator: &actor,
+        initiator_listen: &announced,
+        initiator_nonce: &their_nonce,
+        acceptor: &ctx.actor,
+        acceptor_listen: &ctx.announce,
+        acceptor_nonce: &nonce,
+    };
+    if !transcript.verify(&ctx.cookie, Role::Initiator, &their_proof) {
+        // Says no more than the closed connection would: the peer's own
+        // side can then tell a wrong cookie from a dropped connection.
+        let _ = write_message(&mut stream, &Message::Rejected).await;
         return Err(Error::protocol(format!(
             "{} failed authentication (different cookie)",
             actor.name
         )));
     }
+    let proof = transcript.proof(&ctx.cookie, Role::Acceptor);
+    write_message(&mut stream, &Message::Proof { proof }).await?;
+    let listen = reachable(&announced, from.ip());
     admit(&actor, &listen)?;
     write_message(&mut stream, &Message::Welcome).await?;
+    let session = transcript.session(&ctx.cookie, Role::Acceptor);
     Ok(Authenticated {
         actor,
         listen,
         stream,
+        session,
     })
 }
 

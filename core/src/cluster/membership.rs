@@ -603,6 +603,7 @@ impl Membership {
             actor,
             listen,
             stream,
+            session,
         } = auth;
         let initiated_by_smaller = if initiated_by_me {
             self.ctx.actor < actor
@@ -615,6 +616,7 @@ impl Membership {
             listen.clone(),
             initiated_by_smaller,
             stream,
+            session,
         );
         let registered = {
             let mut st = self.lock();
@@ -712,6 +714,7 @@ impl Membership {
             Message::Hello { .. }
             | Message::Challenge { .. }
             | Message::Proof { .. }
+            | Message::Rejected
             | Message::Welcome => self.drop_peer(
                 &peer.actor,
                 Some(peer.conn_id),

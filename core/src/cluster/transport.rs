@@ -1,5 +1,6 @@
-//! Peer connections: framing, the reader and writer tasks of each connection,
-//! heartbeats and the silence that counts as failure. What the frames mean is
+//! Peer connections: framing, the reader and writer tasks of each connection
+//! (which tag every frame they send and check the tag of every frame they
+//! receive), heartbeats and the silence that counts as failure. What the frames mean is
 //! left to [`ConnectionEvents`].
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use tokio::io::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
+use crate::auth::{FrameKey, Session, TAG_LEN};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::flow::Share;
@@ -67,16 +69,19 @@ pub(crate) struct Unstarted {
     wr: WriteHalf<BoxStream>,
     rx: mpsc::UnboundedReceiver<Arc<[u8]>>,
     done: watch::Sender<bool>,
+    session: Session,
 }
 
 impl PeerConn {
-    /// Wraps an authenticated stream; [`PeerConn::start`] starts its tasks.
+    /// Wraps an authenticated stream and the keys its handshake gave;
+    /// [`PeerConn::start`] starts its tasks.
     pub fn new(
         ctx: &Arc<Context>,
         actor: ActorId,
         listen: String,
         initiated_by_smaller: bool,
         stream: BoxStream,
+        session: Session,
     ) -> (Arc<PeerConn>, Unstarted) {
         let (rd, wr) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -97,14 +102,32 @@ impl PeerConn {
             rounds_asked_by_peer: AtomicU64::new(0),
             rounds_done: watch::channel(0).0,
         });
-        (peer, Unstarted { rd, wr, rx, done })
+        (
+            peer,
+            Unstarted {
+                rd,
+                wr,
+                rx,
+                done,
+                session,
+            },
+        )
     }
 
     /// Starts the reader and writer, which report to `events`.
     pub fn start(self: &Arc<Self>, io: Unstarted, events: Weak<dyn ConnectionEvents>) {
-        let r = tokio::spawn(run_reader(events.clone(), self.clone(), io.rd)).abort_handle();
-        let w =
-            tokio::spawn(run_writer(events, self.clone(), io.rx, io.wr, io.done)).abort_handle();
+        let Session { send, receive } = io.session;
+        let r =
+            tokio::spawn(run_reader(events.clone(), self.clone(), io.rd, receive)).abort_handle();
+        let w = tokio::spawn(run_writer(
+            events,
+            self.clone(),
+            io.rx,
+            io.wr,
+            io.done,
+            send,
+        ))
+        .abort_handle();
         lock(&self.tasks).extend([r, w]);
     }
 
@@ -207,6 +230,7 @@ async fn run_reader(
     events: Weak<dyn ConnectionEvents>,
     peer: Arc<PeerConn>,
     rd: ReadHalf<BoxStream>,
+    mut key: FrameKey,
 ) {
     let failure_timeout = peer.ctx.config.failure_timeout;
     let max_frame = peer.ctx.config.max_frame_size;
@@ -217,17 +241,26 @@ async fn run_reader(
     let silence = Silence::new(rd, failure_timeout);
     let mut rd = tokio::io::BufReader::with_capacity(64 * 1024, silence);
     loop {
-        let frame = read_frame(&mut rd, max_frame).await;
+        let frame = read_tagged_frame(&mut rd, max_frame).await;
         let Some(events) = events.upgrade() else {
             return;
         };
-        let body = match frame {
+        let (body, tag) = match frame {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return events.on_lost(&peer, "silent for the failure timeout")
             }
             Err(e) => return events.on_lost(&peer, &format!("connection lost: {e}")),
-            Ok(body) => body,
+            Ok(frame) => frame,
         };
+        // Checked before decoding: nothing of a frame that is not the
+        // peer's next one is looked at.
+        if !key.open(&body, &tag) {
+            tracing::warn!(
+                node = %peer.ctx.actor, peer = %peer.actor,
+                "a frame failed authentication (altered, injected, replayed or out of order); closing the connection"
+            );
+            return events.on_lost(&peer, "sent a frame that failed authentication");
+        }
         peer.ctx
             .stats
             .bytes_received
@@ -248,6 +281,7 @@ async fn run_writer(
     mut rx: mpsc::UnboundedReceiver<Arc<[u8]>>,
     wr: WriteHalf<BoxStream>,
     done: watch::Sender<bool>,
+    mut key: FrameKey,
 ) {
     let interval = peer.ctx.config.heartbeat_interval;
     let heartbeat: Arc<[u8]> = match wire::encode_frame(&Message::Heartbeat) {
@@ -265,10 +299,10 @@ async fn run_writer(
         loop {
             match tokio::time::timeout(interval, rx.recv()).await {
                 Ok(Some(frame)) => {
-                    w.write_all(&frame).await?;
+                    write_tagged(&mut w, &mut key, &frame).await?;
                     queued.fetch_sub(frame.len(), Ordering::Relaxed);
                     while let Ok(frame) = rx.try_recv() {
-                        w.write_all(&frame).await?;
+                        write_tagged(&mut w, &mut key, &frame).await?;
                         queued.fetch_sub(frame.len(), Ordering::Relaxed);
                     }
                     w.flush().await?;
@@ -279,7 +313,7 @@ async fn run_writer(
                     return Ok(());
                 }
                 Err(_) => {
-                    w.write_all(&heartbeat).await?;
+                    write_tagged(&mut w, &mut key, &heartbeat).await?;
                     w.flush().await?;
                 }
             }
@@ -297,6 +331,30 @@ async fn run_writer(
             events.on_lost(&peer, &format!("write failed: {e}"));
         }
     }
+}
+
+/// Writes `frame` (length prefix and body) and its tag. Frames are shared
+/// between peers, so the tag, which differs per connection, follows the
+/// frame instead of being part of it.
+async fn write_tagged<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    key: &mut FrameKey,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    let tag = key.seal(frame);
+    w.write_all(frame).await?;
+    w.write_all(&tag).await
+}
+
+/// Reads one frame after the handshake: its body and the tag that follows it.
+async fn read_tagged_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    max: usize,
+) -> std::io::Result<(Vec<u8>, [u8; TAG_LEN])> {
+    let body = read_frame(rd, max).await?;
+    let mut tag = [0u8; TAG_LEN];
+    rd.read_exact(&mut tag).await?;
+    Ok((body, tag))
 }
 
 /// Writes one message as a frame (during the handshake, before the writer runs).

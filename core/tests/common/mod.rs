@@ -8,6 +8,8 @@ use std::time::Duration;
 use lbmkv::net::MemNet;
 use lbmkv::{Config, Node};
 
+pub mod raw_peer;
+
 /// A multi-thread runtime for one test.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
