@@ -203,8 +203,15 @@ fn a_host_with_the_wrong_cookie_fails_start_with_min_members_and_says_why() {
         stderr.contains("WARN") && stderr.contains("different cookie"),
         "h2 logs the refusal at warn: {stderr:?}"
     );
-    // The seed cannot tell: the dialer checks the seed's proof first and
-    // hangs up without proving anything of its own cookie.
+    // The seed tells too: the dialer proves its cookie first, and the seed
+    // refuses the proof without proving anything of its own.
+    let seed_log = h1.stderr_text();
+    assert!(
+        seed_log.lines().any(|l| l.contains(" WARN ")
+            && l.contains("refused a connection")
+            && l.contains("h2 failed authentication (different cookie)")),
+        "h1 logs the refusal at warn:\n{seed_log}"
+    );
     h1.quit();
 }
 
