@@ -1,7 +1,7 @@
 //! Peer connections: framing, the reader and writer tasks of each connection
 //! (which tag every frame they send and check the tag of every frame they
-//! receive), heartbeats and the silence that counts as failure. What the frames mean is
-//! left to [`ConnectionEvents`].
+//! receive), heartbeats and the silence that counts as failure. What the
+//! frames mean is left to [`ConnectionEvents`].
 
 use std::collections::HashMap;
 use std::future::Future;
