@@ -7,6 +7,8 @@
 //!   replays one seed and prints its history summary;
 //! - `LBMKV_SIM_SOAK=<n> cargo test -p lbmkv --test simulation soak -- --ignored --nocapture`
 //!   runs `n` fresh seeds (`make soak SEEDS=n`; `LBMKV_SIM_BASE=<b>` fixes them);
+//! - `cargo test -p lbmkv --test simulation known_engine_findings -- --ignored`
+//!   runs the seeds of violations the engine is known to have.
 //!
 //! Replays take `LBMKV_SIM_VERBOSE=1` (every fault and conflict),
 //! `LBMKV_SIM_CALLS=1` (with every call) and `LBMKV_SIM_LOG=lbmkv=debug`
@@ -90,6 +92,21 @@ const REGRESSION_SEEDS: &[u64] = &[
     1144797980576831655,
     15124139495500306375,
 ];
+
+/// Seeds that show violations the current engine is known to have (see
+/// `known_engine_findings`): left out of the fixed set, which must pass.
+///
+/// - a sequencer's batch refused by some members but applied by others,
+///   which then leave for a partial partition's other side: the sequencer
+///   takes it back, but those members keep it; the next sequencer, which
+///   never met them, orders on without it, and when they return the two
+///   versions meet as a conflict that the fallback may settle for the
+///   unacknowledged one (13693156349956818956);
+/// - a node that ended its step-out on reaching a ready node that then
+///   steps out itself: the two form a component apart from the rest of the
+///   cluster, and the one that is still ready orders for it
+///   (9108992124813584347).
+const KNOWN_FINDINGS: &[u64] = &[13693156349956818956, 9108992124813584347];
 
 fn replay_line(seed: u64) -> String {
     let mut env = String::new();
@@ -233,7 +250,10 @@ fn fixed_seeds() {
         } else {
             FIXED_SEEDS
         });
-    let mut seeds: Vec<u64> = (1..=count).collect();
+    let mut seeds: Vec<u64> = (1..)
+        .filter(|s| !KNOWN_FINDINGS.contains(s))
+        .take(count as usize)
+        .collect();
     if !cfg!(debug_assertions) {
         let fixed_since = REGRESSION_SEEDS.iter().filter(|s| !seeds.contains(s));
         let fixed_since: Vec<u64> = fixed_since.copied().collect();
@@ -265,6 +285,17 @@ fn soak() {
     let seeds: Vec<u64> = (0..n).map(|i| sim::mix(base.wrapping_add(i))).collect();
     let began = Instant::now();
     let outcomes = run_all(seeds);
+    println!("{}", totals(&outcomes, began.elapsed()));
+    assert!(outcomes.iter().all(|o| o.violations.is_empty()));
+}
+
+/// Seeds whose violations the current engine is known to have; they pass
+/// once the engine is fixed, then move to the regression seeds.
+#[test]
+#[ignore]
+fn known_engine_findings() {
+    let began = Instant::now();
+    let outcomes = run_all(KNOWN_FINDINGS.to_vec());
     println!("{}", totals(&outcomes, began.elapsed()));
     assert!(outcomes.iter().all(|o| o.violations.is_empty()));
 }
