@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::agreement::Agreement;
-use crate::agreement::CatchUp;
+use crate::agreement::{Agreement, CatchUp};
 use crate::cluster::{Membership, PeerConn};
 use crate::context::{Context, SETTLE_PAUSE};
 use crate::error::{Error, ErrorKind, Result};
