@@ -142,13 +142,15 @@ impl Sequencer<'_> {
         value: Option<Vec<u8>>,
         base: Option<&VClock>,
     ) -> Option<Box<[u8]>> {
-        let mut clock = self.store.base_clock(&key, self.actor);
+        let replaced = self.store.entry(&key);
+        let current = replaced.as_ref().map(|e| &e.clock);
+        let mut clock = self.store.base_clock(current, self.actor);
         if let Some(base) = base {
             clock.merge_from(base);
         }
         clock.increment(self.actor, self.now_ms);
         clock.prune(self.now_ms, &PruneLimits::default());
-        self.replaced.push(self.store.entry(&key));
+        self.replaced.push(replaced);
         let old = self.store.insert(&key, value.as_deref(), &clock);
         self.changes.push(WireEntry { key, value, clock });
         old

@@ -283,13 +283,11 @@ impl TableStore {
         }
     }
 
-    /// The clock `actor`'s next version of `key` starts from: the key's own
-    /// (none for a key with no entry), with `actor`'s counter raised to the
-    /// largest it had in any version this replica dropped.
-    pub fn base_clock(&self, key: &[u8], actor: &ActorId) -> VClock {
-        let mut clock = self
-            .find(key)
-            .map_or_else(VClock::fresh, |p| self.decode_clock(p));
+    /// The clock `actor`'s next version of a key starts from: the key's
+    /// `current` one (`None` for a key with no entry), with `actor`'s counter
+    /// raised to the largest it had in any version this replica dropped.
+    pub fn base_clock(&self, current: Option<&VClock>, actor: &ActorId) -> VClock {
+        let mut clock = current.cloned().unwrap_or_else(VClock::fresh);
         let floor = self
             .actor_index
             .get(actor)
@@ -617,7 +615,7 @@ mod tests {
 
     /// The sequencer's next version of `key` after `base_clock`.
     fn next_version(s: &TableStore, key: &[u8], actor: &ActorId) -> VClock {
-        let mut clock = s.base_clock(key, actor);
+        let mut clock = s.base_clock(s.clock(key).as_ref(), actor);
         clock.increment(actor, 5000);
         clock
     }
