@@ -18,7 +18,11 @@
 //!   ordering before the others replace it);
 //! - it merged with every peer that may hold writes it has not seen (one that
 //!   last applied another sequencer's batches, or sequenced itself), in a merge
-//!   that began after that peer turned to it.
+//!   that began after that peer turned to it;
+//! - no peer of its view stands out of a partial partition: a view that holds
+//!   such a peer is a side of that partition (the peer left every member that
+//!   sees the node it could not reach), and the rest of the cluster may order
+//!   writes of its own meanwhile.
 //!
 //! A replica applies batches only from the sequencer it follows and refuses the
 //! others, so a write is acknowledged only when every member of the view applied
@@ -61,6 +65,8 @@ struct Peer {
     turn: u64,
     /// The peer's own peers.
     view: Vec<ActorId>,
+    /// The peer stands out of a partial partition.
+    stepped_out: bool,
 }
 
 /// The agreement state of one node; see the module documentation.
@@ -175,6 +181,7 @@ impl Agreement {
                         caught_up: false,
                         turn: 0,
                         view: Vec::new(),
+                        stepped_out: false,
                     },
                 );
             }
@@ -184,18 +191,27 @@ impl Agreement {
         st.tell_everyone();
     }
 
-    /// Connection `conn_id` to `actor` left the view.
-    pub fn peer_down(&self, actor: &ActorId, conn_id: u64) {
+    /// Connection `conn_id` to `actor` left the view. Returns whether the
+    /// peer's confirmation that it follows this node still held (or it was
+    /// not the peer's live connection): if not, the peer may follow another
+    /// sequencer by now.
+    pub fn peer_down(&self, actor: &ActorId, conn_id: u64) -> bool {
         let mut st = self.lock();
-        if st
+        let live = st
             .peers
             .get(actor)
-            .is_some_and(|p| p.conn.conn_id == conn_id)
-        {
-            st.peers.remove(actor);
-            st.reconsider();
-            st.tell_everyone();
+            .is_some_and(|p| p.conn.conn_id == conn_id);
+        if !live {
+            return true;
         }
+        let confirmed = st
+            .peers
+            .remove(actor)
+            .and_then(|p| p.confirmed_until)
+            .is_some_and(|t| t > Instant::now());
+        st.reconsider();
+        st.tell_everyone();
+        confirmed
     }
 
     /// A peer's [`Message::Status`]; returns the merge to run when the peer just
@@ -207,6 +223,7 @@ impl Agreement {
             applied_from,
             echo,
             view,
+            stepped_out,
         } = status;
         let mut st = self.lock();
         let me = st.me.clone();
@@ -226,6 +243,7 @@ impl Agreement {
         p.follows = follows;
         p.applied_from = applied_from;
         p.view = view;
+        p.stepped_out = stepped_out;
         let mut catch_up = None;
         if p.follows.as_ref() != Some(&me) {
             p.confirmed_until = None;
@@ -371,6 +389,7 @@ impl State {
                     && p.caught_up
                     && p.confirmed_until.is_some_and(|t| t > now)
                     && self.reaches_all_of(&p.view)
+                    && !p.stepped_out
             })
     }
 
@@ -492,6 +511,7 @@ impl State {
             applied_from: self.applied_from.clone(),
             echo: probe_seen,
             view: self.peers.keys().cloned().collect(),
+            stepped_out: self.stepped_out.is_some(),
         })
     }
 

@@ -170,6 +170,9 @@ impl Inbound for NodeInner {
                     self.catch_up(job);
                 }
             }
+            Message::Retract { table, versions } => {
+                self.replication.on_retract(peer, &table, versions)
+            }
             msg @ (Message::SyncDigest { .. }
             | Message::SyncLeaves { .. }
             | Message::SyncDescend { .. }
@@ -193,8 +196,8 @@ impl Inbound for NodeInner {
         if replaced {
             self.replication.connection_replaced(&peer.actor);
         } else {
-            self.agreement.peer_down(&peer.actor, peer.conn_id);
-            self.replication.peer_down(&peer.actor);
+            let confirmed = self.agreement.peer_down(&peer.actor, peer.conn_id);
+            self.replication.peer_down(&peer.actor, confirmed);
         }
         self.merge.connection_closed(peer.conn_id);
     }

@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::agreement::{Agreement, CatchUp};
+use crate::agreement::{self, Agreement, CatchUp};
 use crate::cluster::{Membership, PeerConn};
 use crate::context::{Context, SETTLE_PAUSE};
 use crate::error::{Error, ErrorKind, Result};
@@ -20,7 +20,7 @@ use crate::replica::Replica;
 use crate::sequencer::{Reply, Sequencer};
 use crate::store::{Entry, TableStore};
 use crate::vclock::{ActorId, VClock};
-use crate::wire::{Message, WireEntry, WriteOp, WriteOutcome, WriteRefusal};
+use crate::wire::{Message, Restored, Retracted, WireEntry, WriteOp, WriteOutcome, WriteRefusal};
 
 /// Most writes the sequencer folds into one replication round.
 const MAX_BATCH: usize = 512;
@@ -177,10 +177,41 @@ impl Replication {
     }
 
     /// A peer left the view: its unanswered requests fail, and batches stop
-    /// waiting for it (they are acknowledged by every member that remains).
-    pub fn peer_down(&self, actor: &ActorId) {
+    /// waiting for it.
+    ///
+    /// When the peer still confirmed that it follows this node (it crashed,
+    /// closed, or stepped out), it has not turned to another sequencer, and
+    /// the batches are acknowledged by every member that remains. Otherwise
+    /// (it went silent past its confirmation: this node may be the one cut
+    /// off, and the peer may follow a sequencer of its own by now), the
+    /// batches that wait for it, and every later one of their tables, fail
+    /// and are taken back: acknowledged by a part of the view that may be
+    /// the smaller side, they could later win a conflict against writes the
+    /// rest of the cluster acknowledged.
+    pub fn peer_down(&self, actor: &ActorId, confirmed: bool) {
         self.fail_requests_to(actor);
-        deliver(self.acknowledge(actor, None));
+        if confirmed {
+            return deliver(self.acknowledge(actor, None));
+        }
+        let agreement = self.agreement.lock();
+        let lost = {
+            let mut acks = lock(&self.acks);
+            let mut first: HashMap<Arc<str>, u64> = HashMap::new();
+            for (id, p) in acks.iter().filter(|(_, p)| p.waiting.contains(actor)) {
+                let f = first.entry(p.replica.name.clone()).or_insert(*id);
+                *f = (*f).min(*id);
+            }
+            remove_from(&mut acks, |i, p| {
+                first.get(&p.replica.name).is_some_and(|f| i >= *f)
+            })
+        };
+        if lost.is_empty() {
+            return;
+        }
+        drop(self.take_back(agreement, &lost));
+        tracing::debug!(node = %self.ctx.actor, peer = %actor, batches = lost.len(), "a member went silent before it applied a batch; taken back");
+        let why = format!("{} went silent before it applied the write", actor.name);
+        fail_batches(lost, &why);
     }
 
     /// A peer's connection was replaced by another while the peer stays in the
@@ -188,16 +219,7 @@ impl Replication {
     /// those batches fail instead of counting as applied.
     pub fn connection_replaced(&self, actor: &ActorId) {
         self.fail_requests_to(actor);
-        let lost: Vec<PendingAck> = {
-            let mut acks = lock(&self.acks);
-            let mut ids: Vec<u64> = acks
-                .iter()
-                .filter(|(_, p)| p.waiting.contains(actor))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.sort_unstable();
-            ids.iter().filter_map(|id| acks.remove(id)).collect()
-        };
+        let lost = remove_from(&mut lock(&self.acks), |_, p| p.waiting.contains(actor));
         let why = format!(
             "the connection to {} was replaced before it applied the write",
             actor.name
@@ -415,19 +437,33 @@ impl Replication {
     /// never competes later with the acknowledged ones; returns the merge to
     /// run with the member before this node orders again.
     pub fn on_apply_refused(&self, peer: &PeerConn, id: u64) -> Option<CatchUp> {
-        let mut agreement = self.agreement.lock();
-        let refused: Vec<PendingAck> = {
+        let agreement = self.agreement.lock();
+        let refused = {
             let mut acks = lock(&self.acks);
             let table = acks.get(&id).map(|p| p.replica.name.clone())?;
-            let mut ids: Vec<u64> = acks
-                .iter()
-                .filter(|(i, p)| **i >= id && p.replica.name == table)
-                .map(|(i, _)| *i)
-                .collect();
-            ids.sort_unstable();
-            ids.iter().filter_map(|i| acks.remove(i)).collect()
+            remove_from(&mut acks, |i, p| i >= id && p.replica.name == table)
         };
-        for batch in refused.iter().rev() {
+        let mut agreement = self.take_back(agreement, &refused);
+        let catch_up = agreement.refused_by(peer);
+        drop(agreement);
+        tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, batches = refused.len(), "a member refused a batch; taken back");
+        let why = format!("{} refused the write", peer.actor.name);
+        fail_batches(refused, &why);
+        catch_up
+    }
+
+    /// Takes `batches` back (newest first) here and on every member that
+    /// applied them. The members are told before they may leave the view
+    /// with them: a version kept there would meet the next sequencer's as a
+    /// conflict, which the fallback may settle for the version no member
+    /// acknowledged. The messages follow the batches on each connection, so
+    /// they arrive after them.
+    fn take_back<'a>(
+        &self,
+        agreement: MutexGuard<'a, agreement::State>,
+        batches: &[PendingAck],
+    ) -> MutexGuard<'a, agreement::State> {
+        for batch in batches.iter().rev() {
             match batch.replica.write() {
                 Ok(mut store) => {
                     for w in batch.written.iter().rev() {
@@ -435,16 +471,41 @@ impl Replication {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(node = %self.ctx.actor, "cannot take back a refused batch: {e}")
+                    tracing::error!(node = %self.ctx.actor, "cannot take back a failed batch: {e}")
                 }
             }
         }
-        let catch_up = agreement.refused_by(peer);
-        drop(agreement);
-        tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, batches = refused.len(), "a member refused a batch; taken back");
-        let why = format!("{} refused the write", peer.actor.name);
-        fail_batches(refused, &why);
-        catch_up
+        for retract in retractions(batches) {
+            for m in agreement.peer_conns() {
+                m.send(&retract);
+            }
+        }
+        agreement
+    }
+
+    /// A sequencer took back versions of its own that a member refused: each
+    /// one this node holds goes back to what it replaced (newest first, as
+    /// they come). A version the sender did not write is left alone.
+    pub fn on_retract(&self, peer: &PeerConn, table: &str, versions: Vec<Retracted>) {
+        let Some(replica) = self.ctx.replica(table) else {
+            return;
+        };
+        let Ok(mut store) = replica.write() else {
+            return;
+        };
+        let mut restored = 0usize;
+        for v in versions {
+            if !v.written.dots().iter().any(|(a, _)| *a == peer.actor) {
+                continue;
+            }
+            let previous = v.replaced.map(|r| Entry {
+                value: r.value.map(Vec::into_boxed_slice),
+                clock: r.clock,
+            });
+            restored += usize::from(store.take_back(&v.key, &v.written, previous.as_ref()));
+        }
+        drop(store);
+        tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, table, restored, "took back versions the sequencer retracted");
     }
 
     /// Applies a batch of writes in order, replicates it and arranges its
@@ -587,6 +648,20 @@ async fn run_sequencer(
     }
 }
 
+/// Removes the batches `pick` selects (by id and batch), in id order.
+fn remove_from(
+    acks: &mut HashMap<u64, PendingAck>,
+    pick: impl Fn(u64, &PendingAck) -> bool,
+) -> Vec<PendingAck> {
+    let mut ids: Vec<u64> = acks
+        .iter()
+        .filter(|(i, p)| pick(**i, p))
+        .map(|(i, _)| *i)
+        .collect();
+    ids.sort_unstable();
+    ids.iter().filter_map(|i| acks.remove(i)).collect()
+}
+
 /// Answers every write of `batches` with `Unavailable`: the sequencer applied
 /// them, but not every member did, so they may or may not last.
 fn fail_batches(batches: Vec<PendingAck>, why: &str) {
@@ -619,6 +694,51 @@ fn deliver_replies(replies: Vec<Answer>) {
 /// would let the sequencer hand out what it ordered from a state that lacks
 /// that version. A version older than the local one (an anti-entropy round
 /// brought its successor first) is skipped.
+/// Most bytes of keys and values in one [`Message::Retract`]: each version
+/// fits a frame on its own (the configuration makes sure of that), and a few
+/// together stay well below the frame limit.
+const RETRACT_CHUNK: usize = 1 << 20;
+
+/// The [`Message::Retract`]s for `refused` (in the order they were taken
+/// back: newest first), a table per message and at most about
+/// [`RETRACT_CHUNK`] bytes each.
+fn retractions(refused: &[PendingAck]) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut current: Option<(String, Vec<Retracted>, usize)> = None;
+    for batch in refused.iter().rev() {
+        for w in batch.written.iter().rev() {
+            let restored = w.replaced.as_ref().map(|e| Restored {
+                value: e.value.as_deref().map(<[u8]>::to_vec),
+                clock: e.clock.clone(),
+            });
+            let size = w.key.len()
+                + restored
+                    .as_ref()
+                    .map_or(0, |r| r.value.as_ref().map_or(0, Vec::len));
+            let table = batch.replica.name.to_string();
+            let full = current.as_ref().is_some_and(|(t, v, bytes)| {
+                *t != table || (!v.is_empty() && bytes + size > RETRACT_CHUNK)
+            });
+            if full {
+                if let Some((table, versions, _)) = current.take() {
+                    out.push(Message::Retract { table, versions });
+                }
+            }
+            let (_, versions, bytes) = current.get_or_insert_with(|| (table, Vec::new(), 0));
+            versions.push(Retracted {
+                key: w.key.clone(),
+                written: w.clock.clone(),
+                replaced: restored,
+            });
+            *bytes += size;
+        }
+    }
+    if let Some((table, versions, _)) = current {
+        out.push(Message::Retract { table, versions });
+    }
+    out
+}
+
 fn apply_replicated(store: &mut TableStore, entries: Vec<WireEntry>, cutoff_ms: u64) -> bool {
     let mut fresh = Vec::with_capacity(entries.len());
     for e in entries {
@@ -730,10 +850,80 @@ mod tests {
             }
             assert!(gone.try_recv().is_err(), "other batches keep waiting");
 
-            // A member that leaves the view no longer holds a batch up.
-            replication.peer_down(&ActorId::new("other", 2));
+            // A member that leaves the view while it confirms no longer
+            // holds a batch up.
+            replication.peer_down(&ActorId::new("other", 2), true);
             assert_eq!(gone.try_recv().unwrap(), Ok(WriteOutcome::Swapped));
             node.close().await.unwrap();
         });
+    }
+
+    #[test]
+    fn a_batch_waiting_for_a_member_gone_silent_fails_and_is_taken_back() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = Config {
+                cookie: Some(b"t".to_vec()),
+                ..Config::default()
+            };
+            let node = Node::start(config).await.unwrap();
+            let replication = node.replication();
+            let replica = replication.ensure_table("t").unwrap();
+            let me = ActorId::new("seq", 1);
+            let mut old = VClock::fresh();
+            old.increment(&me, 1);
+            let mut new = old.clone();
+            new.increment(&me, 2);
+            let previous = Entry {
+                value: Some(Box::from(&b"old"[..])),
+                clock: old.clone(),
+            };
+            replica.write().unwrap().insert(b"k", Some(b"new"), &new);
+            let silent = ActorId::new("silent", 2);
+            let (mut batch, mut answer) = pending(silent.clone());
+            batch.replica = replica.clone();
+            batch.written = vec![Written {
+                key: b"k".to_vec(),
+                clock: new.clone(),
+                replaced: Some(previous),
+            }];
+            lock(&replication.acks).insert(1, batch);
+
+            replication.peer_down(&silent, false);
+            match answer.try_recv() {
+                Ok(Err(WriteRefusal::Failed(ErrorKind::Unavailable, _))) => {}
+                other => panic!("a batch the silent member held up answered {other:?}"),
+            }
+            let store = replica.read().unwrap();
+            assert_eq!(store.value(b"k"), Some(&b"old"[..]), "taken back");
+            assert!(store.clock(b"k").is_some_and(|c| c.equal(&old)));
+            drop(store);
+            node.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_retracted_version_goes_back_only_where_it_is_still_held() {
+        let (seq, other) = (ActorId::new("seq", 1), ActorId::new("other", 2));
+        let mut store = TableStore::new();
+        let mut old = VClock::fresh();
+        old.increment(&seq, 1);
+        let mut taken = old.clone();
+        taken.increment(&seq, 2);
+        store.insert(b"held", Some(b"new"), &taken);
+        let mut moved_on = taken.clone();
+        moved_on.increment(&other, 1);
+        store.insert(b"moved", Some(b"newer"), &moved_on);
+        let previous = Entry {
+            value: Some(Box::from(&b"old"[..])),
+            clock: old.clone(),
+        };
+        assert!(store.take_back(b"held", &taken, Some(&previous)));
+        assert!(!store.take_back(b"moved", &taken, Some(&previous)));
+        assert_eq!(store.value(b"held"), Some(&b"old"[..]));
+        assert_eq!(store.value(b"moved"), Some(&b"newer"[..]));
     }
 }

@@ -551,9 +551,11 @@ impl TableStore {
     /// Puts back what a version the sequencer wrote replaced (`previous`, or
     /// no entry), unless the key moved on since (its clock is no longer
     /// `written`). Either way the written version's counters count as
-    /// dropped, so that no later version reuses its dot.
-    pub fn take_back(&mut self, key: &[u8], written: &VClock, previous: Option<&Entry>) {
-        if self.clock(key).is_some_and(|c| c.equal(written)) {
+    /// dropped, so that no later version reuses its dot. Returns whether it
+    /// put the previous version back.
+    pub fn take_back(&mut self, key: &[u8], written: &VClock, previous: Option<&Entry>) -> bool {
+        let holds = self.clock(key).is_some_and(|c| c.equal(written));
+        if holds {
             match previous {
                 Some(e) => {
                     self.insert(key, e.value.as_deref(), &e.clock);
@@ -565,6 +567,7 @@ impl TableStore {
             let i = self.intern(actor);
             self.raise_dropped(i, dot.counter);
         }
+        holds
     }
 
     /// Removes `key`'s entry, keeping its counters as dropped.

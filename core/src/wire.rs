@@ -11,7 +11,7 @@ use crate::vclock::{ActorId, Dot, VClock};
 /// First field of every handshake message: "LBKV".
 pub const MAGIC: u32 = 0x4c42_4b56;
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bound on any frame before the peer is authenticated.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
@@ -286,6 +286,9 @@ pub struct Status {
     pub echo: u64,
     /// Its peers, so that members notice a partial partition.
     pub view: Vec<ActorId>,
+    /// It stands out of a partial partition: a view that holds it is a side
+    /// of that partition, not the cluster.
+    pub stepped_out: bool,
 }
 
 /// Every message of the protocol.
@@ -471,6 +474,37 @@ pub enum Message {
         /// The batch id.
         id: u64,
     },
+    /// The sender, a sequencer, took back versions of its own that a member
+    /// refused: a member that applied one restores what it replaced.
+    Retract {
+        /// The table.
+        table: String,
+        /// The versions, newest first.
+        versions: Vec<Retracted>,
+    },
+}
+
+/// A version a sequencer took back (see [`Message::Retract`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retracted {
+    /// The key.
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// The clock of the version taken back.
+    pub written: VClock,
+    /// What it replaced: a value or a tombstone and its clock; `None`: the
+    /// key was absent.
+    pub replaced: Option<Restored>,
+}
+
+/// The version a [`Retracted`] one replaced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The value; `None` is a tombstone.
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Vec<u8>>,
+    /// Its clock.
+    pub clock: VClock,
 }
 
 /// Encodes `msg` as one frame (length prefix included).

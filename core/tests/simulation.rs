@@ -7,8 +7,6 @@
 //!   replays one seed and prints its history summary;
 //! - `LBMKV_SIM_SOAK=<n> cargo test -p lbmkv --test simulation soak -- --ignored --nocapture`
 //!   runs `n` fresh seeds (`make soak SEEDS=n`; `LBMKV_SIM_BASE=<b>` fixes them);
-//! - `cargo test -p lbmkv --test simulation known_engine_findings -- --ignored`
-//!   runs the seeds of violations the engine is known to have.
 //!
 //! Replays take `LBMKV_SIM_VERBOSE=1` (every fault and conflict),
 //! `LBMKV_SIM_CALLS=1` (with every call) and `LBMKV_SIM_LOG=lbmkv=debug`
@@ -69,7 +67,28 @@ const DEBUG_SEEDS: u64 = 4;
 /// - a restarted node whose seeds both turned its connections away (each was
 ///   dialing it at that moment) took itself for a new cluster and ordered
 ///   from an empty table (3368728696908891100). Such a refusal now comes after
-///   both sides proved the cookie, and a node that met a member waits for it.
+///   both sides proved the cookie, and a node that met a member waits for it;
+/// - a batch some members refused and others applied, when those others
+///   then left for the far side of a partial partition: the next sequencer
+///   ordered on without it, and when they came back the fallback kept the
+///   refused version over acknowledged ones (13693156349956818956). The
+///   members that applied a batch the sequencer takes back now take it back
+///   too (`Retract`);
+/// - a node that ended its step-out on reaching a ready node that then
+///   stepped out itself: the one still ready ordered for the two while the
+///   rest of the cluster ordered on (9108992124813584347). A sequencer no
+///   longer orders for a view that holds a node standing out;
+/// - a sequencer cut off past the failure timeout, alone once it dropped
+///   its peers, counted its batch in flight as acknowledged by the members
+///   that remained (none); its clock ahead, the fallback later kept that
+///   version over the acknowledged ones of the others (5025340851861811152).
+///   A batch waiting for a member that goes silent past its confirmation
+///   now fails and is taken back.
+///
+/// And one seed of the checker's own: a local read of a failed increment's
+/// version, taken back since, whose value a later increment was acknowledged
+/// with (7726959029085276891); such a read is not an acknowledged value the
+/// node may not go back from.
 const REGRESSION_SEEDS: &[u64] = &[
     198,
     13971890134628663997,
@@ -91,22 +110,11 @@ const REGRESSION_SEEDS: &[u64] = &[
     7520992057763579749,
     1144797980576831655,
     15124139495500306375,
+    13693156349956818956,
+    9108992124813584347,
+    5025340851861811152,
+    7726959029085276891,
 ];
-
-/// Seeds that show violations the current engine is known to have (see
-/// `known_engine_findings`): left out of the fixed set, which must pass.
-///
-/// - a sequencer's batch refused by some members but applied by others,
-///   which then leave for a partial partition's other side: the sequencer
-///   takes it back, but those members keep it; the next sequencer, which
-///   never met them, orders on without it, and when they return the two
-///   versions meet as a conflict that the fallback may settle for the
-///   unacknowledged one (13693156349956818956);
-/// - a node that ended its step-out on reaching a ready node that then
-///   steps out itself: the two form a component apart from the rest of the
-///   cluster, and the one that is still ready orders for it
-///   (9108992124813584347).
-const KNOWN_FINDINGS: &[u64] = &[13693156349956818956, 9108992124813584347];
 
 fn replay_line(seed: u64) -> String {
     let mut env = String::new();
@@ -250,10 +258,7 @@ fn fixed_seeds() {
         } else {
             FIXED_SEEDS
         });
-    let mut seeds: Vec<u64> = (1..)
-        .filter(|s| !KNOWN_FINDINGS.contains(s))
-        .take(count as usize)
-        .collect();
+    let mut seeds: Vec<u64> = (1..=count).collect();
     if !cfg!(debug_assertions) {
         let fixed_since = REGRESSION_SEEDS.iter().filter(|s| !seeds.contains(s));
         let fixed_since: Vec<u64> = fixed_since.copied().collect();
@@ -285,17 +290,6 @@ fn soak() {
     let seeds: Vec<u64> = (0..n).map(|i| sim::mix(base.wrapping_add(i))).collect();
     let began = Instant::now();
     let outcomes = run_all(seeds);
-    println!("{}", totals(&outcomes, began.elapsed()));
-    assert!(outcomes.iter().all(|o| o.violations.is_empty()));
-}
-
-/// Seeds whose violations the current engine is known to have; they pass
-/// once the engine is fixed, then move to the regression seeds.
-#[test]
-#[ignore]
-fn known_engine_findings() {
-    let began = Instant::now();
-    let outcomes = run_all(KNOWN_FINDINGS.to_vec());
     println!("{}", totals(&outcomes, began.elapsed()));
     assert!(outcomes.iter().all(|o| o.violations.is_empty()));
 }

@@ -215,7 +215,7 @@ fn session(rng: &mut StdRng) -> u64 {
 /// or inert, and must leave every table as it was.
 fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
     let small = |rng: &mut StdRng| rng.random_range(0..4u64);
-    let m = match rng.random_range(0..26) {
+    let m = match rng.random_range(0..27) {
         0 => Message::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -333,9 +333,23 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
             applied_from: rng.random_bool(0.5).then(|| actor(rng)),
             echo: small(rng),
             view: (0..rng.random_range(0..3)).map(|_| actor(rng)).collect(),
+            stepped_out: rng.random(),
         }),
         23 => Message::Probe { id: small(rng) },
         24 => Message::Rejected,
+        25 => Message::Retract {
+            table: table_name(rng),
+            versions: (0..rng.random_range(0..3))
+                .map(|_| lbmkv::wire::Retracted {
+                    key: bytes(rng, 3),
+                    written: clock(rng),
+                    replaced: rng.random_bool(0.7).then(|| lbmkv::wire::Restored {
+                        value: rng.random_bool(0.7).then(|| bytes(rng, 5)),
+                        clock: clock(rng),
+                    }),
+                })
+                .collect(),
+        },
         _ => Message::ApplyRefused { id: small(rng) },
     };
     let loud = match &m {
