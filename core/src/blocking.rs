@@ -91,6 +91,30 @@ impl Node {
         block_on(self.inner.disconnect(name))?
     }
 
+    /// See [`crate::Node::wait_for_members`].
+    pub fn wait_for_members(&self, n: usize, timeout: Duration) -> Result<()> {
+        block_on(self.inner.wait_for_members(n, timeout))?
+    }
+
+    /// The next event, waiting at most `timeout` (`None` when none came, or
+    /// once the node is closed and every queued event was taken). The async
+    /// form of [`Node::next_event`], for bindings that complete their own
+    /// futures; it shares the queue with `next_event`. Dropping the future
+    /// takes no event.
+    pub async fn next_event_async(&self, timeout: Duration) -> Option<Event> {
+        let mut ev = self.events.lock().await;
+        if let Some(e) = ev.try_next() {
+            return Some(e);
+        }
+        if self.inner.is_closed() {
+            return None;
+        }
+        tokio::time::timeout(timeout, ev.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The next event, waiting at most `timeout` (`None` when none came).
     /// Events are queued from the node's start on.
     pub fn next_event(&self, timeout: Duration) -> Result<Option<Event>> {

@@ -3,6 +3,7 @@
 //! cluster delivers upward ([`Inbound`]) and routes each message to the
 //! service that handles it, and offers the public API.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -467,6 +468,30 @@ impl Node {
         validate_name("node name", name)?;
         self.inner.members.disconnect(name);
         Ok(())
+    }
+
+    /// Waits until at least `n` members, this node included, are in this
+    /// node's view, for at most `timeout`. `n` of 0 or 1 returns at once.
+    ///
+    /// Fails with `Unavailable` (saying how many members there are and, for
+    /// each seed, why it was not reached) when they are not there in time,
+    /// and with `Closed` when the node is closed before or during the wait.
+    /// The same wait as the `min_members` option of [`Config`], for a node
+    /// that is already running (tests, rolling starts, tools).
+    pub async fn wait_for_members(&self, n: usize, timeout: std::time::Duration) -> Result<()> {
+        self.inner.ctx.check_open()?;
+        // A subscription ends when the node closes: that ends the wait too.
+        let mut events = self.subscribe();
+        let closed = async move { while events.next().await.is_some() {} };
+        let wait = self.inner.members.wait_for_members(n, timeout);
+        let (mut closed, mut wait) = (std::pin::pin!(closed), std::pin::pin!(wait));
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(result) = wait.as_mut().poll(cx) {
+                return std::task::Poll::Ready(result);
+            }
+            closed.as_mut().poll(cx).map(|()| Err(Error::closed()))
+        })
+        .await
     }
 
     /// Subscribes to this node's events.

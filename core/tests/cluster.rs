@@ -497,6 +497,57 @@ fn min_members_fails_at_start_naming_each_seed_and_why() {
 }
 
 #[test]
+fn wait_for_members_returns_once_they_join_and_fails_in_time_or_on_close() {
+    runtime().block_on(async {
+        let a = start("wa").await;
+        // One member (itself) is there at once.
+        a.wait_for_members(1, Duration::from_millis(10))
+            .await
+            .unwrap();
+        // Too few: Unavailable after the timeout, saying how many there are.
+        let t0 = std::time::Instant::now();
+        let err = a
+            .wait_for_members(2, Duration::from_millis(300))
+            .await
+            .err()
+            .expect("no second member");
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(
+            err.message().contains("1 of 2 members"),
+            "{}",
+            err.message()
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        // A peer that joins while the wait runs ends it.
+        let addr = a.address().to_string();
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move { a.wait_for_members(2, Duration::from_secs(10)).await })
+        };
+        let b = Node::start(lbmkv::Config {
+            seeds: vec![addr],
+            ..config("wb2")
+        })
+        .await
+        .unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(a.members().unwrap().len(), 2);
+        // A close during the wait ends it at once with Closed.
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move { a.wait_for_members(3, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t0 = std::time::Instant::now();
+        a.close().await.unwrap();
+        let err = waiting.await.unwrap().err().expect("closed");
+        assert_eq!(err.kind(), ErrorKind::Closed);
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        b.close().await.unwrap();
+    });
+}
+
+#[test]
 fn a_node_listening_on_a_wildcard_address_is_reached_at_the_address_seen() {
     runtime().block_on(async {
         let wild = Node::start(lbmkv::Config {
