@@ -509,8 +509,7 @@ fn wait_for_members_returns_once_they_join_and_fails_in_time_or_on_close() {
         let err = a
             .wait_for_members(2, Duration::from_millis(300))
             .await
-            .err()
-            .expect("no second member");
+            .expect_err("no second member");
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(
             err.message().contains("1 of 2 members"),
@@ -540,7 +539,7 @@ fn wait_for_members_returns_once_they_join_and_fails_in_time_or_on_close() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let t0 = std::time::Instant::now();
         a.close().await.unwrap();
-        let err = waiting.await.unwrap().err().expect("closed");
+        let err = waiting.await.unwrap().expect_err("closed");
         assert_eq!(err.kind(), ErrorKind::Closed);
         assert!(t0.elapsed() < Duration::from_secs(5));
         b.close().await.unwrap();
