@@ -34,6 +34,15 @@ impl Node {
         Ok(Node { inner, events })
     }
 
+    /// Starts a node from a task of the shared runtime (the async twin of
+    /// [`Node::start`], for bindings that complete their own futures): the
+    /// node's tasks are children of the runtime this runs on.
+    pub async fn start_async(config: Config) -> Result<Node> {
+        let (inner, events) = crate::Node::start_subscribed(config).await?;
+        let events = Arc::new(tokio::sync::Mutex::new(events));
+        Ok(Node { inner, events })
+    }
+
     /// The async node under this facade.
     pub fn as_async(&self) -> &crate::Node {
         &self.inner
@@ -148,6 +157,11 @@ pub struct Table {
 }
 
 impl Table {
+    /// The facade over an async table (from [`crate::Node::create_table_with`]).
+    pub fn from_async(inner: crate::Table) -> Table {
+        Table { inner }
+    }
+
     /// The async table under this facade.
     pub fn as_async(&self) -> &crate::Table {
         &self.inner

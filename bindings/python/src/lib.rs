@@ -12,6 +12,7 @@
 //!   `Python::try_attach` (at interpreter shutdown they count as unresolved);
 //! - log records reach Python on a thread of their own (see `logs`).
 
+mod aio;
 mod logs;
 
 use std::mem::ManuallyDrop;
@@ -27,6 +28,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
 };
+use pyo3::IntoPyObjectExt;
 
 /// Bytes taken from a Python argument: borrowed from an immutable `bytes`
 /// object (which the caller keeps alive), copied from anything else.
@@ -281,6 +283,177 @@ fn drop_detached<T: Send>(value: T) {
     Python::attach(|py| py.detach(move || drop(value)));
 }
 
+/// The options of `Node`, in the order of its signature.
+const OPTIONS: [&str; 15] = [
+    "name",
+    "listen",
+    "advertise",
+    "seeds",
+    "min_members",
+    "cookie",
+    "failure_timeout",
+    "request_timeout",
+    "heartbeat_interval",
+    "handler_timeout",
+    "anti_entropy_interval",
+    "tombstone_retention",
+    "conflict_log_limit",
+    "max_key_size",
+    "max_value_size",
+];
+
+/// The configuration given as keyword arguments; an unknown one is a
+/// `TypeError`, as for any Python function.
+fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<Config> {
+    let mut given: [Option<Bound<'_, PyAny>>; 15] = Default::default();
+    if let Some(options) = options {
+        for (k, v) in options.iter() {
+            let k = text(&k, "an option name")?;
+            match OPTIONS.iter().position(|o| *o == k) {
+                Some(i) => given[i] = Some(v),
+                None => {
+                    return Err(PyTypeError::new_err(format!(
+                        "Node got an unexpected keyword argument '{k}'"
+                    )))
+                }
+            }
+        }
+    }
+    let [name, listen, advertise, seeds, min_members, cookie, failure_timeout, request_timeout, heartbeat_interval, handler_timeout, anti_entropy_interval, tombstone_retention, conflict_log_limit, max_key_size, max_value_size] =
+        given;
+    let mut config = Config::default();
+    if let Some(name) = name.filter(|o| !o.is_none()) {
+        config.name = Some(text(&name, "name")?);
+    }
+    if let Some(listen) = listen.filter(|o| !o.is_none()) {
+        config.listen = text(&listen, "listen")?;
+    }
+    if let Some(advertise) = advertise.filter(|o| !o.is_none()) {
+        config.advertise = Some(text(&advertise, "advertise")?);
+    }
+    if let Some(seeds) = seeds.filter(|o| !o.is_none()) {
+        let list = seeds.cast::<PyList>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "seeds must be a list of 'host:port' strings, not {}",
+                type_name(&seeds)
+            ))
+        })?;
+        config.seeds = list
+            .iter()
+            .map(|s| text(&s, "each seed"))
+            .collect::<PyResult<_>>()?;
+    }
+    if let Some(cookie) = cookie.filter(|c| !c.is_none()) {
+        config.cookie = Some(buf(&cookie, "cookie")?.into_vec());
+    }
+    let durations = [
+        (
+            "failure_timeout",
+            failure_timeout,
+            &mut config.failure_timeout,
+        ),
+        (
+            "request_timeout",
+            request_timeout,
+            &mut config.request_timeout,
+        ),
+        (
+            "heartbeat_interval",
+            heartbeat_interval,
+            &mut config.heartbeat_interval,
+        ),
+        (
+            "handler_timeout",
+            handler_timeout,
+            &mut config.handler_timeout,
+        ),
+        (
+            "anti_entropy_interval",
+            anti_entropy_interval,
+            &mut config.anti_entropy_interval,
+        ),
+        (
+            "tombstone_retention",
+            tombstone_retention,
+            &mut config.tombstone_retention,
+        ),
+    ];
+    for (what, secs, field) in durations {
+        if let Some(d) = seconds_arg(secs.as_ref(), what)? {
+            *field = d;
+        }
+    }
+    let counts = [
+        (
+            "conflict_log_limit",
+            conflict_log_limit,
+            &mut config.conflict_log_limit,
+        ),
+        ("max_key_size", max_key_size, &mut config.max_key_size),
+        ("max_value_size", max_value_size, &mut config.max_value_size),
+        ("min_members", min_members, &mut config.min_members),
+    ];
+    for (what, n, field) in counts {
+        if let Some(n) = count_arg(n.as_ref(), what)? {
+            *field = n;
+        }
+    }
+    Ok(config)
+}
+
+/// The arguments of `wait_for_members`: a count and seconds.
+fn members_args(n: &Bound<'_, PyAny>, timeout: &Bound<'_, PyAny>) -> PyResult<(usize, Duration)> {
+    let n = count_arg(Some(n), "n")?.unwrap_or(0);
+    let timeout = seconds_arg(Some(timeout), "timeout")?.ok_or_else(|| {
+        PyTypeError::new_err("timeout must be a number of seconds (int or float), not NoneType")
+    })?;
+    Ok((n, timeout))
+}
+
+/// A value as `bytes`, or `None`.
+fn opt_bytes_any(py: Python<'_>, v: Option<Vec<u8>>) -> PyResult<Py<PyAny>> {
+    opt_bytes(py, v.as_deref()).into_py_any(py)
+}
+
+/// The entries that a key list or pair list gives to a batch write.
+fn pair_entries(pairs: &Bound<'_, PyList>) -> PyResult<lbmkv::Entries> {
+    let mut entries = Vec::with_capacity(pairs.len());
+    for pair in pairs.iter() {
+        let pair = pair.cast::<PyTuple>()?;
+        if pair.len() != 2 {
+            return Err(PyTypeError::new_err("put_many expects (key, value) pairs"));
+        }
+        let k = buf(&pair.get_item(0)?, "key")?.into_vec();
+        let v = buf(&pair.get_item(1)?, "value")?.into_vec();
+        entries.push((k, v));
+    }
+    Ok(entries)
+}
+
+fn key_list(keys: &Bound<'_, PyList>) -> PyResult<Vec<Vec<u8>>> {
+    keys.iter()
+        .map(|k| Ok(buf(&k, "key")?.into_vec()))
+        .collect()
+}
+
+/// A user function scheduled on `event_loop` for an async update.
+fn loop_fn(event_loop: &Bound<'_, PyAny>, func: Bound<'_, PyAny>) -> PyResult<Arc<aio::LoopFn>> {
+    Ok(Arc::new(aio::LoopFn {
+        event_loop: event_loop.clone().unbind(),
+        func: function(func, "the update function")?,
+        raised: Arc::default(),
+    }))
+}
+
+/// The outcome of an async update: the exception its function raised, if
+/// any, else the core's result.
+fn update_outcome<T>(f: &aio::LoopFn, r: lbmkv::Result<T>) -> aio::Outcome<T> {
+    match f.take_raised() {
+        Some(e) => Err(aio::Failure::Py(e)),
+        None => Ok(r?),
+    }
+}
+
 /// A running node (native half of `lbmkv.Node`).
 #[pyclass(frozen, module = "lbmkv._lbmkv", name = "Node")]
 struct PyNode {
@@ -299,109 +472,11 @@ impl Drop for PyNode {
 
 #[pymethods]
 impl PyNode {
-    /// Starts a node; options left at `None` keep the core's defaults.
+    /// Starts a node; options left out or `None` keep the core's defaults.
     #[new]
-    #[pyo3(signature = (*, name=None, listen=None, advertise=None, seeds=None,
-        min_members=None, cookie=None, failure_timeout=None, request_timeout=None,
-        heartbeat_interval=None, handler_timeout=None, anti_entropy_interval=None,
-        tombstone_retention=None, conflict_log_limit=None, max_key_size=None,
-        max_value_size=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: Option<Bound<'_, PyAny>>,
-        listen: Option<Bound<'_, PyAny>>,
-        advertise: Option<Bound<'_, PyAny>>,
-        seeds: Option<Bound<'_, PyAny>>,
-        min_members: Option<Bound<'_, PyAny>>,
-        cookie: Option<Bound<'_, PyAny>>,
-        failure_timeout: Option<Bound<'_, PyAny>>,
-        request_timeout: Option<Bound<'_, PyAny>>,
-        heartbeat_interval: Option<Bound<'_, PyAny>>,
-        handler_timeout: Option<Bound<'_, PyAny>>,
-        anti_entropy_interval: Option<Bound<'_, PyAny>>,
-        tombstone_retention: Option<Bound<'_, PyAny>>,
-        conflict_log_limit: Option<Bound<'_, PyAny>>,
-        max_key_size: Option<Bound<'_, PyAny>>,
-        max_value_size: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Self> {
-        let mut config = Config::default();
-        if let Some(name) = name.filter(|o| !o.is_none()) {
-            config.name = Some(text(&name, "name")?);
-        }
-        if let Some(listen) = listen.filter(|o| !o.is_none()) {
-            config.listen = text(&listen, "listen")?;
-        }
-        if let Some(advertise) = advertise.filter(|o| !o.is_none()) {
-            config.advertise = Some(text(&advertise, "advertise")?);
-        }
-        if let Some(seeds) = seeds.filter(|o| !o.is_none()) {
-            let list = seeds.cast::<PyList>().map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "seeds must be a list of 'host:port' strings, not {}",
-                    type_name(&seeds)
-                ))
-            })?;
-            config.seeds = list
-                .iter()
-                .map(|s| text(&s, "each seed"))
-                .collect::<PyResult<_>>()?;
-        }
-        if let Some(cookie) = cookie.filter(|c| !c.is_none()) {
-            config.cookie = Some(buf(&cookie, "cookie")?.into_vec());
-        }
-        let durations = [
-            (
-                "failure_timeout",
-                failure_timeout,
-                &mut config.failure_timeout,
-            ),
-            (
-                "request_timeout",
-                request_timeout,
-                &mut config.request_timeout,
-            ),
-            (
-                "heartbeat_interval",
-                heartbeat_interval,
-                &mut config.heartbeat_interval,
-            ),
-            (
-                "handler_timeout",
-                handler_timeout,
-                &mut config.handler_timeout,
-            ),
-            (
-                "anti_entropy_interval",
-                anti_entropy_interval,
-                &mut config.anti_entropy_interval,
-            ),
-            (
-                "tombstone_retention",
-                tombstone_retention,
-                &mut config.tombstone_retention,
-            ),
-        ];
-        for (what, secs, field) in durations {
-            if let Some(d) = seconds_arg(secs.as_ref(), what)? {
-                *field = d;
-            }
-        }
-        let counts = [
-            (
-                "conflict_log_limit",
-                conflict_log_limit,
-                &mut config.conflict_log_limit,
-            ),
-            ("max_key_size", max_key_size, &mut config.max_key_size),
-            ("max_value_size", max_value_size, &mut config.max_value_size),
-            ("min_members", min_members, &mut config.min_members),
-        ];
-        for (what, n, field) in counts {
-            if let Some(n) = count_arg(n.as_ref(), what)? {
-                *field = n;
-            }
-        }
+    #[pyo3(signature = (**options))]
+    fn new(py: Python<'_>, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let config = config_from(options)?;
         let node = py.detach(|| blocking::Node::start(config)).py_err(py)?;
         Ok(PyNode {
             inner: ManuallyDrop::new(node),
@@ -491,6 +566,153 @@ impl PyNode {
     fn closed(&self) -> bool {
         self.inner.as_async().is_closed()
     }
+
+    /// Starts a node on the shared runtime and completes `fut` (a future of
+    /// `event_loop`) with it; the options are those of `Node`.
+    #[staticmethod]
+    #[pyo3(signature = (event_loop, fut, **options))]
+    fn start_async(
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<aio::Pending> {
+        let config = config_from(options)?;
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(blocking::Node::start_async(config).await?) },
+            |py, node| {
+                let node = PyNode {
+                    inner: ManuallyDrop::new(node),
+                };
+                Ok(Py::new(py, node)?.into_any())
+            },
+        )
+    }
+
+    /// `create_table` completing `fut`.
+    #[pyo3(signature = (event_loop, fut, name, on_conflict=None))]
+    fn create_table_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        name: &Bound<'_, PyAny>,
+        on_conflict: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<aio::Pending> {
+        let name = text(name, "the table name")?;
+        let h = handler(callable(on_conflict, "on_conflict")?);
+        let node = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(node.create_table_with(&name, h).await?) },
+            |py, t| Ok(Py::new(py, PyTable::new(blocking::Table::from_async(t)))?.into_any()),
+        )
+    }
+
+    /// `connect` completing `fut`.
+    fn connect_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        addr: &Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let addr = text(addr, "addr")?;
+        let node = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            true,
+            async move { Ok(node.connect(&addr).await?) },
+            |py, ()| Ok(py.None()),
+        )
+    }
+
+    /// `disconnect` completing `fut`.
+    fn disconnect_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        name: &Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let name = text(name, "the node name")?;
+        let node = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(node.disconnect(&name).await?) },
+            |py, ()| Ok(py.None()),
+        )
+    }
+
+    /// Waits until at least `n` members, this node included, are in the
+    /// view, for at most `timeout` seconds (`Unavailable` when they are not).
+    fn wait_for_members(
+        &self,
+        py: Python<'_>,
+        n: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let (n, timeout) = members_args(n, timeout)?;
+        py.detach(|| self.inner.wait_for_members(n, timeout))
+            .py_err(py)
+    }
+
+    /// `wait_for_members` completing `fut`.
+    fn wait_for_members_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        n: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let (n, timeout) = members_args(n, timeout)?;
+        let node = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            true,
+            async move { Ok(node.wait_for_members(n, timeout).await?) },
+            |py, ()| Ok(py.None()),
+        )
+    }
+
+    /// `next_event` completing `fut` (with the event as JSON, or `None`).
+    fn next_event_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let timeout = seconds_arg(Some(timeout), "timeout")?.unwrap_or_default();
+        let node = (*self.inner).clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            true,
+            async move { Ok(node.next_event_async(timeout).await) },
+            |py, ev| ev.map(|e| e.to_json()).into_py_any(py),
+        )
+    }
+
+    /// `close` completing `fut`.
+    fn close_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let node = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(node.close().await?) },
+            |py, ()| Ok(py.None()),
+        )
+    }
 }
 
 /// A replicated table (native half of `lbmkv.Table`).
@@ -573,16 +795,7 @@ impl PyTable {
         py: Python<'py>,
         pairs: &Bound<'py, PyList>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let mut entries = Vec::with_capacity(pairs.len());
-        for pair in pairs.iter() {
-            let pair = pair.cast::<PyTuple>()?;
-            if pair.len() != 2 {
-                return Err(PyTypeError::new_err("put_many expects (key, value) pairs"));
-            }
-            let k = buf(&pair.get_item(0)?, "key")?.into_vec();
-            let v = buf(&pair.get_item(1)?, "value")?.into_vec();
-            entries.push((k, v));
-        }
+        let entries = pair_entries(pairs)?;
         let prev = py.detach(|| self.inner.put_many(entries)).py_err(py)?;
         entries_dict(py, prev)
     }
@@ -604,10 +817,7 @@ impl PyTable {
         py: Python<'py>,
         keys: &Bound<'py, PyList>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let mut ks = Vec::with_capacity(keys.len());
-        for k in keys.iter() {
-            ks.push(buf(&k, "key")?.into_vec());
-        }
+        let ks = key_list(keys)?;
         let prev = py.detach(|| self.inner.delete_many(ks)).py_err(py)?;
         entries_dict(py, prev)
     }
@@ -690,6 +900,144 @@ impl PyTable {
         Ok((entries_dict(py, old)?, entries_dict(py, new)?))
     }
 
+    /// `get_strong` completing `fut`.
+    fn get_strong_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let key = buf(key, "key")?.into_vec();
+        let t = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            true,
+            async move { Ok(t.get_strong(&key).await?) },
+            opt_bytes_any,
+        )
+    }
+
+    /// `put` completing `fut`.
+    fn put_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let key = buf(key, "key")?.into_vec();
+        let value = buf(value, "value")?.into_vec();
+        let t = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(t.put(&key, &value).await?) },
+            opt_bytes_any,
+        )
+    }
+
+    /// `put_many` completing `fut`.
+    fn put_many_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        pairs: &Bound<'_, PyList>,
+    ) -> PyResult<aio::Pending> {
+        let entries = pair_entries(pairs)?;
+        let t = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(t.put_many(entries).await?) },
+            |py, prev| Ok(entries_dict(py, prev)?.into_any().unbind()),
+        )
+    }
+
+    /// `delete` completing `fut`.
+    fn delete_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let key = buf(key, "key")?.into_vec();
+        let t = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(t.delete(&key).await?) },
+            opt_bytes_any,
+        )
+    }
+
+    /// `delete_many` completing `fut`.
+    fn delete_many_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        keys: &Bound<'_, PyList>,
+    ) -> PyResult<aio::Pending> {
+        let keys = key_list(keys)?;
+        let t = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move { Ok(t.delete_many(keys).await?) },
+            |py, prev| Ok(entries_dict(py, prev)?.into_any().unbind()),
+        )
+    }
+
+    /// `update` completing `fut`; `func` runs on the event loop's thread.
+    fn update_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        func: Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let key = buf(key, "key")?.into_vec();
+        let f = loop_fn(&event_loop, func)?;
+        let t = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move {
+                let r = t.update_with(&key, |k, v| f.call(k, v.as_deref())).await;
+                update_outcome(&f, r)
+            },
+            |py, (old, new)| {
+                (opt_bytes(py, old.as_deref()), opt_bytes(py, new.as_deref())).into_py_any(py)
+            },
+        )
+    }
+
+    /// `update_all` completing `fut`; `func` runs on the event loop's thread.
+    fn update_all_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        func: Bound<'_, PyAny>,
+    ) -> PyResult<aio::Pending> {
+        let f = loop_fn(&event_loop, func)?;
+        let t = self.inner.as_async().clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            false,
+            async move {
+                let r = t.update_all_with(|k, v| f.call(k, Some(&v))).await;
+                update_outcome(&f, r)
+            },
+            |py, (old, new)| (entries_dict(py, old)?, entries_dict(py, new)?).into_py_any(py),
+        )
+    }
+
     /// Number of live entries on this node.
     fn len(&self, py: Python<'_>) -> PyResult<usize> {
         self.inner.len().py_err(py)
@@ -747,6 +1095,8 @@ impl PyTable {
 fn _lbmkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNode>()?;
     m.add_class::<PyTable>()?;
+    m.add_class::<aio::Pending>()?;
+    m.add_class::<aio::Reply>()?;
     m.add_function(wrap_pyfunction!(logs::set_log_handler, m)?)?;
     m.add("__version__", lbmkv::VERSION)?;
     Ok(())

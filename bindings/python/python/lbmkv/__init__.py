@@ -8,6 +8,9 @@
         users = node.create_table("users")
         users["alice"] = "admin"
         assert users["alice"] == b"admin"
+        lbmkv.update(users, "visits", lambda k, v: str(int(v or 0) + 1))
+
+The asyncio API is :mod:`lbmkv.aio`.
 """
 
 from ._errors import (
@@ -26,7 +29,17 @@ from ._errors import (
 from ._lbmkv import __version__
 from ._logs import TRACE, sync_log_level
 from ._node import ConflictHandler, Node
-from ._table import BytesLike, ConflictRecord, Table
+from ._table import BytesLike, ConflictRecord, Table, UpdateFn, update
+from ._types import (
+    ConflictEvent,
+    Event,
+    MergedEvent,
+    NodeDownEvent,
+    NodeInfo,
+    NodeUpEvent,
+    TableCreatedEvent,
+    TableInfo,
+)
 
 __all__ = [
     "Node",
@@ -34,6 +47,16 @@ __all__ = [
     "ConflictRecord",
     "ConflictHandler",
     "BytesLike",
+    "UpdateFn",
+    "update",
+    "NodeInfo",
+    "TableInfo",
+    "Event",
+    "NodeUpEvent",
+    "NodeDownEvent",
+    "TableCreatedEvent",
+    "MergedEvent",
+    "ConflictEvent",
     "Error",
     "Unavailable",
     "Timeout",

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections import abc
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Type, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Type, Union, cast
 
 from . import _lbmkv
 from ._logs import sync_log_level
 from ._table import BytesLike, Table
+from ._types import Event, NodeInfo
 
 __all__ = ["Node", "ConflictHandler"]
 
@@ -75,13 +76,7 @@ class Node:
         max_key_size: Optional[int] = None,
         max_value_size: Optional[int] = None,
     ) -> None:
-        seed_list: Optional[List[str]] = None
-        if seeds is not None:
-            if isinstance(seeds, (str, bytes)):
-                raise TypeError("seeds must be a list of 'host:port' strings, not a single string")
-            if not isinstance(seeds, abc.Iterable):
-                raise TypeError(f"seeds must be a list of 'host:port' strings, not {type(seeds).__name__}")
-            seed_list = list(seeds)
+        seed_list = _seed_list(seeds)
         sync_log_level()
         self._n = _lbmkv.Node(
             name=name,
@@ -150,12 +145,20 @@ class Node:
         """Names of the nodes in this node's view, itself included, sorted."""
         return self._n.members()
 
-    def info(self) -> Dict[str, Any]:
-        """The node's description: ``name``, ``actor``, ``address``, ``members``,
-        ``tables`` (per table ``name``, ``entries``, ``bytes``, ``tombstones``,
+    def info(self) -> NodeInfo:
+        """The node's description (a dict typed by :class:`lbmkv.NodeInfo`):
+        ``name``, ``actor``, ``address``, ``members``, ``sequencer``, ``tables``
+        (per table ``name``, ``entries``, ``bytes``, ``tombstones``,
         ``conflicts``, ``digest``) and traffic counters."""
-        info: Dict[str, Any] = json.loads(self._n.info_json())
-        return info
+        return cast(NodeInfo, json.loads(self._n.info_json()))
+
+    def wait_for_members(self, n: int, timeout: float) -> None:
+        """Waits (with the GIL released) until at least ``n`` members, this node
+        included, are in the view; raises :class:`lbmkv.Unavailable` (how many
+        there are, and why each seed was not reached) when they are not there
+        within ``timeout`` seconds, :class:`lbmkv.Closed` when the node closes
+        meanwhile. The ``min_members`` option of the start, later."""
+        self._n.wait_for_members(n, timeout)
 
     def connect(self, addr: str) -> None:
         """Connects to the node at ``addr`` (``host:port``) and waits for the
@@ -167,16 +170,15 @@ class Node:
         :meth:`connect` is called for it again."""
         self._n.disconnect(name)
 
-    def next_event(self, timeout: float = 0.0) -> Optional[Dict[str, Any]]:
+    def next_event(self, timeout: float = 0.0) -> Optional[Event]:
         """The next event, waiting at most ``timeout`` seconds; ``None`` when none came."""
         raw = self._n.next_event(timeout)
         if raw is None:
             return None
-        event: Dict[str, Any] = json.loads(raw)
-        return event
+        return cast(Event, json.loads(raw))
 
-    def events(self, timeout: Optional[float] = None) -> Iterator[Dict[str, Any]]:
-        """Yields the node's events as dicts with a ``type`` (``node_up``,
+    def events(self, timeout: Optional[float] = None) -> Iterator[Event]:
+        """Yields the node's events (dicts typed by :data:`lbmkv.Event`) with a ``type`` (``node_up``,
         ``node_down``, ``table_created``, ``merged``, ``conflict``) and its fields,
         oldest first (events are queued from the node's start on). Ends when no
         event comes within ``timeout`` seconds, or, with ``timeout=None``, once the
@@ -192,10 +194,21 @@ class Node:
                 raw = self._n.next_event(timeout)
                 if raw is None:
                     return
-            yield json.loads(raw)
+            yield cast(Event, json.loads(raw))
 
     def close(self) -> None:
         """Leaves the cluster (peers see ``node_down`` at once) and stops the
         node; later calls on it or its tables raise :class:`lbmkv.Closed`.
         Calling it again does nothing."""
         self._n.close()
+
+
+def _seed_list(seeds: Optional[Iterable[str]]) -> Optional[List[str]]:
+    """``seeds`` as a list; a single string is a ``TypeError`` (a common slip)."""
+    if seeds is None:
+        return None
+    if isinstance(seeds, (str, bytes)):
+        raise TypeError("seeds must be a list of 'host:port' strings, not a single string")
+    if not isinstance(seeds, abc.Iterable):
+        raise TypeError(f"seeds must be a list of 'host:port' strings, not {type(seeds).__name__}")
+    return list(seeds)

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
-from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union, overload
 
 from . import _lbmkv
 
 if TYPE_CHECKING:
     from ._node import Node
 
-__all__ = ["Table", "ConflictRecord", "BytesLike"]
+__all__ = ["Table", "ConflictRecord", "BytesLike", "UpdateFn", "update"]
 
 #: What keys, values and patterns may be given as; ``str`` is encoded as UTF-8.
 #: Keys and values always come back as ``bytes``.
 BytesLike = Union[bytes, bytearray, memoryview, str]
+
+#: ``fn(key, value)`` of :meth:`Table.update_key`: the new value, ``None`` to
+#: delete, or the old value to write nothing.
+UpdateFn = Callable[[bytes, Optional[bytes]], Optional[BytesLike]]
 
 _T = TypeVar("_T")
 
@@ -66,8 +70,9 @@ class Table(MutableMapping[bytes, bytes]):
     given as ``bytes``, ``bytearray``, ``memoryview`` or ``str`` (UTF-8) and come
     back as ``bytes``. Iteration goes over a sorted snapshot of the keys.
 
-    ``update`` is lbmkv's atomic read-modify-write, not ``dict.update``: use
-    :meth:`put_many` to write several entries.
+    ``update`` is ``MutableMapping.update`` (written as one atomic batch);
+    the atomic read-modify-write of one key is :meth:`update_key` (also
+    reachable as ``lbmkv.update(table, key, fn)``, lbm_kv's spelling).
     """
 
     __slots__ = ("_t", "_node")
@@ -173,24 +178,7 @@ class Table(MutableMapping[bytes, bytes]):
     ) -> Dict[bytes, bytes]:
         """Sets all entries atomically (a mapping or an iterable of ``(key, value)``
         pairs); returns the previous values of the keys that had one."""
-        if isinstance(entries, Mapping):
-            pairs = list(entries.items())
-        elif isinstance(entries, _BYTES_TYPES) or not isinstance(entries, Iterable):
-            raise TypeError(
-                "put_many expects a mapping or an iterable of (key, value) pairs, "
-                f"not {type(entries).__name__}"
-            )
-        else:
-            pairs = []
-            for i, pair in enumerate(entries):
-                if isinstance(pair, _BYTES_TYPES):
-                    raise TypeError(f"put_many: element {i} is not a (key, value) pair")
-                try:
-                    k, v = pair
-                except (TypeError, ValueError):
-                    raise TypeError(f"put_many: element {i} is not a (key, value) pair") from None
-                pairs.append((k, v))
-        return self._t.put_many(pairs)
+        return self._t.put_many(_pairs(entries, "put_many"))
 
     def delete(self, key: BytesLike) -> Optional[bytes]:
         """Deletes ``key`` everywhere (a tombstone); returns the previous value."""
@@ -199,20 +187,44 @@ class Table(MutableMapping[bytes, bytes]):
     def delete_many(self, keys: Iterable[BytesLike]) -> Dict[bytes, bytes]:
         """Deletes all ``keys`` atomically; returns the previous entries of those
         that existed."""
-        if isinstance(keys, _BYTES_TYPES) or not isinstance(keys, Iterable):
-            raise TypeError(f"delete_many expects an iterable of keys, not {type(keys).__name__}")
-        return self._t.delete_many(list(keys))
+        return self._t.delete_many(_keys(keys, "delete_many"))
 
     def match(self, key_pattern: BytesLike = "*", value_pattern: BytesLike = "*") -> Dict[bytes, bytes]:
         """Local entries whose key and value match the glob patterns (``*``, ``?``,
         ``[...]``, ``\\`` escapes, on bytes), in key order."""
         return self._t.match_entries(key_pattern, value_pattern)
 
-    def update(  # type: ignore[override]
-        self,
-        key: BytesLike,
-        fn: Callable[[bytes, Optional[bytes]], Optional[BytesLike]],
-    ) -> Tuple[Optional[bytes], Optional[bytes]]:
+    def update(self, *args: Any, **kwds: BytesLike) -> None:
+        """``MutableMapping.update([other], **kwds)``: sets the entries of
+        ``other`` (a mapping, an object with ``keys()``, or an iterable of
+        ``(key, value)`` pairs) and of the keyword arguments, as one atomic
+        batch (see :meth:`put_many`).
+
+        Before lbmkv 0.2 this name was the atomic read-modify-write
+        ``update(key, fn)``; that is :meth:`update_key` now, and the old call
+        raises a ``TypeError`` that says so.
+        """
+        if len(args) == 2 and callable(args[1]):
+            raise TypeError(
+                "Table.update(key, fn) is now Table.update_key(key, fn) (or lbmkv.update(table, key, fn)); "
+                "Table.update(other) is MutableMapping.update"
+            )
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 positional argument, got {len(args)}")
+        pairs: List[Tuple[BytesLike, BytesLike]] = []
+        if args:
+            other = args[0]
+            if isinstance(other, Mapping):
+                pairs = list(other.items())
+            elif hasattr(other, "keys"):
+                pairs = [(k, other[k]) for k in other.keys()]
+            else:
+                pairs = _pairs(other, "update")
+        pairs.extend(kwds.items())
+        if pairs:
+            self._t.put_many(pairs)
+
+    def update_key(self, key: BytesLike, fn: UpdateFn) -> Tuple[Optional[bytes], Optional[bytes]]:
         """Atomic read-modify-write of ``key``; returns ``(old, new)``.
 
         ``fn(key, value)`` gets the current value (``None``: absent) and returns
@@ -220,6 +232,8 @@ class Table(MutableMapping[bytes, bytes]):
         runs on the calling thread and may run more than once (the write is a
         compare-and-set at the sequencer, retried on conflict). An exception
         raised by ``fn`` aborts the update and propagates unchanged.
+
+        lbm_kv's ``update(Table, Key, Fun)``; also ``lbmkv.update(table, key, fn)``.
         """
         return self._t.update(key, fn)
 
@@ -227,7 +241,7 @@ class Table(MutableMapping[bytes, bytes]):
         self, fn: Callable[[bytes, bytes], Optional[BytesLike]]
     ) -> Tuple[Dict[bytes, bytes], Dict[bytes, bytes]]:
         """Atomic update of the whole table: ``fn(key, value)`` for every entry,
-        with the rule of :meth:`update`. Returns ``(old, new)``: the old entries
+        with the rule of :meth:`update_key`. Returns ``(old, new)``: the old entries
         that changed and the new values of those not deleted."""
         return self._t.update_all(fn)
 
@@ -244,3 +258,38 @@ class Table(MutableMapping[bytes, bytes]):
     def conflicts(self) -> List[ConflictRecord]:
         """The table's conflict log (versions that lost a merge), oldest first."""
         return [ConflictRecord(*r) for r in self._t.conflicts()]
+
+
+def _pairs(entries: object, what: str) -> List[Tuple[BytesLike, BytesLike]]:
+    """The ``(key, value)`` pairs of a mapping or an iterable of pairs."""
+    if isinstance(entries, Mapping):
+        return list(entries.items())
+    if isinstance(entries, _BYTES_TYPES) or not isinstance(entries, Iterable):
+        raise TypeError(
+            f"{what} expects a mapping or an iterable of (key, value) pairs, not {type(entries).__name__}"
+        )
+    pairs = []
+    for i, pair in enumerate(entries):
+        if isinstance(pair, _BYTES_TYPES):
+            raise TypeError(f"{what}: element {i} is not a (key, value) pair")
+        try:
+            k, v = pair
+        except (TypeError, ValueError):
+            raise TypeError(f"{what}: element {i} is not a (key, value) pair") from None
+        pairs.append((k, v))
+    return pairs
+
+
+def _keys(keys: object, what: str) -> List[BytesLike]:
+    """A list of the keys of an iterable that is not itself bytes or a string."""
+    if isinstance(keys, _BYTES_TYPES) or not isinstance(keys, Iterable):
+        raise TypeError(f"{what} expects an iterable of keys, not {type(keys).__name__}")
+    return list(keys)
+
+
+def update(table: Table, key: BytesLike, fn: UpdateFn) -> Tuple[Optional[bytes], Optional[bytes]]:
+    """``lbmkv.update(table, key, fn)``: lbm_kv's spelling of
+    :meth:`Table.update_key`, the atomic read-modify-write of one key."""
+    if not isinstance(table, Table):
+        raise TypeError(f"update expects an lbmkv.Table, not {type(table).__name__}")
+    return table.update_key(key, fn)

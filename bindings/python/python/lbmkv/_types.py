@@ -1,0 +1,131 @@
+"""Types of what nodes report: ``info()`` and events.
+
+Both are plain ``dict`` objects at run time (decoded from the engine's JSON), so
+code written against the dicts keeps working; these ``TypedDict`` classes give
+them their keys and types for type checkers. An event's ``type`` tells which
+one it is, and a type checker narrows the union on it::
+
+    for ev in node.events(timeout=1.0):
+        if ev["type"] == "node_down":
+            print(ev["node"], ev["reason"])
+"""
+
+from __future__ import annotations
+
+from typing import List, Literal, Optional, TypedDict, Union
+
+__all__ = [
+    "TableInfo",
+    "NodeInfo",
+    "NodeUpEvent",
+    "NodeDownEvent",
+    "TableCreatedEvent",
+    "MergedEvent",
+    "ConflictEvent",
+    "Event",
+    "Resolution",
+]
+
+
+class TableInfo(TypedDict):
+    """One table in :class:`NodeInfo`."""
+
+    #: The table's name.
+    name: str
+    #: Live entries on this node.
+    entries: int
+    #: Bytes of live keys and values.
+    bytes: int
+    #: Tombstones kept for merges.
+    tombstones: int
+    #: Entries in the table's conflict log.
+    conflicts: int
+    #: The table's digest: equal digests, equal replicas.
+    digest: str
+
+
+class NodeInfo(TypedDict):
+    """What ``Node.info()`` returns."""
+
+    #: The node's name.
+    name: str
+    #: The node's actor id (name and incarnation).
+    actor: str
+    #: The address peers reach it at, ``"host:port"``.
+    address: str
+    #: Names of the nodes in its view, itself included, sorted.
+    members: List[str]
+    #: The member whose sequencer this node follows, if any.
+    sequencer: Optional[str]
+    #: Tables, sorted by name.
+    tables: List[TableInfo]
+    #: Bytes written to peers.
+    bytes_sent: int
+    #: Bytes read from peers.
+    bytes_received: int
+    #: Bytes of merge traffic written.
+    merge_bytes_sent: int
+    #: Bytes queued for peers and not yet handed to their sockets.
+    send_queue_bytes: int
+    #: Bytes of the write budget held by writes waiting for sequencers.
+    write_budget_in_use: int
+
+
+#: How a conflict was settled.
+Resolution = Literal["handler", "fallback", "handler_failed"]
+
+
+class NodeUpEvent(TypedDict):
+    """A peer joined this node's view."""
+
+    type: Literal["node_up"]
+    #: The peer's name.
+    node: str
+
+
+class NodeDownEvent(TypedDict):
+    """A peer left this node's view (closed, cut off, or silent too long)."""
+
+    type: Literal["node_down"]
+    #: The peer's name.
+    node: str
+    #: Why it left.
+    reason: str
+
+
+class TableCreatedEvent(TypedDict):
+    """A table appeared on this node (created here or by a peer)."""
+
+    type: Literal["table_created"]
+    #: The table's name.
+    table: str
+
+
+class MergedEvent(TypedDict):
+    """A merge with a peer finished for one table."""
+
+    type: Literal["merged"]
+    #: The table's name.
+    table: str
+    #: The peer merged with.
+    peer: str
+    #: Keys whose local version changed.
+    keys_changed: int
+    #: Concurrent versions found.
+    conflicts: int
+
+
+class ConflictEvent(TypedDict):
+    """A conflict found by a merge was settled."""
+
+    type: Literal["conflict"]
+    #: The table's name.
+    table: str
+    #: The key, decoded as UTF-8 (lossily) for display.
+    key: str
+    #: How it was settled.
+    resolution: Resolution
+
+
+#: Any event of a node; ``ev["type"]`` says which.
+Event = Union[NodeUpEvent, NodeDownEvent, TableCreatedEvent, MergedEvent, ConflictEvent]
