@@ -2,7 +2,7 @@
 
 Two nodes in this process share a counter table whose conflict handler keeps
 the larger count (should a netsplit ever let both sides count on); several
-threads on both nodes hand out numbers with an atomic ``update``. Every number
+threads on both nodes hand out numbers with an atomic ``update_key``. Every number
 is handed out exactly once and the final count is the number of increments.
 Prints the final value; exits 1 when a number was lost or handed out twice.
 
@@ -53,7 +53,7 @@ def main() -> int:
 
         def worker(table: lbmkv.Table) -> None:
             for _ in range(INCREMENTS):
-                _old, new = table.update("seq", increment)
+                _old, new = table.update_key("seq", increment)
                 with lock:
                     handed_out.append(count(new))
 

@@ -13,7 +13,7 @@ use napi::sys;
 use napi::threadsafe_function::ThreadsafeFunction;
 
 use crate::conv::{self, Raw};
-use crate::error::{invalid, Result};
+use crate::error::{type_error, Result};
 
 /// What a user function gave back, once settled.
 pub enum Outcome {
@@ -134,7 +134,7 @@ fn napi_failure(e: crate::error::JsErr) -> napi::Error {
 unsafe fn expect_function(env: sys::napi_env, f: sys::napi_value, what: &str) -> Result<()> {
     // SAFETY: `env` and `f` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, f) }? != sys::ValueType::napi_function {
-        return Err(invalid(format!(
+        return Err(type_error(format!(
             "{what} must be a function, got {}",
             // SAFETY: as above.
             unsafe { conv::describe_value(env, f) }

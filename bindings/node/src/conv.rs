@@ -9,7 +9,7 @@ use std::ptr;
 use napi::bindgen_prelude::*;
 use napi::sys;
 
-use crate::error::{invalid, JsErr, Result};
+use crate::error::{invalid, type_error, JsErr, Result};
 
 /// A JavaScript value handed through napi-rs unchanged (promises, arrays and
 /// objects built here).
@@ -163,7 +163,7 @@ pub unsafe fn bytes<'a>(env: sys::napi_env, v: sys::napi_value, what: &str) -> R
             return Ok(Bytes::Borrowed(b));
         }
     }
-    Err(invalid(format!(
+    Err(type_error(format!(
         "{what} must be a Buffer, Uint8Array or string, got {}",
         // SAFETY: `env` and `v` are valid for this call (this function's
         // contract).
@@ -290,7 +290,7 @@ pub unsafe fn string(env: sys::napi_env, v: sys::napi_value, what: &str) -> Resu
     // SAFETY: `env` and `v` are valid for this call (this function's contract).
     let t = unsafe { type_of(env, v) }?;
     if t != sys::ValueType::napi_string {
-        return Err(invalid(format!(
+        return Err(type_error(format!(
             "{what} must be a string, got {}",
             // SAFETY: `env` and `v` are valid for this call (this function's
             // contract).
@@ -458,7 +458,7 @@ pub unsafe fn array_items(
         "napi_is_array",
     )?;
     if !is_array {
-        return Err(invalid(format!(
+        return Err(type_error(format!(
             "{what} must be an array, got {}",
             // SAFETY: `env` and `v` are valid for this call (this function's
             // contract).

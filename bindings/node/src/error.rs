@@ -34,6 +34,26 @@ pub fn invalid(message: impl Into<String>) -> JsErr {
     )
 }
 
+/// The `code` the native addon gives an argument of the wrong type; the
+/// JavaScript layer (`index.js`) turns such an error into a `TypeError` whose
+/// `code` is `INVALID_ARGUMENT`.
+pub const TYPE_CODE: &str = "ERR_INVALID_ARG_TYPE";
+
+/// The `code` the native addon gives a number out of its range; the
+/// JavaScript layer turns such an error into a `RangeError` whose `code` is
+/// `INVALID_ARGUMENT`.
+pub const RANGE_CODE: &str = "ERR_OUT_OF_RANGE";
+
+/// An argument of the wrong type (a `TypeError` in JavaScript).
+pub fn type_error(message: impl Into<String>) -> JsErr {
+    JsErr::new(Code(TYPE_CODE), message.into())
+}
+
+/// A number out of its range (a `RangeError` in JavaScript).
+pub fn range_error(message: impl Into<String>) -> JsErr {
+    JsErr::new(Code(RANGE_CODE), message.into())
+}
+
 /// The JavaScript form of a core error.
 pub fn from_core(e: lbmkv::Error) -> JsErr {
     JsErr::new(Code(e.kind().code()), e.message().to_string())

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::callbacks::JsConflictHandler;
 use crate::conv::{self, Raw};
-use crate::error::{invalid, IntoJs, Result};
+use crate::error::{invalid, range_error, type_error, IntoJs, Result};
 use crate::promise::{self, Failure};
 use crate::table::Table;
 
@@ -100,7 +100,7 @@ fn millis(field: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
     match v {
         None => Ok(default),
         Some(ms) if (0.0..=1e13).contains(&ms) => Ok(Duration::from_secs_f64(ms / 1000.0)),
-        Some(ms) => Err(invalid(format!(
+        Some(ms) => Err(range_error(format!(
             "{field} must be a number of milliseconds >= 0, got {ms}"
         ))),
     }
@@ -110,7 +110,7 @@ fn count(field: &str, v: Option<f64>, default: usize) -> Result<usize> {
     match v {
         None => Ok(default),
         Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= 9.0e15 => Ok(n as usize),
-        Some(n) => Err(invalid(format!(
+        Some(n) => Err(range_error(format!(
             "{field} must be a whole number >= 0, got {n}"
         ))),
     }
@@ -174,7 +174,7 @@ unsafe fn config(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Config
     }
     // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, v) }? != sys::ValueType::napi_object {
-        return Err(invalid(format!(
+        return Err(type_error(format!(
             "options must be an object, got {}",
             // SAFETY: `env` and `v` are valid for this call (this function's
             // contract).
@@ -187,7 +187,7 @@ unsafe fn config(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Config
     // SAFETY: `env` and `v` are valid for this call (this function's contract)
     // and `v` is an object, which is what `NodeOptions` reads.
     let o = unsafe { NodeOptions::from_napi_value(env, v) }
-        .map_err(|e| invalid(format!("bad options: {}", e.reason)))?;
+        .map_err(|e| type_error(format!("bad options: {}", e.reason)))?;
     let cookie = match o.cookie {
         None => None,
         Some(Either::A(s)) => Some(s.into_bytes()),
@@ -243,7 +243,7 @@ unsafe fn table_handler(
     }
     // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, v) }? != sys::ValueType::napi_object {
-        return Err(invalid(format!(
+        return Err(type_error(format!(
             "table options must be an object, got {}",
             // SAFETY: `env` and `v` are valid for this call (this function's
             // contract).

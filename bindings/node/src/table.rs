@@ -9,7 +9,7 @@ use napi_derive::napi;
 
 use crate::callbacks::{self, Outcome};
 use crate::conv::{self, Raw};
-use crate::error::{invalid, IntoJs, Result};
+use crate::error::{type_error, IntoJs, Result};
 use crate::promise::{self, Failure};
 
 /// A replicated table. Get one from `node.createTable()` or `node.table()`.
@@ -44,7 +44,7 @@ unsafe fn entries(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Entri
             // just read in it.
             let pair = unsafe { conv::array_items(env, item, &format!("entries[{i}]")) }?;
             if pair.len() != 2 {
-                return Err(invalid(format!(
+                return Err(type_error(format!(
                     "entries[{i}] must be a [key, value] pair, got {} elements",
                     pair.len()
                 )));
@@ -78,7 +78,7 @@ unsafe fn entries(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Entri
         }
         return Ok(out);
     }
-    Err(invalid(format!(
+    Err(type_error(format!(
         "entries must be an array of [key, value] pairs or a plain object, got {}",
         // SAFETY: `env` and `v` are valid for this call (this function's
         // contract).
@@ -97,7 +97,7 @@ unsafe fn strong(env: sys::napi_env, v: sys::napi_value) -> Result<bool> {
     }
     // SAFETY: `env` and `v` are valid for this call (this function's contract).
     if unsafe { conv::type_of(env, v) }? != sys::ValueType::napi_object {
-        return Err(invalid(format!(
+        return Err(type_error(format!(
             "get options must be an object, got {}",
             // SAFETY: `env` and `v` are valid for this call (this function's
             // contract).
@@ -114,7 +114,7 @@ unsafe fn strong(env: sys::napi_env, v: sys::napi_value) -> Result<bool> {
         return Ok(false);
     }
     if t != sys::ValueType::napi_boolean {
-        return Err(invalid(format!(
+        return Err(type_error(format!(
             "options.strong must be a boolean, got {}",
             // SAFETY: `env` is valid for this call and `s` is a property value
             // just read in it.

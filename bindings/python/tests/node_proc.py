@@ -50,7 +50,7 @@ def run(node: lbmkv.Node, cmd: List[Any]) -> Any:
     if op == "delete":
         return text(node.table(args[0]).delete(args[1]))
     if op == "incr":
-        _, new = node.table(args[0]).update(args[1], lambda _k, v: str(int(v or 0) + 1))
+        _, new = node.table(args[0]).update_key(args[1], lambda _k, v: str(int(v or 0) + 1))
         return text(new)
     if op == "members":
         return node.members()

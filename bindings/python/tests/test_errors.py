@@ -55,8 +55,8 @@ def test_exception_tree() -> None:
         lambda t: t.delete_many(7),
         lambda t: t.match(1),
         lambda t: t.match("*", 1),
-        lambda t: t.update("k", 5),
-        lambda t: t.update(5, lambda k, v: v),
+        lambda t: t.update_key("k", 5),
+        lambda t: t.update_key(5, lambda k, v: v),
         lambda t: t.update_all("not callable"),
         lambda t: t.on_conflict(5),
     ],
@@ -173,7 +173,7 @@ def test_oversize_key_and_value(make_node: Callable[..., lbmkv.Node]) -> None:
     with pytest.raises(lbmkv.InvalidArgument):
         t.put_many({"k": "v", "k2": "v" * 17})
     with pytest.raises(lbmkv.InvalidArgument):
-        t.update("k", lambda k, v: "v" * 17)
+        t.update_key("k", lambda k, v: "v" * 17)
     assert len(t) == 0
 
 
@@ -213,7 +213,7 @@ def test_closed_node_raises_closed(node: lbmkv.Node, table: lbmkv.Table) -> None
         lambda: table.put_many({"a": "b"}),
         lambda: table.delete_many(["a"]),
         lambda: table.match(),
-        lambda: table.update("k", lambda k, v: v),
+        lambda: table.update_key("k", lambda k, v: v),
         lambda: table.update_all(lambda k, v: v),
         lambda: table.conflicts(),
         lambda: table.on_conflict(None),
@@ -241,7 +241,7 @@ def test_update_fn_exception_propagates_unchanged(table: lbmkv.Table) -> None:
         raise err
 
     with pytest.raises(Boom) as info:
-        table.update("k", fn)
+        table.update_key("k", fn)
     assert info.value is err
     assert table["k"] == b"v"
 
@@ -254,7 +254,7 @@ def test_update_fn_exception_propagates_unchanged(table: lbmkv.Table) -> None:
 def test_update_fn_returning_a_wrong_type_raises_typeerror(table: lbmkv.Table) -> None:
     table.put("k", "v")
     with pytest.raises(TypeError):
-        table.update("k", lambda k, v: 5)  # type: ignore[arg-type,return-value]
+        table.update_key("k", lambda k, v: 5)  # type: ignore[arg-type,return-value]
     with pytest.raises(TypeError):
         table.update_all(lambda k, v: 5)  # type: ignore[arg-type,return-value]
     assert table["k"] == b"v"
@@ -266,10 +266,10 @@ def test_blocking_call_inside_update_fn_would_deadlock(table: lbmkv.Table) -> No
         return b"never"
 
     with pytest.raises(lbmkv.WouldDeadlock):
-        table.update("k", fn)
+        table.update_key("k", fn)
     # Local reads are fine inside the function.
     table.put("src", "1")
-    assert table.update("k", lambda k, v: table.get("src")) == (None, b"1")
+    assert table.update_key("k", lambda k, v: table.get("src")) == (None, b"1")
 
 
 def _conflict(

@@ -36,7 +36,7 @@ def test_python_node_and_lbmkv_node_process_share_tables(
         return str(int(value or 0) + 1)
 
     assert cli.cmd("incr mixed n") == "VALUE 1"
-    assert table.update("n", incr) == (b"1", b"2")
+    assert table.update_key("n", incr) == (b"1", b"2")
     assert cli.cmd("incr mixed n") == "VALUE 3"
     assert table.get("n", strong=True) == b"3"
 

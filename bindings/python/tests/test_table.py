@@ -99,21 +99,21 @@ def test_match_globs_on_keys_and_values_sorted(table: lbmkv.Table) -> None:
     assert table.match("star\\*") == {b"star*": b"x"}
 
 
-def test_update_is_read_modify_write(table: lbmkv.Table) -> None:
+def test_update_key_is_read_modify_write(table: lbmkv.Table) -> None:
     seen = []
 
     def incr(key: bytes, value: Optional[bytes]) -> str:
         seen.append((key, value))
         return str(int(value or 0) + 1)
 
-    assert table.update("n", incr) == (None, b"1")
-    assert table.update(b"n", incr) == (b"1", b"2")
+    assert table.update_key("n", incr) == (None, b"1")
+    assert table.update_key(b"n", incr) == (b"1", b"2")
     assert seen == [(b"n", None), (b"n", b"1")]
     # Returning the old value writes nothing; returning None deletes.
-    assert table.update("n", lambda k, v: v) == (b"2", b"2")
-    assert table.update("n", lambda k, v: None) == (b"2", None)
+    assert table.update_key("n", lambda k, v: v) == (b"2", b"2")
+    assert table.update_key("n", lambda k, v: None) == (b"2", None)
     assert "n" not in table
-    assert table.update("absent", lambda k, v: None) == (None, None)
+    assert table.update_key("absent", lambda k, v: None) == (None, None)
 
 
 def test_update_all_returns_changed_entries(table: lbmkv.Table) -> None:
@@ -142,7 +142,6 @@ def test_mapping_helpers(table: lbmkv.Table) -> None:
     table.put_many({"a": "1", "b": "2"})
     table.clear()
     assert len(table) == 0
-    table.update  # the lbmkv update, not dict.update
     table.put_many({"x": "1"})
     assert table.popitem() == (b"x", b"1")
 
@@ -215,7 +214,7 @@ def test_two_nodes_in_one_process_replicate(make_node) -> None:  # type: ignore[
     wait_for(lambda: a.info()["sequencer"] == b.info()["sequencer"], what="one sequencer")
     ta.put("k", "from a")
     assert tb["k"] == b"from a"
-    tb.update("n", lambda k, v: b"1")
+    tb.update_key("n", lambda k, v: b"1")
     assert ta["n"] == b"1"
     b.disconnect(a.name)
     a.disconnect(b.name)
@@ -244,3 +243,40 @@ def test_advertise_and_min_members(make_node) -> None:  # type: ignore[no-untype
 
 def test_version() -> None:
     assert isinstance(lbmkv.__version__, str) and lbmkv.__version__
+
+
+def test_update_is_mutable_mapping_update_in_one_atomic_batch(table: lbmkv.Table) -> None:
+    table.update({"a": "1"}, b="2")
+    table.update([(b"c", b"3")])
+
+    class KeysOnly:
+        def keys(self) -> list:  # type: ignore[type-arg]
+            return ["d"]
+
+        def __getitem__(self, k: str) -> str:
+            return "4"
+
+    table.update(KeysOnly())
+    table.update()
+    assert dict(table) == {b"a": b"1", b"b": b"2", b"c": b"3", b"d": b"4"}
+    # Generic mapping code works on a table.
+    def merge_into(target: "MutableMapping[bytes, bytes]", extra: "dict[bytes, bytes]") -> None:
+        target.update(extra)
+
+    merge_into(table, {b"e": b"5"})
+    assert table["e"] == b"5"
+
+
+def test_old_update_key_fn_call_says_where_it_went(table: lbmkv.Table) -> None:
+    with pytest.raises(TypeError, match=r"update_key\(key, fn\)"):
+        table.update("n", lambda k, v: b"1")  # type: ignore[call-arg]
+    assert "n" not in table
+    with pytest.raises(TypeError, match="at most 1 positional"):
+        table.update({}, {})  # type: ignore[call-arg]
+
+
+def test_module_level_update_is_lbm_kv_spelling(table: lbmkv.Table) -> None:
+    assert lbmkv.update(table, "n", lambda k, v: b"1") == (None, b"1")
+    assert lbmkv.update(table, "n", lambda k, v: (v or b"") + b"!") == (b"1", b"1!")
+    with pytest.raises(TypeError):
+        lbmkv.update({}, "n", lambda k, v: v)  # type: ignore[arg-type]

@@ -23,7 +23,6 @@ __all__ = [
     "MergedEvent",
     "ConflictEvent",
     "Event",
-    "Resolution",
 ]
 
 
@@ -69,10 +68,6 @@ class NodeInfo(TypedDict):
     send_queue_bytes: int
     #: Bytes of the write budget held by writes waiting for sequencers.
     write_budget_in_use: int
-
-
-#: How a conflict was settled.
-Resolution = Literal["handler", "fallback", "handler_failed"]
 
 
 class NodeUpEvent(TypedDict):
@@ -123,8 +118,8 @@ class ConflictEvent(TypedDict):
     table: str
     #: The key, decoded as UTF-8 (lossily) for display.
     key: str
-    #: How it was settled.
-    resolution: Resolution
+    #: How it was settled: ``"handler"``, ``"fallback"`` or ``"handler_failed"``.
+    resolution: Literal["handler", "fallback", "handler_failed"]
 
 
 #: Any event of a node; ``ev["type"]`` says which.
