@@ -3,8 +3,12 @@
 #   make node-build   npm ci (when the lock changed) and a release build of the addon
 #   make node-types   regenerate bindings/node/index.d.ts (commit it)
 #   make test-node    clippy; stale index.d.ts check; the node --test suite (with an
-#                     `lbmkv node` process); tsc --noEmit of examples/node/typed.ts;
-#                     the sequencer example; npm pack and an install of the tarball
+#                     `lbmkv node` process; test/readme.test.js installs the package
+#                     as the README says, `npm install bindings/node` into a scratch
+#                     project, and runs the README's snippets there); tsc --noEmit of
+#                     examples/node/typed.ts; the sequencer example; the README's
+#                     install in build/node/app used by require and import; npm pack
+#                     and an install of the tarball
 #   make bench-node   1,000,000 local gets from Node.js (16-byte key, 100-byte value)
 
 NODE_DIR := $(CURDIR)/bindings/node
@@ -50,6 +54,17 @@ test-node: node-deps
 	ln -sfn ../../../bindings/node $(NODE_EXAMPLES)/node_modules/lbmkv
 	$(NODE_DIR)/node_modules/.bin/tsc -p $(NODE_EXAMPLES)/tsconfig.json
 	cd $(NODE_EXAMPLES) && timeout 120 node sequencer.mjs
+	rm -rf $(NODE_BUILD)/app && mkdir -p $(NODE_BUILD)/app
+	cd $(NODE_BUILD)/app && echo '{"name": "app", "private": true}' > package.json && \
+	  npm install --no-audit --no-fund --silent $(NODE_DIR) && \
+	  node -e "const { Node } = require('lbmkv'); \
+	    Node.start({ cookie: 'readme' }).then(async (n) => { const t = await n.createTable('t'); \
+	      await t.put('k', 'v'); if (t.get('k', { encoding: 'utf8' }) !== 'v') throw new Error('bad read'); \
+	      await n.close(); console.log('require after npm install bindings/node: ok') })" && \
+	  node --input-type=module -e "import { Node } from 'lbmkv'; \
+	    const n = await Node.start({ cookie: 'readme' }); const t = await n.createTable('t'); \
+	    for await (const [k] of t) throw new Error('empty table yields ' + k); await n.close(); \
+	    console.log('import after npm install bindings/node: ok')"
 	rm -rf $(NODE_BUILD)/pack && mkdir -p $(NODE_BUILD)/pack/app
 	cd $(NODE_DIR) && npm pack --ignore-scripts --silent --pack-destination $(NODE_BUILD)/pack >/dev/null
 	cd $(NODE_BUILD)/pack/app && echo '{"name": "app", "private": true}' > package.json && \

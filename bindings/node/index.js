@@ -126,13 +126,268 @@ function localGet(table, key) {
   }
 }
 
-Object.defineProperty(Table.prototype, 'get', {
-  value: function get(key, options) {
-    if (options === undefined || options === null) return localGet(this, key)
-    return nativeGet.call(this, key, options)
+// --- Errors: TypeError and RangeError for wrong argument types and ranges ---
+
+// The addon marks such errors with these codes; they become TypeError and
+// RangeError objects whose `code` is INVALID_ARGUMENT, as the other argument
+// errors of lbmkv.
+const NATIVE_CLASSES = { ERR_INVALID_ARG_TYPE: TypeError, ERR_OUT_OF_RANGE: RangeError }
+
+function fixError(e) {
+  const Class = e !== null && typeof e === 'object' ? NATIVE_CLASSES[e.code] : undefined
+  if (Class === undefined || e instanceof Class) return e
+  const err = new Class(e.message)
+  err.code = 'INVALID_ARGUMENT'
+  return err
+}
+
+function invalidArgument(Class, message) {
+  const err = new Class(message)
+  err.code = 'INVALID_ARGUMENT'
+  return err
+}
+
+function describe(v) {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'an array'
+  return typeof v === 'object' ? 'an object' : `${typeof v} ${String(v)}`
+}
+
+// --- Per-call options: { encoding, signal } ---
+
+const utf8 = (b) => (b === null || b === undefined ? null : b.toString('utf8'))
+
+// The decoder of `options.encoding`: null for Buffers ('buffer', the default),
+// a function for 'utf8'.
+function decoderOf(options) {
+  if (options === undefined || options === null) return null
+  if (typeof options !== 'object') {
+    throw invalidArgument(TypeError, `options must be an object, got ${describe(options)}`)
+  }
+  const encoding = options.encoding
+  if (encoding === undefined || encoding === null || encoding === 'buffer') return null
+  if (encoding === 'utf8' || encoding === 'utf-8') return utf8
+  throw invalidArgument(TypeError, `options.encoding must be 'utf8' or 'buffer', got ${describe(encoding)}`)
+}
+
+function signalOf(options) {
+  const signal = options === undefined || options === null ? undefined : options.signal
+  if (signal === undefined || signal === null) return null
+  if (typeof signal !== 'object' || typeof signal.aborted !== 'boolean' ||
+      typeof signal.addEventListener !== 'function') {
+    throw invalidArgument(TypeError, `options.signal must be an AbortSignal, got ${describe(signal)}`)
+  }
+  return signal
+}
+
+function abortError(signal) {
+  const err = new Error('The operation was aborted', { cause: signal.reason })
+  err.name = 'AbortError'
+  err.code = 'ABORT_ERR'
+  return err
+}
+
+// Runs `start()` (a Promise) unless `signal` is aborted already, and rejects
+// with an AbortError as soon as it aborts. The operation itself goes on: a
+// write handed to the engine is applied or refused on the cluster all the same.
+function abortable(signal, start, onAbandoned) {
+  if (signal === null) return start()
+  if (signal.aborted) return Promise.reject(abortError(signal))
+  const work = start()
+  return new Promise((resolve, reject) => {
+    let abandoned = false
+    const onAbort = () => {
+      abandoned = true
+      reject(abortError(signal))
+    }
+    signal.addEventListener('abort', onAbort, { once: true })
+    work.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort)
+        if (abandoned && onAbandoned) onAbandoned(v)
+        resolve(v)
+      },
+      (e) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(e)
+      }
+    )
+  })
+}
+
+// A method that returns a Promise: argument errors reject (never throw) and
+// native argument errors get their JavaScript class.
+function promising(fn) {
+  return function (...args) {
+    let p
+    try {
+      p = fn.apply(this, args)
+    } catch (e) {
+      return Promise.reject(fixError(e))
+    }
+    return p.then(undefined, (e) => {
+      throw fixError(e)
+    })
+  }
+}
+
+// A synchronous method whose native argument errors get their JavaScript class.
+function synchronous(fn) {
+  return function (...args) {
+    try {
+      return fn.apply(this, args)
+    } catch (e) {
+      throw fixError(e)
+    }
+  }
+}
+
+function define(target, methods) {
+  for (const [name, value] of Object.entries(methods)) {
+    Object.defineProperty(target, name, { value, writable: true, configurable: true })
+  }
+}
+
+const decodeValue = (dec) => (v) => (dec === null ? v : dec(v))
+const decodePairs = (dec) => (pairs) => (dec === null ? pairs : pairs.map(([k, v]) => [dec(k), dec(v)]))
+// An update function that sees decoded arguments.
+const decodedFn = (dec, fn) => (dec === null || typeof fn !== 'function' ? fn : (k, v) => fn(dec(k), dec(v)))
+
+const T = Table.prototype
+const native = {
+  get: T.get,
+  put: T.put,
+  putMany: T.putMany,
+  delete: T.delete,
+  deleteMany: T.deleteMany,
+  match: T.match,
+  update: T.update,
+  updateAll: T.updateAll,
+  has: T.has,
+  keys: T._keys,
+  setConflictHandler: T.setConflictHandler,
+  conflicts: T.conflicts,
+}
+
+// Wraps an async table method whose options are its argument `at`.
+function tableCall(call, decode, at) {
+  return promising(function (...args) {
+    const options = args[at]
+    const dec = decoderOf(options)
+    const signal = signalOf(options)
+    const p = abortable(signal, () => call.call(this, dec, ...args.slice(0, at)))
+    return p.then(decode(dec))
+  })
+}
+
+const strongGet = tableCall(function (dec, k) {
+  return native.get.call(this, k, { strong: true })
+}, decodeValue, 1)
+
+define(T, {
+  get: function get(key, options) {
+    if (options === undefined || options === null) {
+      try {
+        return localGet(this, key)
+      } catch (e) {
+        throw fixError(e)
+      }
+    }
+    if (typeof options === 'object' && options.strong === true) return strongGet.call(this, key, options)
+    try {
+      const dec = decoderOf(options)
+      const local = options.strong === undefined || options.strong === false
+      // A `strong` that is not a boolean: the addon says why.
+      const v = local ? localGet(this, key) : native.get.call(this, key, options)
+      return dec === null ? v : dec(v)
+    } catch (e) {
+      throw fixError(e)
+    }
   },
-  writable: true,
-  configurable: true,
+  put: tableCall(function (dec, k, v) {
+    return native.put.call(this, k, v)
+  }, decodeValue, 2),
+  putMany: tableCall(function (dec, entries) {
+    return native.putMany.call(this, entries)
+  }, decodePairs, 1),
+  delete: tableCall(function (dec, k) {
+    return native.delete.call(this, k)
+  }, decodeValue, 1),
+  deleteMany: tableCall(function (dec, keys) {
+    return native.deleteMany.call(this, keys)
+  }, decodePairs, 1),
+  update: tableCall(function (dec, k, fn) {
+    return native.update.call(this, k, decodedFn(dec, fn))
+  }, (dec) => ([o, n]) => (dec === null ? [o, n] : [dec(o), dec(n)]), 2),
+  updateAll: tableCall(function (dec, fn) {
+    return native.updateAll.call(this, decodedFn(dec, fn))
+  }, (dec) => ([o, n]) => (dec === null ? [o, n] : [decodePairs(dec)(o), decodePairs(dec)(n)]), 1),
+  match: synchronous(function match(keyPattern, valuePattern, options) {
+    return decodePairs(decoderOf(options))(native.match.call(this, keyPattern, valuePattern))
+  }),
+  has: synchronous(native.has),
+  setConflictHandler: synchronous(native.setConflictHandler),
+  conflicts: synchronous(native.conflicts),
+  // Map-like iteration over a snapshot taken when it starts, sorted by key.
+  keys: synchronous(function keys(options) {
+    const dec = decoderOf(options)
+    const ks = native.keys.call(this)
+    return (dec === null ? ks : ks.map(dec)).values()
+  }),
+  values: synchronous(function values(options) {
+    return this.match('*', '*', options).map(([, v]) => v).values()
+  }),
+  entries: synchronous(function entries(options) {
+    return this.match('*', '*', options).values()
+  }),
+  [Symbol.iterator]: function iterator() {
+    return this.entries()
+  },
+  [Symbol.asyncIterator]: async function* asyncIterator() {
+    yield* this.entries()
+  },
+})
+
+// --- Node: argument errors, AbortSignal ---
+
+const N = Node.prototype
+const nativeNode = {
+  createTable: N.createTable,
+  connect: N.connect,
+  disconnect: N.disconnect,
+  waitForMembers: N.waitForMembers,
+  table: N.table,
+}
+
+function withoutSignal(options) {
+  if (options === undefined || options === null || typeof options !== 'object' || !('signal' in options)) {
+    return options
+  }
+  const { signal: _signal, ...rest } = options
+  return rest
+}
+
+const startNode = Node.start
+define(Node, {
+  start: promising(function start(options) {
+    const signal = signalOf(options)
+    return abortable(signal, () => startNode.call(Node, withoutSignal(options)), (node) => node.close())
+  }),
+})
+
+define(N, {
+  createTable: promising(function createTable(name, options) {
+    const signal = signalOf(options)
+    return abortable(signal, () => nativeNode.createTable.call(this, name, withoutSignal(options)))
+  }),
+  connect: promising(function connect(address, options) {
+    return abortable(signalOf(options), () => nativeNode.connect.call(this, address))
+  }),
+  disconnect: promising(nativeNode.disconnect),
+  waitForMembers: promising(function waitForMembers(n, timeoutMs, options) {
+    return abortable(signalOf(options), () => nativeNode.waitForMembers.call(this, n, timeoutMs))
+  }),
+  table: synchronous(nativeNode.table),
 })
 
 module.exports = { Node, Table, version, setLogger }

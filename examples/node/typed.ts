@@ -23,6 +23,15 @@ export async function tour(seeds: string[] = []): Promise<number> {
   const matched: Array<[Buffer, Buffer]> = counters.match('[ab]', '*')
   const [oldPairs, newPairs] = await counters.updateAll(async (_key, v) => Buffer.concat([v, Buffer.from('0')]))
   const gone: Array<[Buffer, Buffer]> = await counters.deleteMany(['a', Buffer.from('b')])
+  const text: string | null = counters.get('visits', { encoding: 'utf8' })
+  const strongText: string | null = await counters.get('visits', { strong: true, encoding: 'utf8', signal: AbortSignal.timeout(5000) })
+  const [oldText, newText] = await counters.update('visits', (_key, v: string | null) => String(Number(v ?? 0) + 1), { encoding: 'utf8' })
+  const textPairs: Array<[string, string]> = counters.match('*', '*', { encoding: 'utf8' })
+  for (const [key, value] of counters) console.log(key.toString(), value.length)
+  for await (const [key] of counters) console.log(key.byteLength)
+  const keys: string[] = [...counters.keys({ encoding: 'utf8' })]
+  await node.waitForMembers(1, 1000, { signal: new AbortController().signal })
+  void [text, strongText, oldText, newText, textPairs, keys]
   const info: NodeInfo = node.info()
   node.unref().ref()
   // @ts-expect-error a strong read is a Promise, not a Buffer

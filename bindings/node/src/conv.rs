@@ -304,6 +304,31 @@ pub unsafe fn string(env: sys::napi_env, v: sys::napi_value, what: &str) -> Resu
     String::from_utf8(buf).map_err(|_| invalid(format!("{what} is not valid UTF-8")))
 }
 
+/// A number argument; anything else is a `TypeError` naming `what`.
+///
+/// # Safety
+/// `env` and `v` must be valid for the current call.
+pub unsafe fn number_arg(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<f64> {
+    // SAFETY: `env` and `v` are valid for this call (this function's contract).
+    let t = unsafe { type_of(env, v) }?;
+    if t != sys::ValueType::napi_number {
+        return Err(type_error(format!(
+            "{what} must be a number, got {}",
+            // SAFETY: `env` and `v` are valid for this call (this function's
+            // contract).
+            unsafe { describe(env, v, t) }
+        )));
+    }
+    let mut n = 0f64;
+    check(
+        // SAFETY: `env` and `v` are valid for this call and `v` is a number
+        // (checked above); `n` is a live local.
+        unsafe { sys::napi_get_value_double(env, v, &mut n) },
+        "napi_get_value_double",
+    )?;
+    Ok(n)
+}
+
 /// A new `Buffer` holding a copy of `data`.
 ///
 /// # Safety

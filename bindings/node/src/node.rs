@@ -527,6 +527,35 @@ impl Node {
         })
     }
 
+    /// Resolves once at least `n` members, this node included, are in the
+    /// view; rejects with `UNAVAILABLE` (how many there are, and why each
+    /// seed was not reached) after `timeoutMs`, with `CLOSED` at once when the
+    /// node closes meanwhile. The `minMembers` wait of `Node.start`, later.
+    #[napi(
+        js_name = "waitForMembers",
+        ts_args_type = "n: number, timeoutMs: number",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn wait_for_members(&self, env: Env, n: Unknown, timeout_ms: Unknown) -> Result<Raw> {
+        promise::run(&env, || {
+            // SAFETY: napi-rs passes this method the env of the current
+            // JavaScript call and argument handles valid in it.
+            let n = unsafe { conv::number_arg(env.raw(), n.raw(), "n") }?;
+            // SAFETY: as above.
+            let ms = unsafe { conv::number_arg(env.raw(), timeout_ms.raw(), "timeoutMs") }?;
+            let n = count("n", Some(n), 0)?;
+            let timeout = millis("timeoutMs", Some(ms), Duration::ZERO)?;
+            let node = self.inner.clone();
+            promise::spawn(
+                &env,
+                async move { Ok::<_, Failure>(node.wait_for_members(n, timeout).await?) },
+                // SAFETY: `settle` runs this conversion on the JavaScript
+                // thread with the env of that callback, valid until it returns.
+                |env, ()| unsafe { conv::undefined(env) },
+            )
+        })
+    }
+
     /// Leaves the cluster (the peers see `nodedown` at once) and stops the
     /// node; later calls fail with `CLOSED`. Closing twice is harmless.
     #[napi(ts_return_type = "Promise<void>")]

@@ -296,8 +296,9 @@ impl Table {
         self.inner.contains(key.as_slice()).js()
     }
 
-    /// Live keys on this node, sorted.
-    #[napi(ts_return_type = "Buffer[]")]
+    /// Live keys on this node, sorted, as an array (`keys()`, `entries()` and
+    /// iteration are built on it and `match` by the JavaScript layer).
+    #[napi(js_name = "_keys", skip_typescript)]
     pub fn keys(&self, env: Env) -> Result<Raw> {
         let keys = self.inner.keys().js()?;
         let raw_env = env.raw();

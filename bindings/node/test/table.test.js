@@ -118,7 +118,7 @@ test('delete and deleteMany return what was there', async (t) => {
   ])
   assert.deepStrictEqual(await tab.deleteMany([]), [])
   assert.deepStrictEqual(
-    tab.keys().map((k) => k.toString()),
+    [...tab.keys()].map((k) => k.toString()),
     ['c']
   )
 })
