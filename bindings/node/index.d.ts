@@ -30,7 +30,45 @@ export type ConflictHandler = (key: Buffer, local: Buffer | null, remote: Buffer
 export interface TableOptions {
   /** This node's conflict handler for the table. */
   onConflict?: ConflictHandler | null
+  /** Stops waiting (rejects with an `AbortError`) when it aborts. */
+  signal?: AbortSignal | null
 }
+
+/** `Node.start` also takes a `signal`: when it aborts, the start rejects with an
+ * `AbortError` and a node that starts anyway is closed. */
+export interface NodeOptions {
+  signal?: AbortSignal | null
+}
+
+/**
+ * Per-call options of the table calls that give keys or values back.
+ * `encoding: 'utf8'` gives strings (decoded as UTF-8) instead of Buffers; an
+ * update function then gets strings too.
+ */
+export interface EncodingOptions {
+  encoding?: 'buffer' | 'utf8' | null
+}
+
+/** `encoding: 'utf8'`: strings instead of Buffers. */
+export interface Utf8 {
+  encoding: 'utf8' | 'utf-8'
+}
+
+/**
+ * Options of the calls that wait on the network. When `signal` aborts, the call
+ * rejects at once with an `AbortError` (`err.name === 'AbortError'`,
+ * `err.code === 'ABORT_ERR'`, `err.cause` the signal's reason); a write already
+ * handed to the engine is still applied or refused on the cluster.
+ */
+export interface CallOptions extends EncodingOptions {
+  signal?: AbortSignal | null
+}
+
+/** An update function of a call with `encoding: 'utf8'`. */
+export type Utf8UpdateFn = (key: string, value: string | null) => Returned
+
+/** The function of `updateAll` with `encoding: 'utf8'`. */
+export type Utf8UpdateAllFn = (key: string, value: string) => Returned
 
 /** A version that lost a merge without a handler's decision. */
 export interface ConflictRecord {
@@ -74,6 +112,14 @@ export interface NodeEvents {
 }
 
 export interface Node extends EventEmitter {
+  /** Connects to the node at `address` and waits for the handshake (`signal` stops the wait). */
+  connect(address: string, options?: { signal?: AbortSignal | null } | null): Promise<void>
+  /**
+   * Resolves once at least `n` members, this node included, are in the view; rejects with
+   * `UNAVAILABLE` after `timeoutMs`, `CLOSED` when the node closes, an `AbortError` when
+   * `signal` aborts.
+   */
+  waitForMembers(n: number, timeoutMs: number, options?: { signal?: AbortSignal | null } | null): Promise<void>
   on<E extends keyof NodeEvents>(event: E, listener: (...args: NodeEvents[E]) => void): this
   once<E extends keyof NodeEvents>(event: E, listener: (...args: NodeEvents[E]) => void): this
   off<E extends keyof NodeEvents>(event: E, listener: (...args: NodeEvents[E]) => void): this
@@ -83,10 +129,40 @@ export interface Node extends EventEmitter {
   ref(): this
 }
 
-export interface Table {
+/**
+ * A table is iterable like a `Map`: `for (const [key, value] of table)` and
+ * `for await (const [key, value] of table)` go over a snapshot of its entries
+ * taken when the loop starts, sorted by key.
+ */
+export interface Table extends Iterable<[Buffer, Buffer]>, AsyncIterable<[Buffer, Buffer]> {
   /** A strong read: the value as the table's sequencer has it, ordered after every write before it. */
-  get(key: BytesLike, options: { strong: true }): Promise<Buffer | null>
-  get(key: BytesLike, options: { strong: boolean }): Buffer | null | Promise<Buffer | null>
+  get(key: BytesLike, options: { strong: true; signal?: AbortSignal | null } & Utf8): Promise<string | null>
+  get(key: BytesLike, options: { strong: true; signal?: AbortSignal | null; encoding?: 'buffer' | null }): Promise<Buffer | null>
+  get(key: BytesLike, options: { strong?: false | null } & Utf8): string | null
+  get(key: BytesLike, options: { strong: boolean; signal?: AbortSignal | null } & EncodingOptions): Buffer | string | null | Promise<Buffer | string | null>
+  put(key: BytesLike, value: BytesLike, options: CallOptions & Utf8): Promise<string | null>
+  put(key: BytesLike, value: BytesLike, options?: CallOptions | null): Promise<Buffer | null>
+  putMany(entries: Array<[BytesLike, BytesLike]> | Record<string, BytesLike>, options: CallOptions & Utf8): Promise<Array<[string, string]>>
+  putMany(entries: Array<[BytesLike, BytesLike]> | Record<string, BytesLike>, options?: CallOptions | null): Promise<Array<[Buffer, Buffer]>>
+  delete(key: BytesLike, options: CallOptions & Utf8): Promise<string | null>
+  delete(key: BytesLike, options?: CallOptions | null): Promise<Buffer | null>
+  deleteMany(keys: BytesLike[], options: CallOptions & Utf8): Promise<Array<[string, string]>>
+  deleteMany(keys: BytesLike[], options?: CallOptions | null): Promise<Array<[Buffer, Buffer]>>
+  match(keyPattern: BytesLike | null | undefined, valuePattern: BytesLike | null | undefined, options: Utf8): Array<[string, string]>
+  match(keyPattern?: BytesLike | null, valuePattern?: BytesLike | null, options?: EncodingOptions | null): Array<[Buffer, Buffer]>
+  update(key: BytesLike, fn: Utf8UpdateFn, options: CallOptions & Utf8): Promise<[string | null, string | null]>
+  update(key: BytesLike, fn: UpdateFn, options?: CallOptions | null): Promise<[Buffer | null, Buffer | null]>
+  updateAll(fn: Utf8UpdateAllFn, options: CallOptions & Utf8): Promise<[Array<[string, string]>, Array<[string, string]>]>
+  updateAll(fn: UpdateAllFn, options?: CallOptions | null): Promise<[Array<[Buffer, Buffer]>, Array<[Buffer, Buffer]>]>
+  /** Live keys on this node, sorted (a snapshot). */
+  keys(options: Utf8): IterableIterator<string>
+  keys(options?: EncodingOptions | null): IterableIterator<Buffer>
+  /** Live values on this node, in key order (a snapshot). */
+  values(options: Utf8): IterableIterator<string>
+  values(options?: EncodingOptions | null): IterableIterator<Buffer>
+  /** Live `[key, value]` pairs on this node, sorted by key (a snapshot). */
+  entries(options: Utf8): IterableIterator<[string, string]>
+  entries(options?: EncodingOptions | null): IterableIterator<[Buffer, Buffer]>
 }
 
 /**
@@ -130,6 +206,13 @@ export declare class Node {
    */
   disconnect(name: string): Promise<void>
   /**
+   * Resolves once at least `n` members, this node included, are in the
+   * view; rejects with `UNAVAILABLE` (how many there are, and why each
+   * seed was not reached) after `timeoutMs`, with `CLOSED` at once when the
+   * node closes meanwhile. The `minMembers` wait of `Node.start`, later.
+   */
+  waitForMembers(n: number, timeoutMs: number): Promise<void>
+  /**
    * Leaves the cluster (the peers see `nodedown` at once) and stops the
    * node; later calls fail with `CLOSED`. Closing twice is harmless.
    */
@@ -162,8 +245,6 @@ export declare class Table {
   get(key: BytesLike, options?: { strong?: false } | null): Buffer | null
   /** Whether `key` has a live value on this node. */
   has(key: BytesLike): boolean
-  /** Live keys on this node, sorted. */
-  keys(): Buffer[]
   /** Deletes `key` everywhere (a tombstone); resolves to the previous value. */
   delete(key: BytesLike): Promise<Buffer | null>
   /**

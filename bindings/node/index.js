@@ -243,8 +243,8 @@ function synchronous(fn) {
 }
 
 function define(target, methods) {
-  for (const [name, value] of Object.entries(methods)) {
-    Object.defineProperty(target, name, { value, writable: true, configurable: true })
+  for (const name of Reflect.ownKeys(methods)) {
+    Object.defineProperty(target, name, { value: methods[name], writable: true, configurable: true })
   }
 }
 
@@ -254,7 +254,7 @@ const decodePairs = (dec) => (pairs) => (dec === null ? pairs : pairs.map(([k, v
 const decodedFn = (dec, fn) => (dec === null || typeof fn !== 'function' ? fn : (k, v) => fn(dec(k), dec(v)))
 
 const T = Table.prototype
-const native = {
+const nativeTable = {
   get: T.get,
   put: T.put,
   putMany: T.putMany,
@@ -281,7 +281,7 @@ function tableCall(call, decode, at) {
 }
 
 const strongGet = tableCall(function (dec, k) {
-  return native.get.call(this, k, { strong: true })
+  return nativeTable.get.call(this, k, { strong: true })
 }, decodeValue, 1)
 
 define(T, {
@@ -298,40 +298,40 @@ define(T, {
       const dec = decoderOf(options)
       const local = options.strong === undefined || options.strong === false
       // A `strong` that is not a boolean: the addon says why.
-      const v = local ? localGet(this, key) : native.get.call(this, key, options)
+      const v = local ? localGet(this, key) : nativeTable.get.call(this, key, options)
       return dec === null ? v : dec(v)
     } catch (e) {
       throw fixError(e)
     }
   },
   put: tableCall(function (dec, k, v) {
-    return native.put.call(this, k, v)
+    return nativeTable.put.call(this, k, v)
   }, decodeValue, 2),
   putMany: tableCall(function (dec, entries) {
-    return native.putMany.call(this, entries)
+    return nativeTable.putMany.call(this, entries)
   }, decodePairs, 1),
   delete: tableCall(function (dec, k) {
-    return native.delete.call(this, k)
+    return nativeTable.delete.call(this, k)
   }, decodeValue, 1),
   deleteMany: tableCall(function (dec, keys) {
-    return native.deleteMany.call(this, keys)
+    return nativeTable.deleteMany.call(this, keys)
   }, decodePairs, 1),
   update: tableCall(function (dec, k, fn) {
-    return native.update.call(this, k, decodedFn(dec, fn))
+    return nativeTable.update.call(this, k, decodedFn(dec, fn))
   }, (dec) => ([o, n]) => (dec === null ? [o, n] : [dec(o), dec(n)]), 2),
   updateAll: tableCall(function (dec, fn) {
-    return native.updateAll.call(this, decodedFn(dec, fn))
+    return nativeTable.updateAll.call(this, decodedFn(dec, fn))
   }, (dec) => ([o, n]) => (dec === null ? [o, n] : [decodePairs(dec)(o), decodePairs(dec)(n)]), 1),
   match: synchronous(function match(keyPattern, valuePattern, options) {
-    return decodePairs(decoderOf(options))(native.match.call(this, keyPattern, valuePattern))
+    return decodePairs(decoderOf(options))(nativeTable.match.call(this, keyPattern, valuePattern))
   }),
-  has: synchronous(native.has),
-  setConflictHandler: synchronous(native.setConflictHandler),
-  conflicts: synchronous(native.conflicts),
+  has: synchronous(nativeTable.has),
+  setConflictHandler: synchronous(nativeTable.setConflictHandler),
+  conflicts: synchronous(nativeTable.conflicts),
   // Map-like iteration over a snapshot taken when it starts, sorted by key.
   keys: synchronous(function keys(options) {
     const dec = decoderOf(options)
-    const ks = native.keys.call(this)
+    const ks = nativeTable.keys.call(this)
     return (dec === null ? ks : ks.map(dec)).values()
   }),
   values: synchronous(function values(options) {

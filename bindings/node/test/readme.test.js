@@ -40,7 +40,9 @@ test('the installed package resolves inside the project, by require and by impor
     "if (typeof Node.start !== 'function' || typeof Table !== 'function') throw new Error('bad exports');" +
     "console.log(p, version())"], { cwd: app, encoding: 'utf8', timeout: 30000 })
   assert.strictEqual(cjs.status, 0, cjs.stderr)
-  assert.ok(cjs.stdout.includes(path.join(app, 'node_modules', 'lbmkv')), cjs.stdout)
+  // npm links a directory it installs: the project's lbmkv is this package.
+  assert.strictEqual(fs.realpathSync(path.join(app, 'node_modules', 'lbmkv')), fs.realpathSync(pkg))
+  assert.ok(cjs.stdout.startsWith(fs.realpathSync(pkg)), cjs.stdout)
   const esm = spawnSync(process.execPath, ['--input-type=module', '-e',
     "import lbmkv, { Node, Table, version, setLogger } from 'lbmkv';" +
     "if (lbmkv.Node !== Node || typeof setLogger !== 'function' || !(Table.prototype[Symbol.iterator])) throw new Error('bad exports');" +
