@@ -19,6 +19,7 @@ use crate::flow::WriteBudget;
 use crate::locks::{lock, read, write};
 use crate::net::Net;
 use crate::replica::{ConflictRecord, Replica};
+use crate::tls::Tls;
 use crate::vclock::ActorId;
 use crate::wire::TableInfo;
 
@@ -46,6 +47,8 @@ pub(crate) struct Context {
     pub source_ip: Option<IpAddr>,
     pub cookie: Vec<u8>,
     pub net: Arc<dyn Net>,
+    /// Mutual TLS under the handshake, when configured.
+    pub tls: Option<Arc<Tls>>,
     pub stats: Stats,
     /// The bytes of writes that may wait for sequencers at once.
     pub writes: WriteBudget,
@@ -66,6 +69,7 @@ pub(crate) struct Identity {
     pub source_ip: Option<IpAddr>,
     pub cookie: Vec<u8>,
     pub net: Arc<dyn Net>,
+    pub tls: Option<Arc<Tls>>,
     pub rng: StdRng,
 }
 
@@ -83,6 +87,7 @@ impl Context {
             source_ip: id.source_ip,
             cookie: id.cookie,
             net: id.net,
+            tls: id.tls,
             stats: Stats::default(),
             replicas: RwLock::new(HashMap::new()),
             events: Mutex::new(Some(events)),

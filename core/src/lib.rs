@@ -19,7 +19,7 @@
 
 // Layers, each using only the ones below it:
 // node -> table -> merge -> replication -> agreement -> cluster -> context
-//      -> replica, sequencer -> resolve -> store, wire, auth -> vclock -> hash
+//      -> replica, sequencer -> resolve -> store, wire, auth, tls -> vclock -> hash
 mod agreement;
 mod auth;
 pub mod blocking;
@@ -44,6 +44,7 @@ pub mod runtime;
 mod sequencer;
 mod store;
 mod table;
+mod tls;
 #[doc(hidden)]
 pub mod vclock;
 #[doc(hidden)]
@@ -52,7 +53,7 @@ pub mod wire;
 pub use auth::{COOKIE_ENV, COOKIE_FILE};
 pub use config::{
     name_from_bytes, validate_address, validate_cookie, validate_name, validate_positive, Config,
-    ENTRY_OVERHEAD, FRAME_ENVELOPE,
+    TlsConfig, ENTRY_OVERHEAD, FRAME_ENVELOPE,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};

@@ -25,6 +25,7 @@ use crate::replica::TableStats;
 use crate::replication::Replication;
 use crate::resolve::ConflictHandler;
 use crate::table::Table;
+use crate::tls::Tls;
 use crate::vclock::ActorId;
 use crate::wire::{Message, TableInfo, WriteOp, WriteRefusal};
 
@@ -279,10 +280,32 @@ impl Node {
         };
         let incarnation: u64 = rng.random();
         let ordinal = NODES_STARTED.fetch_add(1, Ordering::Relaxed);
-        let name = match &config.name {
-            Some(n) => n.clone(),
-            None => default_name(ordinal),
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(Tls::load(t)?)),
+            None => None,
         };
+        let name = match (&config.name, &tls) {
+            (Some(n), _) => n.clone(),
+            // With TLS, the node is what its certificate names.
+            (None, Some(t)) if !t.names.is_empty() => t.names[0].clone(),
+            (None, _) => default_name(ordinal),
+        };
+        let actor = ActorId::new(&name, incarnation);
+        if let Some(t) = &tls {
+            if let Some(why) = t.own_name_problem(&name) {
+                tracing::warn!(
+                    node = %actor,
+                    "this node's TLS certificate does not name it, so peers will refuse it: {why}"
+                );
+            }
+            if let Some(why) = &t.own_problem {
+                tracing::warn!(
+                    node = %actor,
+                    "this node's TLS certificate does not verify against its CA, so peers \
+                     will refuse it: {why}"
+                );
+            }
+        }
         let cookie = auth::resolve_cookie(config.cookie.as_deref(), rng.random())?;
         let listen_addr = crate::net::resolve_one(&*net, &config.listen).await?;
         let listener = net
@@ -292,8 +315,16 @@ impl Node {
         let local = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the listen address", e))?;
+        if tls.is_none() && !local.ip().is_loopback() {
+            tracing::warn!(
+                node = %actor, address = %local,
+                "listening on a non-loopback address without TLS: keys, values and \
+                 membership cross the network in clear text (configure TLS, or run on a \
+                 network you trust)"
+            );
+        }
         let (ctx, events) = Context::new(Identity {
-            actor: ActorId::new(&name, incarnation),
+            actor,
             address: config
                 .advertise
                 .clone()
@@ -305,6 +336,7 @@ impl Node {
             source_ip: Some(local.ip()).filter(|ip| !ip.is_unspecified()),
             cookie,
             net,
+            tls,
             rng,
             config,
         });

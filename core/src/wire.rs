@@ -474,6 +474,14 @@ pub enum Message {
         /// The batch id.
         id: u64,
     },
+    /// Handshake, either side, in place of its next handshake message: the
+    /// sender turns the connection away and says why (a node that requires
+    /// TLS answering a plain-text peer, a certificate that does not name its
+    /// node), then closes it.
+    Refused {
+        /// Why, for the peer's log.
+        reason: String,
+    },
     /// The sender, a sequencer, took back versions of its own that a member
     /// refused: a member that applied one restores what it replaced.
     Retract {

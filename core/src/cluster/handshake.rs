@@ -14,16 +14,26 @@
 //!                <- Welcome                   (or close: refused by admission)
 //!   frames with tags <-> frames with tags
 //! ```
+//!
+//! With TLS configured, the whole exchange runs inside mutual TLS, and each
+//! side checks that the name its peer gives is one its certificate holds
+//! before it proves anything. Either side may answer `Refused{reason}` in
+//! place of its next message to say why it turns the peer away (a node that
+//! requires TLS answering a plain-text peer, a certificate for another node).
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use super::transport::{read_message, write_message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::transport::{read_frame, write_message};
 use crate::auth::{Role, Session, Transcript};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::BoxStream;
+use crate::tls::{self, PeerCert, HANDSHAKE_RECORD};
 use crate::vclock::ActorId;
-use crate::wire::{Message, MAGIC, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION};
+use crate::wire::{self, Message, MAGIC, MAX_HANDSHAKE_FRAME, PROTOCOL_VERSION};
 
 /// A peer that proved it knows the cookie.
 pub(crate) struct Authenticated {
@@ -49,12 +59,33 @@ pub(crate) async fn dial(
     addr: SocketAddr,
     on_proof: impl FnOnce(),
 ) -> Result<Authenticated> {
-    let mut stream = ctx.net.connect(ctx.source_ip, addr).await.map_err(|e| {
+    let stream = ctx.net.connect(ctx.source_ip, addr).await.map_err(|e| {
         Error::new(
             ErrorKind::Unavailable,
             format!("cannot connect to {addr}: {e}"),
         )
     })?;
+    let (mut stream, cert) = match &ctx.tls {
+        Some(tls) => {
+            let (s, c) = tls.connect(stream).await.map_err(|e| {
+                let why = tls::describe_io(&e).unwrap_or_else(|| e.to_string());
+                let hint = if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                ) {
+                    " (the peer closed the connection: a node without TLS, or one that \
+                     refused this node's certificate)"
+                } else {
+                    ""
+                };
+                Error::protocol(format!("TLS handshake with {addr} failed: {why}{hint}"))
+            })?;
+            (s, Some(c))
+        }
+        None => (stream, None),
+    };
     let nonce = ctx.random_nonce();
     let hello = Message::Hello {
         magic: MAGIC,
@@ -64,7 +95,7 @@ pub(crate) async fn dial(
         nonce,
     };
     write_message(&mut stream, &hello).await?;
-    let theirs = read_challenge(&mut stream).await?;
+    let theirs = read_challenge(&mut stream, addr).await?;
     // Before proving anything: a peer with this node's name may be this
     // node's own proof reflected back to it.
     if theirs.actor.name == ctx.actor.name {
@@ -73,6 +104,7 @@ pub(crate) async fn dial(
             theirs.actor.name
         )));
     }
+    check_certificate(&mut stream, cert.as_ref(), &theirs.actor.name, &addr).await?;
     let transcript = Transcript {
         version: PROTOCOL_VERSION,
         initiator: &ctx.actor,
@@ -84,7 +116,7 @@ pub(crate) async fn dial(
     };
     let proof = transcript.proof(&ctx.cookie, Role::Initiator);
     write_message(&mut stream, &Message::Proof { proof }).await?;
-    match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
+    match read(&mut stream).await? {
         Message::Proof { proof } if transcript.verify(&ctx.cookie, Role::Acceptor, &proof) => {}
         Message::Proof { .. } => {
             return Err(Error::protocol(format!(
@@ -99,7 +131,7 @@ pub(crate) async fn dial(
         other => return Err(Error::protocol(format!("expected Proof, got {other:?}"))),
     }
     on_proof();
-    match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await {
+    match read(&mut stream).await {
         Ok(Message::Welcome) => {}
         Ok(other) => return Err(Error::protocol(format!("expected Welcome, got {other:?}"))),
         Err(_) => {
@@ -127,8 +159,46 @@ pub(crate) fn reachable(announced: &str, seen: IpAddr) -> String {
     }
 }
 
-async fn read_challenge(stream: &mut BoxStream) -> Result<Challenge> {
-    match read_message(stream, MAX_HANDSHAKE_FRAME).await? {
+/// Reads one handshake message; a TLS error in it (the peer's alert, say)
+/// is a protocol error that names the TLS problem.
+async fn read(stream: &mut BoxStream) -> Result<Message> {
+    let body =
+        read_frame(stream, MAX_HANDSHAKE_FRAME)
+            .await
+            .map_err(|e| match tls::describe_io(&e) {
+                Some(why) => Error::protocol(format!("TLS: {why}")),
+                None => Error::new(ErrorKind::Unavailable, format!("handshake read: {e}")),
+            })?;
+    wire::decode(&body)
+}
+
+/// With TLS, checks that the peer's certificate names the node it says it
+/// is; when it does not, tells the peer why and fails.
+async fn check_certificate(
+    stream: &mut BoxStream,
+    cert: Option<&PeerCert>,
+    name: &str,
+    peer: &SocketAddr,
+) -> Result<()> {
+    let Some(cert) = cert else { return Ok(()) };
+    if let Err(why) = cert.check_name(name) {
+        let _ = write_message(
+            stream,
+            &Message::Refused {
+                reason: why.clone(),
+            },
+        )
+        .await;
+        let _ = stream.shutdown().await;
+        return Err(Error::protocol(format!(
+            "refused node {name:?} at {peer}: {why}"
+        )));
+    }
+    Ok(())
+}
+
+async fn read_challenge(stream: &mut BoxStream, addr: SocketAddr) -> Result<Challenge> {
+    match read(stream).await? {
         Message::Challenge {
             magic,
             version,
@@ -143,6 +213,9 @@ async fn read_challenge(stream: &mut BoxStream) -> Result<Challenge> {
                 nonce,
             })
         }
+        Message::Refused { reason } => Err(Error::protocol(format!(
+            "{addr} refused this node: {reason}"
+        ))),
         other => Err(Error::protocol(format!(
             "expected Challenge, got {other:?}"
         ))),
@@ -158,20 +231,72 @@ pub(crate) async fn accept(
     from: SocketAddr,
     admit: impl FnOnce(&ActorId, &str) -> Result<()>,
 ) -> Result<Authenticated> {
-    let (actor, announced, their_nonce) =
-        match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
-            Message::Hello {
-                magic,
-                version,
-                actor,
-                listen,
-                nonce,
-            } => {
-                check_version(magic, version)?;
-                (actor, listen, nonce)
+    let mut first = [0u8; 1];
+    stream
+        .read_exact(&mut first)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unavailable, format!("handshake read: {e}")))?;
+    let is_tls = first[0] == HANDSHAKE_RECORD;
+    let (mut stream, cert, hello) = match (&ctx.tls, is_tls) {
+        (Some(tls), true) => {
+            let (mut s, c) = tls.accept(first[0], stream).await.map_err(|e| {
+                let why = tls::describe_io(&e).unwrap_or_else(|| e.to_string());
+                Error::protocol(format!("TLS handshake with {from} failed: {why}"))
+            })?;
+            let hello = read(&mut s).await?;
+            (s, Some(c), hello)
+        }
+        (Some(_), false) => {
+            // Read the peer's whole Hello first, so that it reads the answer
+            // rather than a reset.
+            let _ = read_rest_of_frame(&mut stream, first[0]).await;
+            let reason = format!(
+                "{} requires TLS, and this node connected in plain text: give it the \
+                 cluster's TLS certificate, key and CA",
+                ctx.actor.name
+            );
+            let _ = write_message(&mut stream, &Message::Refused { reason }).await;
+            let _ = stream.shutdown().await;
+            return Err(Error::protocol(format!(
+                "refused a plain-text connection from {from}: this node requires TLS"
+            )));
+        }
+        (None, true) => {
+            // A TLS record: 1 type byte, 2 of version, 2 of length. Take it
+            // whole so that the peer sees the connection end, not a reset.
+            let mut header = [0u8; 4];
+            if stream.read_exact(&mut header).await.is_ok() {
+                let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+                let mut record = vec![0u8; len];
+                let _ = stream.read_exact(&mut record).await;
             }
-            other => return Err(Error::protocol(format!("expected Hello, got {other:?}"))),
-        };
+            let _ = stream.shutdown().await;
+            return Err(Error::protocol(format!(
+                "refused a TLS connection from {from}: this node has no TLS configured \
+                 (configure TLS on every node of the cluster, or on none)"
+            )));
+        }
+        (None, false) => {
+            let body = read_rest_of_frame(&mut stream, first[0])
+                .await
+                .map_err(|e| Error::new(ErrorKind::Unavailable, format!("handshake read: {e}")))?;
+            let hello = wire::decode(&body)?;
+            (stream, None, hello)
+        }
+    };
+    let (actor, announced, their_nonce) = match hello {
+        Message::Hello {
+            magic,
+            version,
+            actor,
+            listen,
+            nonce,
+        } => {
+            check_version(magic, version)?;
+            (actor, listen, nonce)
+        }
+        other => return Err(Error::protocol(format!("expected Hello, got {other:?}"))),
+    };
     if actor == ctx.actor {
         // This node dialed one of its own addresses (a seed list that names it).
         return Err(Error::unavailable("a connection from this node itself"));
@@ -182,6 +307,7 @@ pub(crate) async fn accept(
             actor.name
         )));
     }
+    check_certificate(&mut stream, cert.as_ref(), &actor.name, &from).await?;
     let nonce = ctx.random_nonce();
     let challenge = Message::Challenge {
         magic: MAGIC,
@@ -191,8 +317,14 @@ pub(crate) async fn accept(
         nonce,
     };
     write_message(&mut stream, &challenge).await?;
-    let their_proof = match read_message(&mut stream, MAX_HANDSHAKE_FRAME).await? {
+    let their_proof = match read(&mut stream).await? {
         Message::Proof { proof } => proof,
+        Message::Refused { reason } => {
+            return Err(Error::protocol(format!(
+                "{} at {from} refused this node: {reason}",
+                actor.name
+            )))
+        }
         other => return Err(Error::protocol(format!("expected Proof, got {other:?}"))),
     };
     let transcript = Transcript {
@@ -225,6 +357,22 @@ pub(crate) async fn accept(
         stream,
         session,
     })
+}
+
+/// The rest of a frame whose first byte was read already.
+async fn read_rest_of_frame(stream: &mut BoxStream, first: u8) -> io::Result<Vec<u8>> {
+    let mut rest = [0u8; 3];
+    stream.read_exact(&mut rest).await?;
+    let len = u32::from_be_bytes([first, rest[0], rest[1], rest[2]]) as usize;
+    if len > MAX_HANDSHAKE_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {MAX_HANDSHAKE_FRAME}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
 }
 
 fn check_version(magic: u32, version: u16) -> Result<()> {

@@ -715,6 +715,7 @@ impl Membership {
             | Message::Challenge { .. }
             | Message::Proof { .. }
             | Message::Rejected
+            | Message::Refused { .. }
             | Message::Welcome => self.drop_peer(
                 &peer.actor,
                 Some(peer.conn_id),

@@ -19,7 +19,7 @@ use tokio::task::AbortHandle;
 
 use crate::auth::{FrameKey, Session, TAG_LEN};
 use crate::context::Context;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::flow::Share;
 use crate::locks::lock;
 use crate::net::BoxStream;
@@ -366,16 +366,9 @@ pub(crate) async fn write_message(stream: &mut BoxStream, msg: &Message) -> Resu
         .map_err(|e| Error::io("handshake write", e))
 }
 
-/// Reads one message of at most `max` bytes (during the handshake).
-pub(crate) async fn read_message(stream: &mut BoxStream, max: usize) -> Result<Message> {
-    let body = read_frame(stream, max)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Unavailable, format!("handshake read: {e}")))?;
-    wire::decode(&body)
-}
-
-/// Reads one length-prefixed frame, refusing lengths above `max` before reading them.
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+/// Reads one length-prefixed frame, refusing lengths above `max` before reading them
+/// (the handshake's messages).
+pub(crate) async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     rd: &mut R,
     max: usize,
 ) -> std::io::Result<Vec<u8>> {
