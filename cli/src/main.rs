@@ -5,6 +5,7 @@
 //! and the benchmark driver.
 
 mod bench;
+mod certs;
 mod demo;
 mod escape;
 mod node;
@@ -22,6 +23,8 @@ commands:
           (lbmkv node --help for its options)
   demo    a 3-node cluster through a netsplit and its heal, narrated
   bench   the benchmark scenarios
+  certs   a cluster CA and node certificates for mutual TLS
+          (lbmkv certs --help for its options)
   help    this text
   version the version of lbmkv
 
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         "node" => node::main(rest),
         "demo" => run_async("demo", demo::run()),
         "bench" => run_async("bench", bench::run(rest)),
+        "certs" => certs::main(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             ExitCode::SUCCESS

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::task::Poll;
 use std::time::Duration;
 
-use lbmkv::{Config, Error, ErrorKind, Node};
+use lbmkv::{Config, Error, ErrorKind, Node, TlsConfig};
 use tokio::sync::mpsc;
 
 use crate::escape;
@@ -34,6 +34,12 @@ options:
   --min-members N          wait at start until N members (this node included)
                            are in the view; else print ERR UNAVAILABLE and exit 1
   --cookie C               cluster secret (default $LBMKV_COOKIE, else ~/.lbmkv.cookie)
+  --tls-cert FILE           this node's certificate chain (PEM); with --tls-key
+                           and --tls-ca, connections to peers use mutual TLS,
+                           and the node name must be a DNS name of the
+                           certificate (default name: its first DNS name)
+  --tls-key FILE           this node's private key (PEM, mode 0600)
+  --tls-ca FILE            the cluster's CA certificate (PEM)
   --events                 print events as EVENT <json> lines
   --failure-timeout-ms MS  silence after which a peer is down (default 2000)
   --heartbeat-ms MS        heartbeat interval (default 250, or a quarter of
@@ -84,6 +90,9 @@ struct Options {
     seeds: Vec<String>,
     min_members: Option<usize>,
     cookie: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_ca: Option<String>,
     events: bool,
     failure_timeout_ms: Option<u64>,
     heartbeat_ms: Option<u64>,
@@ -138,6 +147,9 @@ impl Options {
                     o.min_members = Some(n);
                 }
                 "--cookie" => o.cookie = Some(value()?),
+                "--tls-cert" => o.tls_cert = Some(value()?),
+                "--tls-key" => o.tls_key = Some(value()?),
+                "--tls-ca" => o.tls_ca = Some(value()?),
                 "--events" => {
                     if inline.is_some() {
                         return Err("--events takes no value".into());
@@ -153,6 +165,10 @@ impl Options {
                 other => return Err(format!("unknown option {other:?}")),
             }
         }
+        let tls = [&o.tls_cert, &o.tls_key, &o.tls_ca];
+        if tls.iter().any(|f| f.is_some()) && !tls.iter().all(|f| f.is_some()) {
+            return Err("--tls-cert, --tls-key and --tls-ca go together".into());
+        }
         Ok(Some(o))
     }
 
@@ -163,6 +179,14 @@ impl Options {
             advertise: self.advertise.clone(),
             min_members: self.min_members.unwrap_or(0),
             cookie: self.cookie.as_ref().map(|c| c.as_bytes().to_vec()),
+            tls: match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+                (Some(cert), Some(key), Some(ca)) => Some(TlsConfig {
+                    cert: cert.into(),
+                    key: key.into(),
+                    ca: ca.into(),
+                }),
+                _ => None,
+            },
             ..Config::default()
         };
         if let Some(l) = &self.listen {
