@@ -246,6 +246,10 @@ pub(crate) fn describe(e: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
             format!("{e}: its certificate is not signed by this cluster's CA")
         }
+        // A CA with the same name but another key signed it.
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
+            format!("{e}: its certificate is not signed by this cluster's CA (another CA of the same name?)")
+        }
         rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => format!("{e}: its certificate has expired"),
@@ -260,7 +264,8 @@ pub(crate) fn describe(e: &rustls::Error) -> String {
             | A::UnsupportedCertificate
             | A::CertificateRevoked
             | A::CertificateRequired
-            | A::AccessDenied,
+            | A::AccessDenied
+            | A::DecryptError,
         ) => format!("{e}: the peer refused this node's certificate"),
         _ => e.to_string(),
     }

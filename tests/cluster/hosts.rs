@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use harness::{table_stat, NodeProc, Spec};
+use harness::{table_stat, wait_until, NodeProc, Spec};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -383,6 +383,257 @@ fn a_stalled_peer_does_not_grow_the_senders_memory() {
         "the sender grew by {growth} KiB with its peer stopped (bound {STALL_BOUND_KIB} KiB)"
     );
     h1.wait_members(2, Duration::from_secs(20));
+    h1.quit();
+    h2.quit();
+}
+
+/// Certificates written by `lbmkv certs` for the TLS tests, in a directory of
+/// their own under the test's temporary directory: `good/` (the cluster's CA
+/// and h1, h2, h3, hx), `other/` (h2 signed by another CA) and `expired/` (h2
+/// signed by the cluster's CA, expired yesterday).
+struct Certs {
+    root: std::path::PathBuf,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tls-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let certs = Certs { root };
+        certs.make("good", &["--names", "h1,h2,h3,hx"]);
+        certs.make("other", &["--names", "h2"]);
+        let expired = certs.root.join("expired");
+        std::fs::create_dir_all(&expired).unwrap();
+        for f in ["ca.pem", "ca.key"] {
+            std::fs::copy(certs.root.join("good").join(f), expired.join(f)).unwrap();
+        }
+        certs.make("expired", &["--names", "h2", "--expired"]);
+        certs
+    }
+
+    fn make(&self, dir: &str, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_lbmkv"))
+            .args(["certs", "--out"])
+            .arg(self.root.join(dir))
+            .args(args)
+            .output()
+            .expect("run lbmkv certs");
+        assert!(
+            out.status.success(),
+            "lbmkv certs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn file(&self, dir: &str, name: &str) -> String {
+        self.root.join(dir).join(name).display().to_string()
+    }
+
+    /// `spec` with the certificate `cert` of `dir` and the cluster's CA.
+    fn tls(&self, spec: Spec, dir: &str, cert: &str) -> Spec {
+        spec.arg("--tls-cert")
+            .arg(&self.file(dir, &format!("{cert}.pem")))
+            .arg("--tls-key")
+            .arg(&self.file(dir, &format!("{cert}.key")))
+            .arg("--tls-ca")
+            .arg(&self.file("good", "ca.pem"))
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Waits until a warning line of `n`'s log contains every one of `parts`.
+fn wait_logged(n: &NodeProc, parts: &[&str]) {
+    wait_logged_since(n, 0, parts)
+}
+
+/// [`wait_logged`] among the lines after the first `since` bytes of the log.
+fn wait_logged_since(n: &NodeProc, since: usize, parts: &[&str]) {
+    let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(Duration::from_secs(15), "a warning", || {
+            let text = n.stderr_text();
+            text.get(since..)
+                .unwrap_or("")
+                .lines()
+                .any(|l| l.contains(" WARN ") && parts.iter().all(|p| l.contains(p)))
+        })
+    }));
+    if found.is_err() {
+        panic!(
+            "{} logged no warning with {parts:?}; its log:\n{}",
+            n.name,
+            n.stderr_text()
+        );
+    }
+}
+
+/// Cuts host `i` off from every other host with nftables drop rules in its
+/// own namespace; `heal` removes them.
+fn cut_off(hosts: &Hosts, i: usize) {
+    let rules = "table inet lbmkv_split {
+        chain input { type filter hook input priority 0; policy accept; iifname \"eth0\" drop; }
+        chain output { type filter hook output priority 0; policy accept; oifname \"eth0\" drop; }
+    }";
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &hosts.ns(i), "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run nft in the host's namespace (needs root and nftables)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(rules.as_bytes()).unwrap();
+    }
+    assert!(
+        child.wait().unwrap().success(),
+        "nft could not cut host {i} off"
+    );
+}
+
+fn heal(hosts: &Hosts, i: usize) {
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &hosts.ns(i),
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            "lbmkv_split",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "nft could not heal host {i}");
+}
+
+#[test]
+fn three_tls_hosts_replicate_and_heal_a_netsplit() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let hosts = Hosts::new(3);
+    let seed = format!("{}:7000", hosts.addr(1));
+    let spec = |i: usize| {
+        let name = format!("h{i}");
+        let s = hosts.spec(i, &name);
+        let s = if i == 1 { s } else { s.seed(&seed) };
+        certs.tls(s, "good", &name)
+    };
+    let mut nodes: Vec<NodeProc> = (1..=3).map(|i| NodeProc::start(spec(i))).collect();
+    for n in nodes.iter_mut() {
+        n.wait_members(3, Duration::from_secs(15));
+    }
+    for n in nodes.iter_mut() {
+        n.expect("create t", "OK");
+    }
+    nodes[1].expect("put t k over-tls", "OK");
+    nodes[0].expect("get t k", "VALUE over-tls");
+    nodes[2].expect("get t k", "VALUE over-tls");
+    // The netsplit: h3 alone, h1 and h2 together; both sides go on writing.
+    cut_off(&hosts, 3);
+    nodes[0].wait_members(2, Duration::from_secs(15));
+    nodes[1].wait_members(2, Duration::from_secs(15));
+    nodes[2].wait_members(1, Duration::from_secs(15));
+    nodes[0].expect("put t left from-majority", "OK");
+    nodes[2].expect("put t right from-h3", "OK");
+    heal(&hosts, 3);
+    for n in nodes.iter_mut() {
+        n.wait_members(3, Duration::from_secs(20));
+    }
+    for n in nodes.iter_mut() {
+        wait_until(Duration::from_secs(10), "the merge after the heal", || {
+            n.one("get t left") == "VALUE from-majority" && n.one("get t right") == "VALUE from-h3"
+        });
+    }
+    let digests: Vec<String> = nodes.iter_mut().map(|n| n.digest("t")).collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    // Nothing went in plain text: no node warned of it.
+    for n in &nodes {
+        assert!(
+            !n.stderr_text().contains("without TLS"),
+            "{}",
+            n.stderr_text()
+        );
+    }
+    for n in nodes {
+        n.quit();
+    }
+}
+
+#[test]
+fn tls_hosts_refuse_a_certificate_of_another_ca_an_expired_one_and_one_for_another_name() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let hosts = Hosts::new(2);
+    let seed = format!("{}:7000", hosts.addr(1));
+    let mut h1 = NodeProc::start(certs.tls(hosts.spec(1, "h1"), "good", "h1"));
+    // (directory, certificate, what h1 says, what h2 says)
+    let cases = [
+        (
+            "other",
+            "h2",
+            "not signed by this cluster's CA",
+            "the peer refused this node's certificate",
+        ),
+        (
+            "expired",
+            "h2",
+            "its certificate has expired",
+            "the peer refused this node's certificate",
+        ),
+        (
+            "good",
+            "hx",
+            "is not for node \"h2\" (it names hx)",
+            "refused this node: its certificate is not for node \"h2\"",
+        ),
+    ];
+    for (dir, cert, keeper_says, guest_says) in cases {
+        // Each case looks at the lines h1 logs from its start on.
+        let since = h1.stderr_text().len();
+        let mut h2 = NodeProc::start(certs.tls(hosts.spec(2, "h2").seed(&seed), dir, cert));
+        wait_logged_since(&h1, since, &["refused a connection", keeper_says]);
+        wait_logged(&h2, &["dial refused", guest_says]);
+        assert_eq!(h1.list("members"), vec!["h1"], "{dir}/{cert}");
+        assert_eq!(h2.list("members"), vec!["h2"], "{dir}/{cert}");
+        h2.quit();
+    }
+    h1.expect("create t", "OK");
+    h1.quit();
+}
+
+#[test]
+fn a_plain_text_host_cannot_join_a_tls_cluster_and_both_say_why() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let hosts = Hosts::new(2);
+    let seed = format!("{}:7000", hosts.addr(1));
+    let mut h1 = NodeProc::start(certs.tls(hosts.spec(1, "h1"), "good", "h1"));
+    let mut h2 = NodeProc::start(hosts.spec(2, "h2").seed(&seed));
+    wait_logged(
+        &h1,
+        &["refused a plain-text connection", "this node requires TLS"],
+    );
+    wait_logged(
+        &h2,
+        &["dial refused", "h1 requires TLS", "connected in plain text"],
+    );
+    // The plain node listens beyond loopback: it warned at start.
+    wait_logged(&h2, &["non-loopback address without TLS"]);
+    // And the TLS node dialing the plain one is refused too, both saying why.
+    let reply = h1.one(&format!("connect {}:7000", hosts.addr(2)));
+    assert!(
+        reply.starts_with("ERR ") && reply.contains("a node without TLS"),
+        "{reply}"
+    );
+    wait_logged(&h2, &["refused a TLS connection", "no TLS configured"]);
+    assert_eq!(h1.list("members"), vec!["h1"]);
+    assert_eq!(h2.list("members"), vec!["h2"]);
     h1.quit();
     h2.quit();
 }
