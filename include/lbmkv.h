@@ -498,6 +498,21 @@ void lbmkv_config_free(lbmkv_config *config);
 lbmkv_status lbmkv_config_set_name(lbmkv_config *config, const char *name, lbmkv_error **err_out);
 
 /**
+ * Turns on mutual TLS between nodes: the paths of this node's certificate
+ * chain (PEM, its own certificate first), its private key (PEM, readable by
+ * its owner only) and the cluster's CA certificate (PEM). Every member must
+ * have TLS; a peer's node name must be a DNS name of its certificate, and a
+ * node without a name set takes the first DNS name of its own. The files are
+ * read and checked by `lbmkv_node_start` (`LBMKV_STATUS_INVALID_ARGUMENT`,
+ * naming the file, when one is missing or unusable).
+ */
+lbmkv_status lbmkv_config_set_tls(lbmkv_config *config,
+                                  const char *cert_path,
+                                  const char *key_path,
+                                  const char *ca_path,
+                                  lbmkv_error **err_out);
+
+/**
  * Sets the address to listen on, `host:port` (port 0: any free port).
  */
 lbmkv_status lbmkv_config_set_listen(lbmkv_config *config, const char *addr, lbmkv_error **err_out);

@@ -81,11 +81,13 @@ c-programs: c-tools
 
 test-c: check-header c-programs
 	$(CARGO) test -q -p lbmkv-ffi
+	rm -rf $(C_BUILD)/certs
+	$(CARGO) run -q -p lbmkv-cli -- certs --out $(C_BUILD)/certs --names c-tls-a,c-tls-b
 	LD_LIBRARY_PATH=$(C_PREFIX)/lib $(C_BIN)/smoke_c
-	$(C_BIN)/test_shared
-	$(C_BIN)/test_static
-	ASAN_OPTIONS=detect_leaks=1 $(C_BIN)/test_asan
-	$(C_VALGRIND) $(C_BIN)/test_shared
+	LBMKV_TEST_CERTS=$(C_BUILD)/certs $(C_BIN)/test_shared
+	LBMKV_TEST_CERTS=$(C_BUILD)/certs $(C_BIN)/test_static
+	LBMKV_TEST_CERTS=$(C_BUILD)/certs ASAN_OPTIONS=detect_leaks=1 $(C_BIN)/test_asan
+	LBMKV_TEST_CERTS=$(C_BUILD)/certs $(C_VALGRIND) $(C_BIN)/test_shared
 	$(C_BIN)/sequencer
 
 bench-c: c-programs

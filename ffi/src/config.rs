@@ -52,6 +52,35 @@ pub extern "C" fn lbmkv_config_set_name(
     })
 }
 
+/// Turns on mutual TLS between nodes: the paths of this node's certificate
+/// chain (PEM, its own certificate first), its private key (PEM, readable by
+/// its owner only) and the cluster's CA certificate (PEM). Every member must
+/// have TLS; a peer's node name must be a DNS name of its certificate, and a
+/// node without a name set takes the first DNS name of its own. The files are
+/// read and checked by `lbmkv_node_start` (`LBMKV_STATUS_INVALID_ARGUMENT`,
+/// naming the file, when one is missing or unusable).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_tls(
+    config: *mut lbmkv_config,
+    cert_path: *const c_char,
+    key_path: *const c_char,
+    ca_path: *const c_char,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        let cert = handle::c_str(cert_path, "TLS certificate path")?;
+        let key = handle::c_str(key_path, "TLS key path")?;
+        let ca = handle::c_str(ca_path, "TLS CA path")?;
+        config.tls = Some(lbmkv::TlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
+        });
+        Ok(())
+    })
+}
+
 /// Sets the address to listen on, `host:port` (port 0: any free port).
 #[no_mangle]
 pub extern "C" fn lbmkv_config_set_listen(

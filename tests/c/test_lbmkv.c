@@ -1029,12 +1029,72 @@ static void test_engine_logs_reach_the_log_callback(void) {
   CHECK(after == calls);
 }
 
+/* Mutual TLS: two nodes with certificates of one CA (written by `lbmkv certs`
+ * into $LBMKV_TEST_CERTS, which `make test-c` sets) replicate a put; a path
+ * that does not exist fails the start naming the file. */
+static void test_two_tls_nodes_replicate_a_put(void) {
+  const char *dir = getenv("LBMKV_TEST_CERTS");
+  char cert[512], key[512], ca[512];
+  lbmkv_config *cfg;
+  lbmkv_node *a = NULL, *b = NULL;
+  lbmkv_table *ta = NULL, *tb = NULL;
+  lbmkv_error *err = NULL;
+  lbmkv_bytes v;
+  bool found = false;
+  if (dir == NULL) {
+    FAIL_AT("LBMKV_TEST_CERTS is not set: run `lbmkv certs --out DIR --names "
+            "c-tls-a,c-tls-b` and set it to DIR (make test-c does)");
+    return;
+  }
+  snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+  cfg = test_config("c-tls-a");
+  CHECK(cfg != NULL);
+  snprintf(cert, sizeof cert, "%s/c-tls-a.pem", dir);
+  snprintf(key, sizeof key, "%s/c-tls-a.key", dir);
+  OK(lbmkv_config_set_tls, cfg, cert, key, ca);
+  OK(lbmkv_node_start, cfg, &a);
+  lbmkv_config_free(cfg);
+  cfg = test_config("c-tls-b");
+  CHECK(cfg != NULL);
+  snprintf(cert, sizeof cert, "%s/c-tls-b.pem", dir);
+  snprintf(key, sizeof key, "%s/c-tls-b.key", dir);
+  OK(lbmkv_config_set_tls, cfg, cert, key, ca);
+  OK(lbmkv_config_add_seed, cfg, lbmkv_node_address(a));
+  OK(lbmkv_config_set_min_members, cfg, 2);
+  OK(lbmkv_node_start, cfg, &b);
+  lbmkv_config_free(cfg);
+  CHECK(member_count(a) == 2 && member_count(b) == 2);
+  OK(lbmkv_table_create, b, "tls", NULL, NULL, NULL, &tb);
+  OK(lbmkv_table_put, tb, S("k"), S("over tls"), NULL, NULL);
+  OK(lbmkv_table_create, a, "tls", NULL, NULL, NULL, &ta);
+  OK(lbmkv_table_get, ta, S("k"), false, &v, &found);
+  CHECK(found && v.len == 8 && memcmp(v.data, "over tls", 8) == 0);
+  lbmkv_bytes_free(&v);
+  lbmkv_table_free(ta);
+  lbmkv_table_free(tb);
+  lbmkv_node_free(b);
+  lbmkv_node_free(a);
+  /* A missing file: INVALID_ARGUMENT naming it. */
+  cfg = test_config("c-tls-missing");
+  CHECK(cfg != NULL);
+  OK(lbmkv_config_set_tls, cfg, "/nonexistent/c-tls.pem", key, ca);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_node_start, cfg, &a);
+  CHECK(lbmkv_node_start(cfg, &a, &err) == LBMKV_STATUS_INVALID_ARGUMENT);
+  lbmkv_config_free(cfg);
+  if (strstr(lbmkv_error_message(err), "/nonexistent/c-tls.pem") == NULL) {
+    FAIL_AT("the message does not name the file: %s", lbmkv_error_message(err));
+  }
+  lbmkv_error_free(err);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_tls, NULL, cert, key, ca);
+}
+
 int main(void) {
   RUN(test_version_and_status_names);
   RUN(test_config_setters_check_their_input);
   RUN(test_node_start_rejects_an_unusable_config);
   RUN(test_min_members_fails_naming_the_seed);
   RUN(test_advertised_node_is_joined_with_min_members);
+  RUN(test_two_tls_nodes_replicate_a_put);
   RUN(test_single_node_operations);
   RUN(test_events_are_pulled);
   RUN(test_bad_input_gives_typed_errors);

@@ -56,6 +56,20 @@ pub struct NodeOptions {
     pub max_key_size: Option<f64>,
     /// Largest value in bytes (default 62 MiB).
     pub max_value_size: Option<f64>,
+    /// Mutual TLS with every peer, whose node name must be a DNS name of its
+    /// certificate (without `name`, the node takes its certificate's first).
+    pub tls: Option<TlsOptions>,
+}
+
+/// Paths of the PEM files of mutual TLS.
+#[napi(object)]
+pub struct TlsOptions {
+    /// This node's certificate chain, its own certificate first.
+    pub cert: String,
+    /// This node's private key (readable by its owner only).
+    pub key: String,
+    /// The cluster's CA certificate.
+    pub ca: String,
 }
 
 /// One table in `NodeInfo`.
@@ -133,6 +147,7 @@ const START_OPTIONS: &[&str] = &[
     "conflictLogLimit",
     "maxKeySize",
     "maxValueSize",
+    "tls",
 ];
 
 /// Rejects an options object with a key outside `known`: a misspelt option
@@ -225,6 +240,11 @@ unsafe fn config(env: sys::napi_env, v: sys::napi_value) -> Result<lbmkv::Config
         )?,
         max_key_size: count("maxKeySize", o.max_key_size, d.max_key_size)?,
         max_value_size: count("maxValueSize", o.max_value_size, d.max_value_size)?,
+        tls: o.tls.map(|t| lbmkv::TlsConfig {
+            cert: t.cert.into(),
+            key: t.key.into(),
+            ca: t.ca.into(),
+        }),
         ..d
     })
 }

@@ -284,7 +284,7 @@ fn drop_detached<T: Send>(value: T) {
 }
 
 /// The options of `Node`, in the order of its signature.
-const OPTIONS: [&str; 15] = [
+const OPTIONS: [&str; 18] = [
     "name",
     "listen",
     "advertise",
@@ -300,12 +300,15 @@ const OPTIONS: [&str; 15] = [
     "conflict_log_limit",
     "max_key_size",
     "max_value_size",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
 ];
 
 /// The configuration given as keyword arguments; an unknown one is a
 /// `TypeError`, as for any Python function.
 fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<Config> {
-    let mut given: [Option<Bound<'_, PyAny>>; 15] = Default::default();
+    let mut given: [Option<Bound<'_, PyAny>>; 18] = Default::default();
     if let Some(options) = options {
         for (k, v) in options.iter() {
             let k = text(&k, "an option name")?;
@@ -319,9 +322,35 @@ fn config_from(options: Option<&Bound<'_, PyDict>>) -> PyResult<Config> {
             }
         }
     }
-    let [name, listen, advertise, seeds, min_members, cookie, failure_timeout, request_timeout, heartbeat_interval, handler_timeout, anti_entropy_interval, tombstone_retention, conflict_log_limit, max_key_size, max_value_size] =
+    let [name, listen, advertise, seeds, min_members, cookie, failure_timeout, request_timeout, heartbeat_interval, handler_timeout, anti_entropy_interval, tombstone_retention, conflict_log_limit, max_key_size, max_value_size, tls_cert, tls_key, tls_ca] =
         given;
     let mut config = Config::default();
+    let tls = [
+        ("tls_cert", tls_cert),
+        ("tls_key", tls_key),
+        ("tls_ca", tls_ca),
+    ]
+    .into_iter()
+    .map(|(what, o)| match o.filter(|o| !o.is_none()) {
+        Some(o) => text(&o, what).map(Some),
+        None => Ok(None),
+    })
+    .collect::<PyResult<Vec<_>>>()?;
+    match (&tls[0], &tls[1], &tls[2]) {
+        (Some(cert), Some(key), Some(ca)) => {
+            config.tls = Some(lbmkv::TlsConfig {
+                cert: cert.into(),
+                key: key.into(),
+                ca: ca.into(),
+            })
+        }
+        (None, None, None) => {}
+        _ => {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "tls_cert, tls_key and tls_ca go together",
+            ))
+        }
+    }
     if let Some(name) = name.filter(|o| !o.is_none()) {
         config.name = Some(text(&name, "name")?);
     }

@@ -45,7 +45,11 @@ class Node:
       (0.25 s), ``handler_timeout`` (5 s), ``anti_entropy_interval`` (1 s),
       ``tombstone_retention`` (24 h): seconds, as ``float``;
     - ``conflict_log_limit`` (1,000), ``max_key_size`` (64 KiB), ``max_value_size``
-      (62 MiB): ``int``.
+      (62 MiB): ``int``;
+    - ``tls_cert``, ``tls_key``, ``tls_ca``: paths of PEM files (this node's
+      certificate chain, its private key, the cluster's CA), all three or none:
+      mutual TLS with every peer, whose node name must be a DNS name of its
+      certificate (without ``name``, the node takes its certificate's first).
 
     Starting waits (with the GIL released) for a first attempt to reach every seed
     and, with ``min_members``, for that many members.
@@ -75,6 +79,9 @@ class Node:
         conflict_log_limit: Optional[int] = None,
         max_key_size: Optional[int] = None,
         max_value_size: Optional[int] = None,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_ca: Optional[str] = None,
     ) -> None:
         seed_list = _seed_list(seeds)
         sync_log_level()
@@ -94,6 +101,9 @@ class Node:
             conflict_log_limit=conflict_log_limit,
             max_key_size=max_key_size,
             max_value_size=max_value_size,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
         )
 
     def __enter__(self) -> Node:

@@ -185,6 +185,9 @@ class Node:
         conflict_log_limit: Optional[int] = None,
         max_key_size: Optional[int] = None,
         max_value_size: Optional[int] = None,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_ca: Optional[str] = None,
     ) -> _Starting:
         """Starts a node without blocking the event loop (with ``min_members``,
         waits for them too). Await it, or use it with ``async with``."""
@@ -204,6 +207,9 @@ class Node:
             conflict_log_limit=conflict_log_limit,
             max_key_size=max_key_size,
             max_value_size=max_value_size,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
         )
 
         async def start() -> Node:
