@@ -83,7 +83,7 @@ pub async fn run(args: &[String]) -> Result<(), String> {
     single.close().await.map_err(e)?;
 
     progress(&o, "starting 2 lbmkv node processes");
-    let cluster = ProcessCluster::start(2)?;
+    let cluster = ProcessCluster::start(2, None)?;
     let client = start_node("bench-z", cluster.addresses.clone()).await?;
     wait_members(&client, 3).await?;
     let t = client.create_table("bench").await.map_err(e)?;
@@ -93,6 +93,9 @@ pub async fn run(args: &[String]) -> Result<(), String> {
     rows.push(hot_key(&o, &t).await?);
     client.close().await.map_err(e)?;
     drop(cluster);
+
+    progress(&o, "writes on 3 nodes with TLS");
+    rows.extend(tls_writes(&o).await?);
 
     progress(
         &o,
@@ -172,7 +175,9 @@ struct ProcessCluster {
 }
 
 impl ProcessCluster {
-    fn start(n: usize) -> Result<ProcessCluster, String> {
+    /// `n` nodes, with the certificates of `tls` (a directory written by
+    /// `lbmkv certs`) when given.
+    fn start(n: usize, tls: Option<&std::path::Path>) -> Result<ProcessCluster, String> {
         let exe = std::env::current_exe().map_err(|err| err.to_string())?;
         let mut cluster = ProcessCluster {
             children: Vec::new(),
@@ -192,6 +197,14 @@ impl ProcessCluster {
             ]);
             for a in &cluster.addresses {
                 cmd.args(["--seed", a]);
+            }
+            if let Some(dir) = tls {
+                cmd.arg("--tls-cert")
+                    .arg(dir.join(format!("{name}.pem")))
+                    .arg("--tls-key")
+                    .arg(dir.join(format!("{name}.key")))
+                    .arg("--tls-ca")
+                    .arg(dir.join("ca.pem"));
             }
             let mut child = cmd
                 .stdin(Stdio::piped())
@@ -320,6 +333,54 @@ async fn drive(t: &Table, op: Op, clients: usize, ops: usize) -> Result<Latencie
         all.extend(task.await.map_err(|err| err.to_string())?.map_err(e)?);
     }
     Ok(summarize(all, started.elapsed()))
+}
+
+/// Replicated puts on 3 nodes with mutual TLS, as the rows of
+/// `write_scenarios` without it (ids `write_tls`).
+async fn tls_writes(o: &Options) -> Result<Vec<Row>, String> {
+    let dir = std::env::temp_dir().join(format!("lbmkv-bench-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::certs::write_quiet(&dir, &["bench-a", "bench-b", "bench-z"])?;
+    let result = async {
+        let cluster = ProcessCluster::start(2, Some(&dir))?;
+        let client = Node::start(Config {
+            tls: Some(lbmkv::TlsConfig {
+                cert: dir.join("bench-z.pem"),
+                key: dir.join("bench-z.key"),
+                ca: dir.join("ca.pem"),
+            }),
+            ..config("bench-z", cluster.addresses.clone())
+        })
+        .await
+        .map_err(e)?;
+        wait_members(&client, 3).await?;
+        let t = client.create_table("bench").await.map_err(e)?;
+        let mut rows = Vec::new();
+        for clients in [1, o.clients] {
+            let l = drive(&t, Op::Put, clients, o.ops).await?;
+            rows.push(Row {
+                id: "write_tls",
+                workload: format!("3 nodes, TLS: put, {clients} client(s)"),
+                result: format!(
+                    "p50 {:.0} µs, p99 {:.0} µs, {} ops/s",
+                    l.p50_us,
+                    l.p99_us,
+                    si(l.ops_per_s)
+                ),
+                target: "",
+                reference: "",
+                ratio: String::new(),
+                data: json!({ "nodes": "3 nodes", "op": "put", "clients": clients, "tls": true,
+                    "p50_us": l.p50_us, "p99_us": l.p99_us, "ops_per_s": l.ops_per_s }),
+            });
+        }
+        client.close().await.map_err(e)?;
+        drop(cluster);
+        Ok(rows)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 async fn write_scenarios(o: &Options, t: &Table, nodes: &'static str) -> Result<Vec<Row>, String> {

@@ -122,10 +122,27 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+/// Writes a new CA and certificates for `names` into `dir` without a word
+/// (for `lbmkv bench`).
+pub fn write_quiet(dir: &Path, names: &[&str]) -> Result<(), String> {
+    write_files(
+        &Options {
+            out: Some(dir.to_path_buf()),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            ..Options::default()
+        },
+        false,
+    )
+}
+
 fn write_all(o: &Options) -> Result<(), String> {
+    write_files(o, true)
+}
+
+fn write_files(o: &Options, verbose: bool) -> Result<(), String> {
     let dir = o.out.as_deref().ok_or("--out DIR is required")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let issuer = ca(dir)?;
+    let issuer = ca(dir, verbose)?;
     let today = days_since_epoch();
     for name in &o.names {
         let key = KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
@@ -154,6 +171,9 @@ fn write_all(o: &Options) -> Result<(), String> {
         let key_file = dir.join(format!("{name}.key"));
         write(&cert_file, cert.pem().as_bytes(), 0o644)?;
         write(&key_file, key.serialize_pem().as_bytes(), 0o600)?;
+        if !verbose {
+            continue;
+        }
         println!(
             "{name}: {} {} (signed by {})",
             cert_file.display(),
@@ -177,7 +197,7 @@ fn ca_params() -> CertificateParams {
 }
 
 /// The CA of `dir`: the one there, else a new one written there.
-fn ca(dir: &Path) -> Result<Issuer<'static, KeyPair>, String> {
+fn ca(dir: &Path, verbose: bool) -> Result<Issuer<'static, KeyPair>, String> {
     let cert_file = dir.join("ca.pem");
     let key_file = dir.join("ca.key");
     match (cert_file.exists(), key_file.exists()) {
@@ -186,7 +206,9 @@ fn ca(dir: &Path) -> Result<Issuer<'static, KeyPair>, String> {
                 .map_err(|e| format!("cannot read {}: {e}", key_file.display()))?;
             let key = KeyPair::from_pem(&pem)
                 .map_err(|e| format!("{} holds no usable key: {e}", key_file.display()))?;
-            println!("CA: reusing {}", cert_file.display());
+            if verbose {
+                println!("CA: reusing {}", cert_file.display());
+            }
             Ok(Issuer::new(ca_params(), key))
         }
         (false, false) => {
@@ -199,7 +221,9 @@ fn ca(dir: &Path) -> Result<Issuer<'static, KeyPair>, String> {
                 .map_err(|e| format!("cannot make the CA: {e}"))?;
             write(&cert_file, cert.pem().as_bytes(), 0o644)?;
             write(&key_file, key.serialize_pem().as_bytes(), 0o600)?;
-            println!("CA: {} {}", cert_file.display(), key_file.display());
+            if verbose {
+                println!("CA: {} {}", cert_file.display(), key_file.display());
+            }
             Ok(Issuer::new(params, key))
         }
         _ => Err(format!(
