@@ -342,6 +342,11 @@ export interface NodeOptions {
   maxKeySize?: number
   /** Largest value in bytes (default 62 MiB). */
   maxValueSize?: number
+  /**
+   * Mutual TLS with every peer, whose node name must be a DNS name of its
+   * certificate (without `name`, the node takes its certificate's first).
+   */
+  tls?: TlsOptions
 }
 
 /**
@@ -365,6 +370,16 @@ export interface TableStats {
   conflicts: number
   /** The table digest: equal digests mean equal replicas. */
   digest: string
+}
+
+/** Paths of the PEM files of mutual TLS. */
+export interface TlsOptions {
+  /** This node's certificate chain, its own certificate first. */
+  cert: string
+  /** This node's private key (readable by its owner only). */
+  key: string
+  /** The cluster's CA certificate. */
+  ca: string
 }
 
 /** The version of lbmkv. */
