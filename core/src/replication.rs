@@ -548,11 +548,32 @@ impl Replication {
             agreement.applied_from(&self.ctx.actor);
         }
         if changes.is_empty() || peers.is_empty() {
+            let replies = self.after_pending(replica, replies);
             drop(agreement);
             deliver_replies(replies);
             return;
         }
         self.replicate(replica, &peers, changes, replaced, replies);
+    }
+
+    /// Writes that changed nothing (a delete of an absent key, say) were
+    /// decided on versions whose batches may still wait for their
+    /// acknowledgements: they are answered with the newest such batch of the
+    /// table, and fail with it should it be taken back. Returns the replies
+    /// to send now (all of them when no batch of the table waits).
+    fn after_pending(&self, replica: &Replica, replies: Vec<Answer>) -> Vec<Answer> {
+        let mut acks = lock(&self.acks);
+        let newest = acks
+            .iter_mut()
+            .filter(|(_, p)| p.replica.name == replica.name)
+            .max_by_key(|(id, _)| **id);
+        match newest {
+            Some((_, p)) => {
+                p.replies.extend(replies);
+                Vec::new()
+            }
+            None => replies,
+        }
     }
 
     /// Executes `batch` on the local replica.

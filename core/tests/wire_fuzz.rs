@@ -215,7 +215,7 @@ fn session(rng: &mut StdRng) -> u64 {
 /// or inert, and must leave every table as it was.
 fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
     let small = |rng: &mut StdRng| rng.random_range(0..4u64);
-    let m = match rng.random_range(0..27) {
+    let m = match rng.random_range(0..28) {
         0 => Message::Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -349,6 +349,9 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
                     }),
                 })
                 .collect(),
+        },
+        26 => Message::Refused {
+            reason: text(rng, 8),
         },
         _ => Message::ApplyRefused { id: small(rng) },
     };
