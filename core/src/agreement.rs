@@ -141,6 +141,11 @@ impl Agreement {
         self.lock().follows.clone()
     }
 
+    /// Whether a peer of the view is ready (and not standing out).
+    pub fn a_peer_is_ready(&self) -> bool {
+        self.lock().peers.values().any(|p| p.ready)
+    }
+
     /// Waits until this node is ready, for at most `limit`.
     pub async fn wait_ready(&self, limit: Duration) -> bool {
         let mut rx = self.ready.subscribe();
@@ -424,6 +429,12 @@ impl State {
         })
     }
 
+    /// Whether this node follows itself: it is the sequencer of its view
+    /// (active or not).
+    pub fn sequences(&self) -> bool {
+        self.follows.as_ref() == Some(&self.me)
+    }
+
     /// Whether connection `conn_id` is the live one of a view member.
     pub fn is_live(&self, conn: &PeerConn) -> bool {
         self.peers
@@ -561,7 +572,11 @@ pub(crate) fn start(ctx: &Context, agreement: &Arc<Agreement>, members: &Arc<Mem
 }
 
 /// Makes the node ready once it has finished its first merge with every peer
-/// it has. A node that meets nobody starts a cluster of its own and is ready at
+/// it has, one of them ready: peers that are all joining too (restarted, say,
+/// while the member that held the state went down) hold no more than it
+/// does, and merging with them alone would let it order from less than the
+/// cluster holds; without a ready peer it waits a failure timeout (the rest
+/// is gone). A node that meets nobody starts a cluster of its own and is ready at
 /// once; one that met a member (even one that turned its connection away for
 /// now, as a node dialing it at the same time does) or whose peers all left
 /// before a merge finished waits for them, and takes the ordering on itself
@@ -571,7 +586,8 @@ pub(crate) fn start_join(ctx: &Context, agreement: &Arc<Agreement>, members: &Ar
     let failure_timeout = ctx.config.failure_timeout;
     ctx.spawn(async move {
         let mut met_anyone = false;
-        let mut alone_since = Instant::now();
+        let began = Instant::now();
+        let mut alone_since = began;
         loop {
             let (Some(agreement), Some(members)) = (agreement.upgrade(), members.upgrade()) else {
                 return;
@@ -583,7 +599,10 @@ pub(crate) fn start_join(ctx: &Context, agreement: &Arc<Agreement>, members: &Ar
             }
             let ready = match peers.is_empty() {
                 true => !met_anyone || alone_since.elapsed() >= failure_timeout,
-                false => peers.iter().all(|p| p.is_synced()),
+                false => {
+                    peers.iter().all(|p| p.is_synced())
+                        && (agreement.a_peer_is_ready() || began.elapsed() >= failure_timeout)
+                }
             };
             if ready {
                 agreement.set_ready();

@@ -209,7 +209,7 @@ impl Replication {
             return;
         }
         drop(self.take_back(agreement, &lost));
-        tracing::debug!(node = %self.ctx.actor, peer = %actor, batches = lost.len(), "a member went silent before it applied a batch; taken back");
+        tracing::debug!(node = %self.ctx.actor, peer = %actor, batches = lost.len(), "a member went silent before it applied a batch; failed");
         let why = format!("{} went silent before it applied the write", actor.name);
         fail_batches(lost, &why);
     }
@@ -446,23 +446,31 @@ impl Replication {
         let mut agreement = self.take_back(agreement, &refused);
         let catch_up = agreement.refused_by(peer);
         drop(agreement);
-        tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, batches = refused.len(), "a member refused a batch; taken back");
+        tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, batches = refused.len(), "a member refused a batch; failed");
         let why = format!("{} refused the write", peer.actor.name);
         fail_batches(refused, &why);
         catch_up
     }
 
     /// Takes `batches` back (newest first) here and on every member that
-    /// applied them. The members are told before they may leave the view
-    /// with them: a version kept there would meet the next sequencer's as a
-    /// conflict, which the fallback may settle for the version no member
-    /// acknowledged. The messages follow the batches on each connection, so
-    /// they arrive after them.
+    /// applied them, while this node still sequences. The members are told
+    /// before they may leave the view with them: a version kept there would
+    /// meet the next sequencer's as a conflict, which the fallback may settle
+    /// for the version no member acknowledged. The messages follow the
+    /// batches on each connection, so they arrive after them.
+    ///
+    /// A node that turned to another sequencer keeps them: that sequencer
+    /// merges with it before it orders, so they are part of what it orders
+    /// from (and of what it answered since); taking them back now would undo
+    /// them under its feet.
     fn take_back<'a>(
         &self,
         agreement: MutexGuard<'a, agreement::State>,
         batches: &[PendingAck],
     ) -> MutexGuard<'a, agreement::State> {
+        if !agreement.sequences() {
+            return agreement;
+        }
         for batch in batches.iter().rev() {
             match batch.replica.write() {
                 Ok(mut store) => {
@@ -487,6 +495,12 @@ impl Replication {
     /// one this node holds goes back to what it replaced (newest first, as
     /// they come). A version the sender did not write is left alone.
     pub fn on_retract(&self, peer: &PeerConn, table: &str, versions: Vec<Retracted>) {
+        // Only from the sequencer this node follows: another one may have
+        // ordered from these versions since this node merged them to it.
+        let agreement = self.agreement.lock();
+        if !agreement.may_apply_from(&peer.actor) {
+            return;
+        }
         let Some(replica) = self.ctx.replica(table) else {
             return;
         };
@@ -505,6 +519,7 @@ impl Replication {
             restored += usize::from(store.take_back(&v.key, &v.written, previous.as_ref()));
         }
         drop(store);
+        drop(agreement);
         tracing::debug!(node = %self.ctx.actor, peer = %peer.actor, table, restored, "took back versions the sequencer retracted");
     }
 
@@ -918,10 +933,11 @@ mod tests {
                 Ok(Err(WriteRefusal::Failed(ErrorKind::Unavailable, _))) => {}
                 other => panic!("a batch the silent member held up answered {other:?}"),
             }
-            let store = replica.read().unwrap();
-            assert_eq!(store.value(b"k"), Some(&b"old"[..]), "taken back");
-            assert!(store.clock(b"k").is_some_and(|c| c.equal(&old)));
-            drop(store);
+            {
+                let store = replica.read().unwrap();
+                assert_eq!(store.value(b"k"), Some(&b"old"[..]), "taken back");
+                assert!(store.clock(b"k").is_some_and(|c| c.equal(&old)));
+            }
             node.close().await.unwrap();
         });
     }
