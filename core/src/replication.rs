@@ -805,6 +805,7 @@ fn apply_replicated(store: &mut TableStore, entries: Vec<WireEntry>, cutoff_ms: 
 mod tests {
     use super::*;
     use crate::{Config, Node};
+    use std::time::Duration;
 
     fn pending(waiting: ActorId) -> (PendingAck, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
@@ -907,6 +908,8 @@ mod tests {
             };
             let node = Node::start(config).await.unwrap();
             let replication = node.replication();
+            // Alone, the node sequences once it is ready.
+            assert!(replication.agreement.wait_ready(Duration::from_secs(5)).await);
             let replica = replication.ensure_table("t").unwrap();
             let me = ActorId::new("seq", 1);
             let mut old = VClock::fresh();
