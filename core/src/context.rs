@@ -23,12 +23,82 @@ use crate::tls::Tls;
 use crate::vclock::ActorId;
 use crate::wire::TableInfo;
 
-/// Traffic counters of a node.
+/// Traffic and activity counters of a node (what `metrics()` exposes).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub merge_bytes_sent: AtomicU64,
+    /// Writes (put, delete, their batches, updates) this node submitted and
+    /// their latency until acknowledged or failed.
+    pub writes: Histogram,
+    /// Writes that failed.
+    pub write_errors: AtomicU64,
+    /// Strong reads this node submitted.
+    pub strong_reads: AtomicU64,
+    /// Peers that joined or left this node's view.
+    pub view_changes: AtomicU64,
+    /// Merges of one table with one peer that finished.
+    pub merges: AtomicU64,
+    /// Conflicts settled by a conflict handler.
+    pub conflicts_handled: AtomicU64,
+    /// Conflicts settled by the fallback rule (no handler, or it failed).
+    pub conflicts_fallback: AtomicU64,
+}
+
+/// Upper bounds (seconds) of the buckets of latency histograms.
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A latency histogram with fixed buckets, updated without locks.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// A copy of a [`Histogram`]: cumulative bucket counts, count, sum in seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct HistogramSnapshot {
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The histogram as it is now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        HistogramSnapshot {
+            cumulative,
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 /// A node's identity and shared facilities.
@@ -50,6 +120,8 @@ pub(crate) struct Context {
     /// Mutual TLS under the handshake, when configured.
     pub tls: Option<Arc<Tls>>,
     pub stats: Stats,
+    /// When the node started (for its uptime).
+    pub started: tokio::time::Instant,
     /// The bytes of writes that may wait for sequencers at once.
     pub writes: WriteBudget,
     replicas: RwLock<HashMap<String, Arc<Replica>>>,
@@ -89,6 +161,7 @@ impl Context {
             net: id.net,
             tls: id.tls,
             stats: Stats::default(),
+            started: tokio::time::Instant::now(),
             replicas: RwLock::new(HashMap::new()),
             events: Mutex::new(Some(events)),
             closed: AtomicBool::new(false),
@@ -112,9 +185,25 @@ impl Context {
     /// Reports `event` to every subscriber.
     pub fn emit(&self, event: Event) {
         tracing::debug!(node = %self.actor, ?event, "event");
+        self.count(&event);
         if let Some(tx) = lock(&self.events).as_ref() {
             let _ = tx.send(event);
         }
+    }
+
+    /// Counts what `event` reports in the node's stats.
+    fn count(&self, event: &Event) {
+        let counter = match event {
+            Event::NodeUp { .. } | Event::NodeDown { .. } => &self.stats.view_changes,
+            Event::Merged { .. } => &self.stats.merges,
+            Event::Conflict {
+                resolution: ResolutionKind::Handler,
+                ..
+            } => &self.stats.conflicts_handled,
+            Event::Conflict { .. } => &self.stats.conflicts_fallback,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A new subscription to the node's events (one that ends at once after close).

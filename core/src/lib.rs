@@ -34,6 +34,7 @@ mod hash;
 mod locks;
 pub mod log;
 mod merge;
+mod metrics;
 pub mod net;
 mod node;
 mod offload;
@@ -58,7 +59,7 @@ pub use config::{
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};
 pub use log::{set_log_sink, LogLevel, LogRecord, LogSink};
-pub use node::{Info, Node};
+pub use node::{Info, Node, PeerStats};
 pub use replica::{ConflictRecord, TableStats};
 pub use resolve::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
 pub use table::{Entries, Table, Updated};

@@ -39,6 +39,8 @@ pub(crate) struct NodeInner {
     agreement: Arc<Agreement>,
     replication: Arc<Replication>,
     merge: Arc<Merge>,
+    /// When each live connection (by id) joined the view.
+    connected: std::sync::Mutex<std::collections::HashMap<u64, tokio::time::Instant>>,
 }
 
 impl NodeInner {
@@ -56,6 +58,7 @@ impl NodeInner {
             agreement,
             replication,
             merge,
+            connected: Default::default(),
         });
         let inbound: std::sync::Weak<dyn Inbound> = Arc::downgrade(&inner) as _;
         inner.members.deliver_to(inbound);
@@ -140,6 +143,7 @@ impl NodeInner {
 
 impl Inbound for NodeInner {
     fn on_peer_up(&self, peer: &Arc<PeerConn>) {
+        crate::locks::lock(&self.connected).insert(peer.conn_id, tokio::time::Instant::now());
         self.agreement.peer_up(peer.clone());
     }
 
@@ -195,6 +199,7 @@ impl Inbound for NodeInner {
     }
 
     fn on_connection_ended(&self, peer: &PeerConn, replaced: bool) {
+        crate::locks::lock(&self.connected).remove(&peer.conn_id);
         if replaced {
             self.replication.connection_replaced(&peer.actor);
         } else {
@@ -226,6 +231,10 @@ pub struct Node {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Info {
+    /// The version of lbmkv the node runs.
+    pub version: String,
+    /// Milliseconds since the node started.
+    pub uptime_ms: u64,
     /// The node's name.
     pub name: String,
     /// The node's actor id (name and incarnation).
@@ -236,7 +245,9 @@ pub struct Info {
     pub members: Vec<String>,
     /// The member whose sequencer this node follows, if any.
     pub sequencer: Option<String>,
-    /// Tables, sorted by name.
+    /// The peers this node is connected to, sorted by name.
+    pub peers: Vec<PeerStats>,
+    /// Tables, sorted by name, each with its sequencer.
     pub tables: Vec<TableStats>,
     /// Bytes this node wrote to peers.
     pub bytes_sent: u64,
@@ -248,6 +259,20 @@ pub struct Info {
     pub send_queue_bytes: u64,
     /// Bytes of the write budget held by writes waiting for sequencers.
     pub write_budget_in_use: u64,
+}
+
+/// One connected peer, as `info()` describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PeerStats {
+    /// The peer's name.
+    pub name: String,
+    /// The address the peer listens on, as it announced it.
+    pub address: String,
+    /// Milliseconds since the connection joined this node's view.
+    pub connected_ms: u64,
+    /// Bytes queued for the peer and not yet handed to its socket.
+    pub send_queue_bytes: u64,
 }
 
 impl Node {
@@ -424,6 +449,7 @@ impl Node {
             self.inner.ctx.clone(),
             replica,
             self.inner.replication.clone(),
+            self.inner.agreement.clone(),
         )
     }
 
@@ -461,29 +487,63 @@ impl Node {
             .collect())
     }
 
-    /// A description of the node and its tables.
+    /// A description of the node, its peers and its tables.
     pub fn info(&self) -> Result<Info> {
         let ctx = &self.inner.ctx;
         let stats = &ctx.stats;
-        Ok(Info {
-            name: self.name().to_string(),
-            actor: ctx.actor.to_string(),
-            address: ctx.address.clone(),
-            members: self.members()?,
-            sequencer: self.inner.agreement.follows().map(|a| a.name.to_string()),
-            tables: ctx.replicas().iter().map(|r| r.stats()).collect(),
-            bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
-            bytes_received: stats.bytes_received.load(Ordering::Relaxed),
-            merge_bytes_sent: stats.merge_bytes_sent.load(Ordering::Relaxed),
-            send_queue_bytes: self
-                .inner
+        let members = self.members()?;
+        let sequencer = self.inner.agreement.follows().map(|a| a.name.to_string());
+        let now = tokio::time::Instant::now();
+        let mut peers: Vec<PeerStats> = {
+            let connected = crate::locks::lock(&self.inner.connected);
+            self.inner
                 .members
                 .peers()
                 .iter()
-                .map(|p| p.queued_bytes() as u64)
-                .sum(),
+                .map(|p| PeerStats {
+                    name: p.actor.name.to_string(),
+                    address: p.listen.clone(),
+                    connected_ms: connected
+                        .get(&p.conn_id)
+                        .map_or(0, |t| millis(now.saturating_duration_since(*t))),
+                    send_queue_bytes: p.queued_bytes() as u64,
+                })
+                .collect()
+        };
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        let tables = ctx
+            .replicas()
+            .iter()
+            .map(|r| {
+                let mut t = r.stats();
+                t.sequencer = sequencer.clone();
+                t
+            })
+            .collect();
+        Ok(Info {
+            version: crate::VERSION.to_string(),
+            uptime_ms: millis(now.saturating_duration_since(ctx.started)),
+            name: self.name().to_string(),
+            actor: ctx.actor.to_string(),
+            address: ctx.address.clone(),
+            members,
+            sequencer,
+            send_queue_bytes: peers.iter().map(|p| p.send_queue_bytes).sum(),
+            peers,
+            tables,
+            bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: stats.bytes_received.load(Ordering::Relaxed),
+            merge_bytes_sent: stats.merge_bytes_sent.load(Ordering::Relaxed),
             write_budget_in_use: ctx.writes.in_use() as u64,
         })
+    }
+
+    /// The node's metrics in the Prometheus text exposition format (version
+    /// 0.0.4): what `info()` says plus counters of writes, their latency,
+    /// strong reads, view changes, merges and conflicts since the start.
+    pub fn metrics(&self) -> Result<String> {
+        let info = self.info()?;
+        Ok(crate::metrics::render(&info, &self.inner.ctx.stats))
     }
 
     /// Connects to the node at `addr` (`host:port`) and waits for the handshake;
@@ -546,6 +606,10 @@ impl Node {
         self.inner.shutdown();
         Ok(())
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn default_name(ordinal: u64) -> String {

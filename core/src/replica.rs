@@ -145,6 +145,7 @@ impl Replica {
             tombstones: s.tombstones,
             conflicts: lock(&self.conflicts).len(),
             digest: format!("{digest:016x}"),
+            sequencer: None,
         }
     }
 
@@ -184,4 +185,7 @@ pub struct TableStats {
     pub conflicts: usize,
     /// The table digest (equal digests: equal replicas).
     pub digest: String,
+    /// The name of the member that orders this table's writes for this node
+    /// (the sequencer it follows), if there is one yet.
+    pub sequencer: Option<String>,
 }

@@ -1,8 +1,10 @@
 //! Table handles: the public read and write operations of one replicated table.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::agreement::Agreement;
 use crate::context::{Context, SETTLE_PAUSE};
 use crate::error::{Error, Result};
 use crate::glob::Glob;
@@ -24,6 +26,7 @@ pub struct Table {
     ctx: Arc<Context>,
     shared: Arc<Replica>,
     replication: Arc<Replication>,
+    agreement: Arc<Agreement>,
 }
 
 impl std::fmt::Debug for Table {
@@ -39,11 +42,13 @@ impl Table {
         ctx: Arc<Context>,
         shared: Arc<Replica>,
         replication: Arc<Replication>,
+        agreement: Arc<Agreement>,
     ) -> Self {
         Table {
             ctx,
             shared,
             replication,
+            agreement,
         }
     }
 
@@ -77,6 +82,21 @@ impl Table {
     /// Sends `op` to the sequencer once its bytes fit the node's write
     /// budget (see [`crate::flow`]); refuses it when they never could.
     async fn submit(&self, op: WriteOp) -> Result<WriteOutcome> {
+        let stats = &self.ctx.stats;
+        if matches!(op, WriteOp::Read(_)) {
+            stats.strong_reads.fetch_add(1, Ordering::Relaxed);
+            return self.submit_unmeasured(op).await;
+        }
+        let started = tokio::time::Instant::now();
+        let result = self.submit_unmeasured(op).await;
+        stats.writes.observe(started.elapsed());
+        if result.is_err() {
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn submit_unmeasured(&self, op: WriteOp) -> Result<WriteOutcome> {
         let budget = &self.ctx.writes;
         let cost = budget.check(&op)?;
         let deadline = tokio::time::Instant::now() + self.ctx.config.request_timeout;
@@ -361,10 +381,12 @@ impl Table {
         Ok(self.shared.conflicts())
     }
 
-    /// Entry count, bytes, tombstones, conflicts and digest on this node.
+    /// Entry count, bytes, tombstones, conflicts, digest and sequencer on this node.
     pub fn stats(&self) -> Result<TableStats> {
         self.ctx.check_open()?;
-        Ok(self.shared.stats())
+        let mut stats = self.shared.stats();
+        stats.sequencer = self.agreement.follows().map(|a| a.name.to_string());
+        Ok(stats)
     }
 }
 
