@@ -24,7 +24,7 @@ endif
 
 test-cli: cli-deps
 	$(CARGO) clippy -q -p lbmkv-cli --features $(CLI_TEST_FEATURES) --all-targets -- -D warnings
-	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --bins --test cluster -- --nocapture
+	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --bins --test cli --test cluster -- --nocapture
 	$(CARGO) test -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test handoffs -- --nocapture --test-threads=1
 	$(CARGO) test --release -p lbmkv-cli --features $(CLI_TEST_FEATURES) --test join -- --nocapture
 ifeq ($(LBMKV_NO_NFT),)

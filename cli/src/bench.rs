@@ -12,9 +12,39 @@ use serde_json::{json, Value};
 const COOKIE: &str = "lbmkv-bench";
 const VALUE_SIZE: usize = 100;
 
-/// Sizes of one run.
+/// Options of `lbmkv bench`: the sizes of one run.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// Print the results as JSON on stdout (progress still goes to stderr)
+    #[arg(long)]
+    json: bool,
+    /// Smaller sizes: 100,000 entries, 2,000 writes, 1,000,000 gets (under a minute)
+    #[arg(long)]
+    quick: bool,
+    /// Entries of the memory, join and heal scenarios [default: 1000000]
+    #[arg(long, value_name = "N", value_parser = count)]
+    entries: Option<usize>,
+    /// Writes per write scenario [default: 20000]
+    #[arg(long, value_name = "N", value_parser = count)]
+    ops: Option<usize>,
+    /// Local gets [default: 5000000]
+    #[arg(long, value_name = "N", value_parser = count)]
+    gets: Option<usize>,
+    /// Concurrent clients of the concurrent write scenarios (at least 1)
+    #[arg(long, value_name = "N", value_parser = count, default_value = "16")]
+    clients: usize,
+}
+
+/// A count; `_` may group digits (`1_000_000`).
+fn count(v: &str) -> Result<usize, String> {
+    v.replace('_', "")
+        .parse()
+        .map_err(|_| format!("needs a number, got {v:?}"))
+}
+
+/// The sizes of a run, defaults and `--quick` applied.
 #[derive(Clone, Debug)]
-struct Options {
+struct Sizes {
     json: bool,
     entries: usize,
     ops: usize,
@@ -23,39 +53,19 @@ struct Options {
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Options, String> {
-        let mut o = Options {
-            json: false,
-            entries: 1_000_000,
-            ops: 20_000,
-            gets: 5_000_000,
-            clients: 16,
+    fn sizes(&self) -> Sizes {
+        let (entries, ops, gets) = if self.quick {
+            (100_000, 2_000, 1_000_000)
+        } else {
+            (1_000_000, 20_000, 5_000_000)
         };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut num = |name: &str| -> Result<usize, String> {
-                it.next()
-                    .and_then(|v| v.replace('_', "").parse().ok())
-                    .ok_or_else(|| format!("{name} needs a number"))
-            };
-            match a.as_str() {
-                "--json" => o.json = true,
-                "--quick" => {
-                    o.entries = 100_000;
-                    o.ops = 2_000;
-                    o.gets = 1_000_000;
-                }
-                "--entries" => o.entries = num("--entries")?,
-                "--ops" => o.ops = num("--ops")?,
-                "--gets" => o.gets = num("--gets")?,
-                "--clients" => o.clients = num("--clients")?.max(1),
-                "-h" | "--help" => {
-                    return Err("usage: lbmkv bench [--quick] [--json] [--entries N] [--ops N] [--gets N] [--clients N]".into())
-                }
-                other => return Err(format!("unknown option {other:?} (try --help)")),
-            }
+        Sizes {
+            json: self.json,
+            entries: self.entries.unwrap_or(entries),
+            ops: self.ops.unwrap_or(ops),
+            gets: self.gets.unwrap_or(gets),
+            clients: self.clients.max(1),
         }
-        Ok(o)
     }
 }
 
@@ -71,55 +81,50 @@ struct Row {
 }
 
 /// Runs the benchmark with command-line `args`; prints the table (or JSON).
-pub async fn run(args: &[String]) -> Result<(), String> {
-    let o = Options::parse(args)?;
+pub async fn run(options: Options) -> Result<(), String> {
+    let o = options.sizes();
     let mut rows = Vec::new();
-    progress(&o, "local reads");
+    progress("local reads");
     rows.extend(local_gets(&o).await?);
-    progress(&o, "writes on 1 node");
+    progress("writes on 1 node");
     let single = start_node("bench-solo", vec![]).await?;
     let t = single.create_table("bench").await.map_err(e)?;
     rows.extend(write_scenarios(&o, &t, "1 node").await?);
     single.close().await.map_err(e)?;
 
-    progress(&o, "starting 2 lbmkv node processes");
+    progress("starting 2 lbmkv node processes");
     let cluster = ProcessCluster::start(2, None)?;
     let client = start_node("bench-z", cluster.addresses.clone()).await?;
     wait_members(&client, 3).await?;
     let t = client.create_table("bench").await.map_err(e)?;
-    progress(&o, "writes on 3 nodes");
+    progress("writes on 3 nodes");
     rows.extend(write_scenarios(&o, &t, "3 nodes").await?);
-    progress(&o, "hot key on 3 nodes");
+    progress("hot key on 3 nodes");
     rows.push(hot_key(&o, &t).await?);
     client.close().await.map_err(e)?;
     drop(cluster);
 
-    progress(&o, "writes on 3 nodes with TLS");
+    progress("writes on 3 nodes with TLS");
     rows.extend(tls_writes(&o).await?);
 
-    progress(
-        &o,
-        &format!("memory, join and heal with {} entries", o.entries),
-    );
+    progress(&format!("memory, join and heal with {} entries", o.entries));
     rows.extend(join_heal_memory(o.entries).await?);
     if o.entries != LBM_KV_HEAL_KEYS {
         // The lbm_kv reference for heals was measured with 120,000 keys.
-        progress(&o, "heal with 120000 entries");
+        progress("heal with 120000 entries");
         let heal = join_heal_memory(LBM_KV_HEAL_KEYS).await?;
         rows.extend(heal.into_iter().filter(|r| r.id == "heal"));
     }
-    if !o.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprint!("\r{:60}\r", "");
     }
     report(&o, &rows);
     Ok(())
 }
 
-fn progress(o: &Options, what: &str) {
+/// Says on stderr which scenario runs (stdout carries only the results).
+fn progress(what: &str) {
     use std::io::IsTerminal;
-    if o.json {
-        return;
-    }
     if std::io::stderr().is_terminal() {
         eprint!("\r{:60}\rbench: {what}...", "");
     } else {
@@ -237,7 +242,7 @@ impl Drop for ProcessCluster {
     }
 }
 
-async fn local_gets(o: &Options) -> Result<Vec<Row>, String> {
+async fn local_gets(o: &Sizes) -> Result<Vec<Row>, String> {
     let node = start_node("bench-get", vec![]).await?;
     let t = node.create_table("get").await.map_err(e)?;
     let n = 10_000;
@@ -337,7 +342,7 @@ async fn drive(t: &Table, op: Op, clients: usize, ops: usize) -> Result<Latencie
 
 /// Replicated puts on 3 nodes with mutual TLS, as the rows of
 /// `write_scenarios` without it (ids `write_tls`).
-async fn tls_writes(o: &Options) -> Result<Vec<Row>, String> {
+async fn tls_writes(o: &Sizes) -> Result<Vec<Row>, String> {
     let dir = std::env::temp_dir().join(format!("lbmkv-bench-certs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     crate::certs::write_quiet(&dir, &["bench-a", "bench-b", "bench-z"])?;
@@ -383,7 +388,7 @@ async fn tls_writes(o: &Options) -> Result<Vec<Row>, String> {
     result
 }
 
-async fn write_scenarios(o: &Options, t: &Table, nodes: &'static str) -> Result<Vec<Row>, String> {
+async fn write_scenarios(o: &Sizes, t: &Table, nodes: &'static str) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     for (op, op_name) in [(Op::Put, "put"), (Op::Update, "update")] {
         for clients in [1, o.clients] {
@@ -421,7 +426,7 @@ async fn write_scenarios(o: &Options, t: &Table, nodes: &'static str) -> Result<
     Ok(rows)
 }
 
-async fn hot_key(o: &Options, t: &Table) -> Result<Row, String> {
+async fn hot_key(o: &Sizes, t: &Table) -> Result<Row, String> {
     let clients = 8;
     let per_client = (o.ops / 4 / clients).max(10);
     t.delete(b"hot").await.map_err(e)?;
@@ -627,7 +632,7 @@ fn bytes_si(b: u64) -> String {
     }
 }
 
-fn report(o: &Options, rows: &[Row]) {
+fn report(o: &Sizes, rows: &[Row]) {
     if o.json {
         let results: Vec<Value> = rows
             .iter()

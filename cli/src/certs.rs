@@ -10,109 +10,62 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-const HELP: &str = "usage: lbmkv certs --out DIR --names N1,N2,... [--days D] [--expired]
-
-Writes a cluster CA (DIR/ca.pem, DIR/ca.key) and, for each node name, a
-certificate whose DNS name is that name, signed by the CA (DIR/N.pem) with its
-private key (DIR/N.key). Keys are written with mode 0600. When DIR already holds
-ca.pem and ca.key written by this command, that CA signs the new certificates,
-so nodes can be added later.
-
-options:
-  --out DIR      where the files go (created when missing)
-  --names LIST   node names, comma-separated; each must be a DNS name
-                 (letters, digits, '-', '.')
-  --days D       validity of the node certificates in days (default 825;
-                 the CA's is 10 years)
-  --expired      write node certificates that expired yesterday (for tests)
+/// What `lbmkv certs --help` adds after the options.
+pub(crate) const AFTER_HELP: &str =
+    "Writes DIR/ca.pem and DIR/ca.key (a CA already in DIR, written by this
+command, signs the new certificates), and for each name N: DIR/N.pem (DNS name
+N) and DIR/N.key (mode 0600).
 
 Start each node with: lbmkv node --name N --tls-cert DIR/N.pem --tls-key DIR/N.key
---tls-ca DIR/ca.pem";
+--tls-ca DIR/ca.pem
+
+exit codes:
+  0  success (also: --help, --version)
+  1  the files could not be written
+  2  usage error: unknown option, bad or missing value";
 
 /// The subject of the CA this command writes; a CA is reused by rebuilding
 /// its issuer from it and its key.
 const CA_NAME: &str = "lbmkv cluster CA";
 
-#[derive(Debug, Default, PartialEq)]
-struct Options {
+/// Options of `lbmkv certs`.
+#[derive(Debug, Default, PartialEq, clap::Args)]
+pub struct Options {
+    /// Where the files go (created when missing)
+    #[arg(long, value_name = "DIR", required = true)]
     out: Option<PathBuf>,
-    names: Vec<String>,
+    /// Node names, comma-separated; each must be a DNS name (it is the
+    /// certificate's DNS name and the node's name)
+    #[arg(long, value_name = "LIST", required = true, value_parser = names)]
+    names: Names,
+    /// Validity of the node certificates in days [default: 825]
+    #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..))]
     days: Option<u32>,
+    /// Write node certificates that expired yesterday (for tests)
+    #[arg(long, conflicts_with = "days")]
     expired: bool,
 }
 
-impl Options {
-    /// Parses the arguments after `certs`; `Ok(None)` means help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Options>, String> {
-        let mut o = Options::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = || match &inline {
-                Some(v) => Ok(v.clone()),
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("{flag} needs a value")),
-            };
-            match flag {
-                "-h" | "--help" => return Ok(None),
-                "--out" => o.out = Some(PathBuf::from(value()?)),
-                "--names" => {
-                    for n in value()?.split(',') {
-                        let n = n.trim();
-                        if !n.is_empty() {
-                            o.names.push(n.to_string());
-                        }
-                    }
-                }
-                "--days" => {
-                    let v = value()?;
-                    let d = v
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|d| *d > 0)
-                        .ok_or_else(|| format!("--days needs a positive number, got {v:?}"))?;
-                    o.days = Some(d);
-                }
-                "--expired" => {
-                    if inline.is_some() {
-                        return Err("--expired takes no value".into());
-                    }
-                    o.expired = true;
-                }
-                other => return Err(format!("unknown option {other:?}")),
-            }
-        }
-        if o.out.is_none() {
-            return Err("--out DIR is required".into());
-        }
-        if o.names.is_empty() {
-            return Err("--names needs at least one node name".into());
-        }
-        if o.expired && o.days.is_some() {
-            return Err("--expired and --days exclude each other".into());
-        }
-        Ok(Some(o))
+/// Node names.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Names(Vec<String>);
+
+/// A comma-separated list of names, blanks around each trimmed.
+fn names(v: &str) -> Result<Names, String> {
+    let list: Vec<String> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        return Err("needs at least one node name".into());
     }
+    Ok(Names(list))
 }
 
 /// Entry point of `lbmkv certs`.
-pub fn main(args: &[String]) -> ExitCode {
-    let options = match Options::parse(args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("lbmkv certs: {msg}\n\n{HELP}");
-            return ExitCode::from(2);
-        }
-    };
+pub fn main(options: Options) -> ExitCode {
     match write_all(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
@@ -128,7 +81,7 @@ pub fn write_quiet(dir: &Path, names: &[&str]) -> Result<(), String> {
     write_files(
         &Options {
             out: Some(dir.to_path_buf()),
-            names: names.iter().map(|n| n.to_string()).collect(),
+            names: Names(names.iter().map(|n| n.to_string()).collect()),
             ..Options::default()
         },
         false,
@@ -144,7 +97,7 @@ fn write_files(o: &Options, verbose: bool) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let issuer = ca(dir, verbose)?;
     let today = days_since_epoch();
-    for name in &o.names {
+    for name in &o.names.0 {
         let key = KeyPair::generate().map_err(|e| format!("cannot make a key: {e}"))?;
         let mut params = CertificateParams::new(vec![name.clone()])
             .map_err(|e| format!("node name {name:?} cannot be a DNS name: {e}"))?;
@@ -290,21 +243,23 @@ fn ymd(days: u64) -> (i32, u8, u8) {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn parse(list: &[&str]) -> Result<Options, clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let cmd = Options::augment_args(clap::Command::new("certs"));
+        let m = cmd.try_get_matches_from(std::iter::once("certs").chain(list.iter().copied()))?;
+        Options::from_arg_matches(&m)
     }
 
     #[test]
     fn options_need_a_directory_and_names() {
-        let o = Options::parse(&args(&["--out", "d", "--names=a,b, c"]))
-            .unwrap()
-            .unwrap();
-        assert_eq!(o.names, vec!["a", "b", "c"]);
-        assert!(Options::parse(&args(&["--names", "a"])).is_err());
-        assert!(Options::parse(&args(&["--out", "d"])).is_err());
-        assert!(Options::parse(&args(&["--out", "d", "--names", "a", "--days", "0"])).is_err());
-        assert!(Options::parse(&args(&["--bogus"])).is_err());
-        assert!(Options::parse(&args(&["--help"])).unwrap().is_none());
+        let o = parse(&["--out", "d", "--names=a,b, c"]).unwrap();
+        assert_eq!(o.names.0, vec!["a", "b", "c"]);
+        assert!(parse(&["--names", "a"]).is_err());
+        assert!(parse(&["--out", "d"]).is_err());
+        assert!(parse(&["--out", "d", "--names", " , "]).is_err());
+        assert!(parse(&["--out", "d", "--names", "a", "--days", "0"]).is_err());
+        assert!(parse(&["--out", "d", "--names", "a", "--days", "3", "--expired"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
     }
 
     #[test]
@@ -321,12 +276,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let mut o = Options {
             out: Some(dir.clone()),
-            names: vec!["na".into()],
+            names: Names(vec!["na".into()]),
             ..Options::default()
         };
         write_all(&o).unwrap();
         let ca = std::fs::read(dir.join("ca.pem")).unwrap();
-        o.names = vec!["nb".into()];
+        o.names = Names(vec!["nb".into()]);
         write_all(&o).unwrap();
         assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca);
         for f in ["ca.key", "na.key", "nb.key"] {

@@ -8,96 +8,97 @@ mod bench;
 mod certs;
 mod demo;
 mod escape;
+mod metrics;
 mod node;
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::{Parser, Subcommand};
 use lbmkv::{LogLevel, LogRecord};
 
-const USAGE: &str = "usage: lbmkv <command> [options]
+/// The exit codes, shown by every `--help`.
+pub(crate) const EXIT_CODES: &str = "exit codes:
+  0  success (also: --help, --version, and `lbmkv node` ended by quit, the end
+     of stdin, SIGTERM or SIGINT)
+  1  failure at run time: the node could not start or reach --min-members, the
+     metrics address could not be bound, the demo or bench failed, the
+     certificates could not be written
+  2  usage error: unknown option, bad or missing value";
 
-commands:
-  node    run a node and drive it with one command per line on stdin
-          (lbmkv node --help for its options)
-  demo    a 3-node cluster through a netsplit and its heal, narrated
-  bench   the benchmark scenarios
-  certs   a cluster CA and node certificates for mutual TLS
-          (lbmkv certs --help for its options)
-  help    this text
-  version the version of lbmkv
+/// lbmkv: an embedded, replicated, partition-tolerant in-memory key-value store.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbmkv",
+    version = lbmkv::VERSION,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// Logs on stderr up to L: off, error, warn, info, debug, trace
+    #[arg(
+        long,
+        global = true,
+        value_name = "L",
+        env = "LBMKV_LOG",
+        default_value = "warn",
+        value_parser = parse_level
+    )]
+    log_level: LogLevel,
 
-options of node, demo and bench:
-  --log-level L  logs on stderr up to L: off, error, warn, info, debug,
-                 trace (default $LBMKV_LOG, else warn)";
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node and drive it with one command per line on stdin
+    #[command(after_help = node::AFTER_HELP)]
+    Node(Box<node::Options>),
+    /// A 3-node cluster through a netsplit and its heal, narrated
+    #[command(after_help = EXIT_CODES)]
+    Demo,
+    /// The benchmark scenarios (progress on stderr, results on stdout)
+    #[command(after_help = EXIT_CODES)]
+    Bench(bench::Options),
+    /// A cluster CA and node certificates for mutual TLS
+    #[command(after_help = certs::AFTER_HELP)]
+    Certs(certs::Options),
+    /// Print the version of lbmkv
+    Version,
+}
+
+/// A log level; an empty one (an empty `$LBMKV_LOG`) is the default, warn.
+fn parse_level(s: &str) -> Result<LogLevel, String> {
+    if s.trim().is_empty() {
+        return Ok(LogLevel::Warn);
+    }
+    LogLevel::parse(s).map_err(|e| e.message().to_string())
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (command, rest) = match args.split_first() {
-        Some((c, rest)) => (c.as_str(), rest),
-        None => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0, usage errors to stderr with 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    let (level, rest) = match log_level(rest) {
-        Ok(found) => found,
-        Err(msg) => {
-            eprintln!("lbmkv: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    let rest = &rest[..];
-    init_logging(level);
-    // One arm per subcommand; each gets the arguments after its name.
-    match command {
-        "node" => node::main(rest),
-        "demo" => run_async("demo", demo::run()),
-        "bench" => run_async("bench", bench::run(rest)),
-        "certs" => certs::main(rest),
-        "help" | "-h" | "--help" => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        "version" | "-V" | "--version" => {
+    init_logging(cli.log_level);
+    // One arm per subcommand.
+    match cli.command {
+        Command::Node(o) => node::main(*o),
+        Command::Demo => run_async("demo", demo::run()),
+        Command::Bench(o) => run_async("bench", bench::run(o)),
+        Command::Certs(o) => certs::main(o),
+        Command::Version => {
             println!("lbmkv {}", lbmkv::VERSION);
             ExitCode::SUCCESS
         }
-        other => {
-            eprintln!("lbmkv: unknown command {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
     }
-}
-
-/// The log level (`--log-level L` anywhere after the command, else
-/// `$LBMKV_LOG`, else warn) and the other arguments.
-fn log_level(args: &[String]) -> Result<(LogLevel, Vec<String>), String> {
-    let mut level = None;
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let value = if arg == "--log-level" {
-            it.next().ok_or("--log-level needs a value")?.clone()
-        } else if let Some(v) = arg.strip_prefix("--log-level=") {
-            v.to_string()
-        } else {
-            rest.push(arg.clone());
-            continue;
-        };
-        level = Some(LogLevel::parse(&value).map_err(|e| e.message().to_string())?);
-    }
-    let level = match level {
-        Some(l) => l,
-        None => match std::env::var("LBMKV_LOG") {
-            Ok(v) if !v.trim().is_empty() => {
-                LogLevel::parse(&v).map_err(|e| format!("$LBMKV_LOG: {}", e.message()))?
-            }
-            _ => LogLevel::Warn,
-        },
-    };
-    Ok((level, rest))
 }
 
 /// Logs go to stderr, one line each (stdout carries the node protocol).
@@ -169,20 +170,36 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn parse(list: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lbmkv").chain(list.iter().copied()))
     }
 
     #[test]
-    fn the_log_level_option_is_taken_out_of_the_arguments() {
-        let (level, rest) = log_level(&args(&["--seed", "a:1", "--log-level", "debug"])).unwrap();
-        assert_eq!(level, LogLevel::Debug);
-        assert_eq!(rest, args(&["--seed", "a:1"]));
-        let (level, rest) = log_level(&args(&["--log-level=off", "--json"])).unwrap();
-        assert_eq!(level, LogLevel::Off);
-        assert_eq!(rest, args(&["--json"]));
-        assert!(log_level(&args(&["--log-level", "loud"])).is_err());
-        assert!(log_level(&args(&["--log-level"])).is_err());
+    fn the_log_level_option_goes_anywhere_after_the_command() {
+        let cli = parse(&["node", "--seed", "a:1", "--log-level", "debug"]).unwrap();
+        assert_eq!(cli.log_level, LogLevel::Debug);
+        let cli = parse(&["bench", "--log-level=off", "--json"]).unwrap();
+        assert_eq!(cli.log_level, LogLevel::Off);
+        assert!(parse(&["node", "--log-level", "loud"]).is_err());
+        assert!(parse(&["node", "--log-level"]).is_err());
+    }
+
+    #[test]
+    fn help_and_version_are_answered_by_every_subcommand() {
+        for sub in ["node", "demo", "bench", "certs", "version"] {
+            for flag in ["--help", "--version"] {
+                let e = parse(&[sub, flag]).unwrap_err();
+                assert_eq!(e.exit_code(), 0, "{sub} {flag}");
+            }
+        }
+        assert_eq!(parse(&["node", "--bogus"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["nonsense"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]

@@ -20,44 +20,30 @@ use tokio::sync::mpsc;
 
 use crate::escape;
 
-const HELP: &str = "usage: lbmkv node [options]
+/// What `lbmkv node --help` adds after the options.
+pub(crate) const AFTER_HELP: &str =
+    "Reads one command per line on stdin and writes one reply per command. The
+first line is READY <name> <host:port> (with --metrics-listen, a line
+METRICS <host:port> follows it), or ERR <CODE> <message> when the node cannot
+start.
 
-Runs a node; reads one command per line on stdin, writes one reply per command.
+commands: create T [max] | put T K V | get T K | sget T K | del T K | match T KPAT [VPAT]
+          incr T K | tables | members | info | connect ADDR | disconnect NAME
+          addr | help | quit
 
-options:
-  --name N                 node name (default <hostname>-<pid>)
-  --listen ADDR            host:port to listen on (default 127.0.0.1:0)
-  --advertise ADDR         host:port peers are told to reach this node at
-                           (default: the listen address; for 0.0.0.0, the
-                           address each peer sees this node come from)
-  --seed ADDR              a node to join; repeatable
-  --min-members N          wait at start until N members (this node included)
-                           are in the view; else print ERR UNAVAILABLE and exit 1
-  --cookie C               cluster secret (default $LBMKV_COOKIE, else ~/.lbmkv.cookie)
-  --tls-cert FILE           this node's certificate chain (PEM); with --tls-key
-                           and --tls-ca, connections to peers use mutual TLS,
-                           and the node name must be a DNS name of the
-                           certificate (default name: its first DNS name)
-  --tls-key FILE           this node's private key (PEM, mode 0600)
-  --tls-ca FILE            the cluster's CA certificate (PEM)
-  --events                 print events as EVENT <json> lines
-  --failure-timeout-ms MS  silence after which a peer is down (default 2000)
-  --heartbeat-ms MS        heartbeat interval (default 250, or a quarter of
-                           the failure timeout when that is shorter)
-  --request-timeout-ms MS  bound of one write, strong read or connect (default 5000)
-  --anti-entropy-ms MS     interval of digest comparisons with peers (default 1000)
-  --max-value-size BYTES   largest value (default 65011712, 62 MiB)
-  --max-frame-size BYTES   largest frame from a peer (default 67108864, 64 MiB);
-                           the largest key and value plus 1.25 MiB must fit
-  --log-level L            logs on stderr up to L: off, error, warn, info,
-                           debug, trace (default $LBMKV_LOG, else warn)
+The cookie is --cookie, else the file of --cookie-file, else $LBMKV_COOKIE, else
+~/.lbmkv.cookie (created when missing). Prefer a file: a command line is
+visible to every user of the host in ps.
 
 SIGTERM and SIGINT make the node leave the cluster (peers see it leave at
 once) and exit 0, as quit does.
 
-commands: create T [max] | put T K V | get T K | sget T K | del T K | match T KPAT [VPAT]
-          incr T K | tables | members | info | connect ADDR | disconnect NAME
-          addr | help | quit";
+exit codes:
+  0  the node ran and ended by quit, the end of stdin, SIGTERM or SIGINT
+     (also: --help, --version)
+  1  the node could not start (the first line is ERR <CODE> <message>),
+     --min-members were not reached, or the metrics address could not be bound
+  2  usage error: unknown option, bad or missing value";
 
 /// The lines of the `help` command.
 const COMMANDS: &[&str] = &[
@@ -81,104 +67,119 @@ const COMMANDS: &[&str] = &[
 /// Longest accepted command line: a value of the default limit plus room for the rest.
 const MAX_LINE: usize = 64 * 1024 * 1024 + 128 * 1024;
 
-/// Options of `lbmkv node`.
-#[derive(Debug, Default)]
-struct Options {
+/// Options of `lbmkv node`. Each has an `LBMKV_*` environment fallback, used
+/// when the option is not given.
+#[derive(Debug, Default, clap::Args)]
+pub struct Options {
+    /// Node name [default: <hostname>-<pid>; with TLS, the certificate's first DNS name]
+    #[arg(long, value_name = "N", env = "LBMKV_NAME")]
     name: Option<String>,
+    /// host:port to listen on [default: 127.0.0.1:0]
+    #[arg(long, value_name = "ADDR", env = "LBMKV_LISTEN")]
     listen: Option<String>,
+    /// host:port peers are told to reach this node at [default: the listen
+    /// address; for 0.0.0.0, the address each peer sees this node come from]
+    #[arg(long, value_name = "ADDR", env = "LBMKV_ADVERTISE")]
     advertise: Option<String>,
+    /// A node to join; repeatable (LBMKV_SEEDS: comma-separated)
+    #[arg(
+        long = "seed",
+        value_name = "ADDR",
+        env = "LBMKV_SEEDS",
+        value_delimiter = ','
+    )]
     seeds: Vec<String>,
+    /// Wait at start until N members (this node included) are in the view;
+    /// else print ERR UNAVAILABLE and exit 1
+    #[arg(long, value_name = "N", env = "LBMKV_MIN_MEMBERS")]
     min_members: Option<usize>,
+    /// Cluster secret (visible in ps: prefer --cookie-file) [default: $LBMKV_COOKIE, else ~/.lbmkv.cookie]
+    #[arg(long, value_name = "C")]
     cookie: Option<String>,
+    /// File holding the cluster secret (mode 0600; surrounding whitespace is
+    /// trimmed); --cookie wins over it
+    #[arg(long, value_name = "PATH", env = "LBMKV_COOKIE_FILE")]
+    cookie_file: Option<std::path::PathBuf>,
+    /// This node's certificate chain (PEM); with --tls-key and --tls-ca,
+    /// connections to peers use mutual TLS, and the node name must be a DNS
+    /// name of the certificate
+    #[arg(long, value_name = "FILE", env = "LBMKV_TLS_CERT")]
     tls_cert: Option<String>,
+    /// This node's private key (PEM, mode 0600)
+    #[arg(long, value_name = "FILE", env = "LBMKV_TLS_KEY")]
     tls_key: Option<String>,
+    /// The cluster's CA certificate (PEM)
+    #[arg(long, value_name = "FILE", env = "LBMKV_TLS_CA")]
     tls_ca: Option<String>,
+    /// Print events as EVENT <json> lines
+    #[arg(long)]
     events: bool,
+    /// Silence after which a peer is down [default: 2000]
+    #[arg(long, value_name = "MS", env = "LBMKV_FAILURE_TIMEOUT_MS", value_parser = positive_u64)]
     failure_timeout_ms: Option<u64>,
+    /// Heartbeat interval [default: 250, or a quarter of the failure timeout when that is shorter]
+    #[arg(long, value_name = "MS", env = "LBMKV_HEARTBEAT_MS", value_parser = positive_u64)]
     heartbeat_ms: Option<u64>,
+    /// Bound of one write, strong read or connect [default: 5000]
+    #[arg(long, value_name = "MS", env = "LBMKV_REQUEST_TIMEOUT_MS", value_parser = positive_u64)]
     request_timeout_ms: Option<u64>,
+    /// Interval of digest comparisons with peers [default: 1000]
+    #[arg(long, value_name = "MS", env = "LBMKV_ANTI_ENTROPY_MS", value_parser = positive_u64)]
     anti_entropy_ms: Option<u64>,
+    /// Largest value [default: 65011712, 62 MiB]
+    #[arg(long, value_name = "BYTES", env = "LBMKV_MAX_VALUE_SIZE", value_parser = positive_usize)]
     max_value_size: Option<usize>,
+    /// Largest frame from a peer [default: 67108864, 64 MiB]; the largest key
+    /// and value plus 1.25 MiB must fit
+    #[arg(long, value_name = "BYTES", env = "LBMKV_MAX_FRAME_SIZE", value_parser = positive_usize)]
     max_frame_size: Option<usize>,
+    /// Serve the node's metrics (Prometheus text) at http://ADDR/metrics;
+    /// port 0 picks one, which the METRICS line after READY tells
+    #[arg(long, value_name = "ADDR", env = "LBMKV_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+}
+
+fn positive_u64(v: &str) -> Result<u64, String> {
+    v.parse::<u64>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("needs a positive number of milliseconds, got {v:?}"))
+}
+
+fn positive_usize(v: &str) -> Result<usize, String> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("needs a positive number of bytes, got {v:?}"))
 }
 
 impl Options {
-    /// Parses the arguments after `node`; `Ok(None)` means help was asked for.
-    fn parse(args: &[String]) -> Result<Option<Options>, String> {
-        let mut o = Options::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            // Both `--opt value` and `--opt=value`.
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = || -> Result<String, String> {
-                match &inline {
-                    Some(v) => Ok(v.clone()),
-                    None => it
-                        .next()
-                        .cloned()
-                        .ok_or_else(|| format!("{flag} needs a value")),
-                }
-            };
-            let ms = |v: String| -> Result<u64, String> {
-                v.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    format!("{flag} needs a positive number of milliseconds, got {v:?}")
-                })
-            };
-            let bytes = |v: String| -> Result<usize, String> {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("{flag} needs a positive number of bytes, got {v:?}"))
-            };
-            match flag {
-                "-h" | "--help" => return Ok(None),
-                "--name" => o.name = Some(value()?),
-                "--listen" => o.listen = Some(value()?),
-                "--advertise" => o.advertise = Some(value()?),
-                "--seed" => o.seeds.push(value()?),
-                "--min-members" => {
-                    let v = value()?;
-                    let n = v.parse::<usize>().map_err(|_| {
-                        format!("--min-members needs a number of members, got {v:?}")
-                    })?;
-                    o.min_members = Some(n);
-                }
-                "--cookie" => o.cookie = Some(value()?),
-                "--tls-cert" => o.tls_cert = Some(value()?),
-                "--tls-key" => o.tls_key = Some(value()?),
-                "--tls-ca" => o.tls_ca = Some(value()?),
-                "--events" => {
-                    if inline.is_some() {
-                        return Err("--events takes no value".into());
-                    }
-                    o.events = true;
-                }
-                "--failure-timeout-ms" => o.failure_timeout_ms = Some(ms(value()?)?),
-                "--heartbeat-ms" => o.heartbeat_ms = Some(ms(value()?)?),
-                "--request-timeout-ms" => o.request_timeout_ms = Some(ms(value()?)?),
-                "--anti-entropy-ms" => o.anti_entropy_ms = Some(ms(value()?)?),
-                "--max-value-size" => o.max_value_size = Some(bytes(value()?)?),
-                "--max-frame-size" => o.max_frame_size = Some(bytes(value()?)?),
-                other => return Err(format!("unknown option {other:?}")),
-            }
-        }
-        let tls = [&o.tls_cert, &o.tls_key, &o.tls_ca];
+    /// Checks what clap cannot: the TLS files go together.
+    fn check(&self) -> Result<(), String> {
+        let tls = [&self.tls_cert, &self.tls_key, &self.tls_ca];
         if tls.iter().any(|f| f.is_some()) && !tls.iter().all(|f| f.is_some()) {
             return Err("--tls-cert, --tls-key and --tls-ca go together".into());
         }
-        Ok(Some(o))
+        Ok(())
     }
 
-    fn config(&self) -> Config {
+    /// The cookie given by --cookie or read from --cookie-file; `None` leaves
+    /// it to the engine ($LBMKV_COOKIE, else ~/.lbmkv.cookie).
+    fn cookie(&self) -> Result<Option<Vec<u8>>, Error> {
+        match (&self.cookie, &self.cookie_file) {
+            (Some(c), _) => Ok(Some(c.as_bytes().to_vec())),
+            (None, Some(path)) => lbmkv::read_cookie_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn config(&self) -> Result<Config, Error> {
         let mut c = Config {
             name: self.name.clone(),
             seeds: self.seeds.clone(),
             advertise: self.advertise.clone(),
             min_members: self.min_members.unwrap_or(0),
-            cookie: self.cookie.as_ref().map(|c| c.as_bytes().to_vec()),
+            cookie: self.cookie()?,
             tls: match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
                 (Some(cert), Some(key), Some(ca)) => Some(TlsConfig {
                     cert: cert.into(),
@@ -214,23 +215,16 @@ impl Options {
         if let Some(n) = self.max_frame_size {
             c.max_frame_size = n;
         }
-        c
+        Ok(c)
     }
 }
 
 /// Entry point of `lbmkv node`.
-pub fn main(args: &[String]) -> ExitCode {
-    let options = match Options::parse(args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("lbmkv node: {msg}\n\n{HELP}");
-            return ExitCode::from(2);
-        }
-    };
+pub fn main(options: Options) -> ExitCode {
+    if let Err(msg) = options.check() {
+        eprintln!("lbmkv node: {msg} (see lbmkv node --help)");
+        return ExitCode::from(2);
+    }
     let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(msg) => {
@@ -250,11 +244,25 @@ type Out = mpsc::UnboundedSender<String>;
 async fn run(options: Options) -> ExitCode {
     let (out, out_rx) = mpsc::unbounded_channel::<String>();
     let writer = std::thread::spawn(move || write_stdout(out_rx));
-    let code = match Node::start_subscribed(options.config()).await {
-        Ok((node, events)) => {
-            serve(node, options.events.then_some(events), &out).await;
-            ExitCode::SUCCESS
-        }
+    let started = match options.config() {
+        Ok(config) => Node::start_subscribed(config).await,
+        Err(e) => Err(e),
+    };
+    let code = match started {
+        Ok((node, events)) => match crate::metrics::start(&options.metrics_listen, &node).await {
+            Ok(metrics) => {
+                let addr = metrics.as_ref().map(|m| m.addr);
+                serve(node, options.events.then_some(events), &out, addr).await;
+                drop(metrics);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lbmkv node: {}", e.message());
+                let _ = out.send(error_line(&e));
+                let _ = node.close().await;
+                ExitCode::from(1)
+            }
+        },
         Err(e) => {
             eprintln!("lbmkv node: cannot start: {e}");
             let _ = out.send(error_line(&e));
@@ -306,9 +314,17 @@ async fn unless<T>(stop: &mut StopSignal, fut: impl Future<Output = T>) -> Resul
 
 /// Serves stdin; `events` (subscribed before the node reached its seeds) are
 /// printed after READY, from the start on. SIGTERM or SIGINT end it as `quit` does.
-async fn serve(node: Node, events: Option<lbmkv::Events>, out: &Out) {
+async fn serve(
+    node: Node,
+    events: Option<lbmkv::Events>,
+    out: &Out,
+    metrics: Option<std::net::SocketAddr>,
+) {
     let mut stop = stop_signal();
     let _ = out.send(format!("READY {} {}\n", node.name(), node.address()));
+    if let Some(addr) = metrics {
+        let _ = out.send(format!("METRICS {addr}\n"));
+    }
     let event_task = events.map(|mut events| {
         let out = out.clone();
         tokio::spawn(async move {
@@ -835,9 +851,16 @@ mod tests {
         });
     }
 
+    fn parse(list: &[&str]) -> Result<Options, clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let cmd = Options::augment_args(clap::Command::new("node"));
+        let m = cmd.try_get_matches_from(std::iter::once("node").chain(list.iter().copied()))?;
+        Options::from_arg_matches(&m)
+    }
+
     #[test]
     fn options_parse_both_forms_and_reject_unknown_ones() {
-        let args: Vec<String> = [
+        let o = parse(&[
             "--name",
             "a",
             "--seed=127.0.0.1:1",
@@ -846,20 +869,41 @@ mod tests {
             "--events",
             "--failure-timeout-ms",
             "400",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let o = Options::parse(&args).unwrap().unwrap();
+        ])
+        .unwrap();
         assert_eq!(o.name.as_deref(), Some("a"));
         assert_eq!(o.seeds, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert!(o.events);
-        let c = o.config();
+        let c = o.config().unwrap();
         assert_eq!(c.failure_timeout, Duration::from_millis(400));
         assert_eq!(c.heartbeat_interval, Duration::from_millis(100));
         c.validate().unwrap();
-        assert!(Options::parse(&["--bogus".to_string()]).is_err());
-        assert!(Options::parse(&["--failure-timeout-ms".to_string(), "x".into()]).is_err());
-        assert!(Options::parse(&["--help".to_string()]).unwrap().is_none());
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--failure-timeout-ms", "x"]).is_err());
+        assert!(parse(&["--failure-timeout-ms", "0"]).is_err());
+        assert!(parse(&["--events=yes"]).is_err());
+        let both = parse(&["--cookie", "a", "--cookie-file", "/nonexistent"]).unwrap();
+        assert_eq!(both.config().unwrap().cookie.as_deref(), Some(&b"a"[..]));
+        let half_tls = parse(&["--tls-cert", "c.pem"]).unwrap();
+        assert!(half_tls.check().is_err());
+    }
+
+    #[test]
+    fn the_cookie_file_is_read_trimmed_and_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lbmkv-cookie-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cookie");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = file.to_str().unwrap();
+        let o = parse(&["--cookie-file", path]).unwrap();
+        assert_eq!(o.config().unwrap().cookie.as_deref(), Some(&b"s3cret"[..]));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = o.config().unwrap_err();
+        assert!(e.message().contains("chmod 600"), "{e}");
+        let missing = parse(&["--cookie-file", "/nonexistent/lbmkv.cookie"]).unwrap();
+        assert!(missing.config().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -57,6 +57,18 @@ fn cookie_file(path: &std::path::Path, random: [u8; 32]) -> Result<Vec<u8>> {
     }
 }
 
+/// Reads a cookie from the file at `path` with the rules of `~/.lbmkv.cookie`:
+/// surrounding whitespace is trimmed, an empty file is refused, and so is a
+/// file that group or others may access (mode 0600 expected). For a cookie
+/// kept out of command lines and environments (`lbmkv node --cookie-file`).
+pub fn read_cookie_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    read_private(path).map_err(|e| {
+        e.unwrap_or_else(|| {
+            Error::invalid(format!("cookie file {} does not exist", path.display()))
+        })
+    })
+}
+
 /// The cookie in `path`; `Err(None)` when the file does not exist. A file
 /// that group or others may access is refused, as Erlang refuses such an
 /// `.erlang.cookie`: whoever reads the cookie can join the cluster.

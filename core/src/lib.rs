@@ -51,7 +51,7 @@ pub mod vclock;
 #[doc(hidden)]
 pub mod wire;
 
-pub use auth::{COOKIE_ENV, COOKIE_FILE};
+pub use auth::{read_cookie_file, COOKIE_ENV, COOKIE_FILE};
 pub use config::{
     name_from_bytes, validate_address, validate_cookie, validate_name, validate_positive, Config,
     TlsConfig, ENTRY_OVERHEAD, FRAME_ENVELOPE,
