@@ -580,6 +580,57 @@ lbmkv_status lbmkv_config_set_handler_timeout_ms(lbmkv_config *config,
                                                  lbmkv_error **err_out);
 
 /**
+ * Sets the interval of anti-entropy rounds: connected peers compare table
+ * digests and merge what differs (default 1000 ms).
+ */
+lbmkv_status lbmkv_config_set_anti_entropy_interval_ms(lbmkv_config *config,
+                                                       uint64_t ms,
+                                                       lbmkv_error **err_out);
+
+/**
+ * Sets how long tombstones are kept for merges before they are purged
+ * (default 24 hours). A node cut off for longer may bring deleted keys back.
+ */
+lbmkv_status lbmkv_config_set_tombstone_retention_ms(lbmkv_config *config,
+                                                     uint64_t ms,
+                                                     lbmkv_error **err_out);
+
+/**
+ * Sets the bound of each table's conflict log (default 1000 entries; 0
+ * keeps none).
+ */
+lbmkv_status lbmkv_config_set_conflict_log_limit(lbmkv_config *config,
+                                                 size_t n,
+                                                 lbmkv_error **err_out);
+
+/**
+ * Sets the largest accepted key, in bytes (default 65536). The largest key
+ * and value plus 1.25 MiB must fit the largest frame (checked when the node
+ * starts).
+ */
+lbmkv_status lbmkv_config_set_max_key_size(lbmkv_config *config,
+                                           size_t bytes,
+                                           lbmkv_error **err_out);
+
+/**
+ * Sets the largest accepted value, in bytes (default 62 MiB). The largest
+ * key and value plus 1.25 MiB must fit the largest frame (checked when the
+ * node starts).
+ */
+lbmkv_status lbmkv_config_set_max_value_size(lbmkv_config *config,
+                                             size_t bytes,
+                                             lbmkv_error **err_out);
+
+/**
+ * Sets the largest frame accepted from a peer, in bytes (default 64 MiB, at
+ * least 64 KiB, below 4 GiB; checked when the node starts). It also bounds
+ * the bytes of writes in flight.
+ */
+lbmkv_status lbmkv_config_set_max_frame_size(lbmkv_config *config,
+                                             size_t bytes,
+                                             lbmkv_error **err_out);
+
+/**
  * The status of `error` (`LBMKV_STATUS_INVALID_ARGUMENT` for NULL).
  */
 lbmkv_status lbmkv_error_status(const lbmkv_error *error);
@@ -695,13 +746,23 @@ lbmkv_status lbmkv_node_tables(const lbmkv_node *node,
                                lbmkv_error **err_out);
 
 /**
- * A description of the node as JSON: `name`, `actor`, `address`,
- * `members`, `tables` (each with `name`, `entries`, `bytes`, `tombstones`,
- * `conflicts`, `digest`) and traffic counters. Free with `lbmkv_bytes_free`.
+ * A description of the node as JSON: `version`, `uptime_ms`, `name`,
+ * `actor`, `address`, `members`, `sequencer`, `peers` (each with `name`,
+ * `address`, `connected_ms`, `send_queue_bytes`), `tables` (each with `name`,
+ * `entries`, `bytes`, `tombstones`, `conflicts`, `digest`, `sequencer`) and
+ * traffic counters. Free with `lbmkv_bytes_free`.
  */
 lbmkv_status lbmkv_node_info_json(const lbmkv_node *node,
                                   lbmkv_bytes *json_out,
                                   lbmkv_error **err_out);
+
+/**
+ * The node's metrics in the Prometheus text exposition format (version
+ * 0.0.4), UTF-8, ready to serve at `/metrics`. Free with `lbmkv_bytes_free`.
+ */
+lbmkv_status lbmkv_node_metrics(const lbmkv_node *node,
+                                lbmkv_bytes *text_out,
+                                lbmkv_error **err_out);
 
 /**
  * Waits at most `timeout_ms` for the node's next event. Stores it in

@@ -1,9 +1,13 @@
 # C ABI (ffi/): liblbmkv.so and liblbmkv.a, include/lbmkv.h, lbmkv.pc.
 #   make header              regenerate include/lbmkv.h with cbindgen
-#   make install PREFIX=...  install the library (.so, .a), header and lbmkv.pc
+#   make install PREFIX=...  install the library, header and lbmkv.pc:
+#                            lib/liblbmkv.so.X.Y.Z (soname liblbmkv.so.X),
+#                            links liblbmkv.so.X and liblbmkv.so to it,
+#                            lib/liblbmkv.a, include/lbmkv.h, lib/pkgconfig/lbmkv.pc
 #   make test-c              header check, then the C tests against an install in
-#                            a temporary prefix: shared, static, valgrind, ASan;
-#                            and the C sequencer example
+#                            a temporary prefix: install layout and soname
+#                            (readelf), pkg-config --static, shared, static,
+#                            valgrind, ASan; and the C sequencer example
 #   make bench-c             cost of a local lbmkv_table_get from C
 
 C_CBINDGEN_VERSION := 0.29.4
@@ -15,6 +19,8 @@ C_BUILD := $(CURDIR)/build/c
 C_PREFIX := $(C_BUILD)/prefix
 C_BIN := $(C_BUILD)/bin
 C_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(CURDIR)/Cargo.toml | head -n 1)
+C_MAJOR := $(firstword $(subst ., ,$(C_VERSION)))
+C_SONAME := liblbmkv.so.$(C_MAJOR)
 C_PKG := PKG_CONFIG_PATH=$(C_PREFIX)/lib/pkgconfig pkg-config
 C_WARN := -std=c99 -Wall -Wextra -Werror -pedantic
 C_VALGRIND := valgrind -q --leak-check=full \
@@ -23,7 +29,7 @@ C_VALGRIND := valgrind -q --leak-check=full \
 
 SURFACE_TESTS += test-c
 SURFACE_BENCHES += bench-c
-.PHONY: c-tools c-lib c-programs header check-header test-c bench-c
+.PHONY: c-tools c-lib c-programs header check-header check-install test-c bench-c
 
 # cbindgen (pinned), compilers, valgrind and pkg-config, when missing.
 c-tools:
@@ -47,7 +53,9 @@ check-header: c-tools
 
 install: c-lib
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include
-	install -m 0755 $(C_RELEASE)/liblbmkv.so $(DESTDIR)$(PREFIX)/lib/liblbmkv.so
+	install -m 0755 $(C_RELEASE)/liblbmkv.so $(DESTDIR)$(PREFIX)/lib/liblbmkv.so.$(C_VERSION)
+	ln -sfn liblbmkv.so.$(C_VERSION) $(DESTDIR)$(PREFIX)/lib/$(C_SONAME)
+	ln -sfn $(C_SONAME) $(DESTDIR)$(PREFIX)/lib/liblbmkv.so
 	install -m 0644 $(C_RELEASE)/liblbmkv.a $(DESTDIR)$(PREFIX)/lib/liblbmkv.a
 	install -m 0644 include/lbmkv.h $(DESTDIR)$(PREFIX)/include/lbmkv.h
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(C_VERSION)|g' lbmkv.pc.in \
@@ -79,7 +87,30 @@ c-programs: c-tools
 	  $$($(C_PKG) --libs lbmkv) -Wl,-rpath,$$($(C_PKG) --variable=libdir lbmkv) \
 	  -o $(C_BIN)/bench_get
 
-test-c: check-header c-programs
+# The installed files, the soname of the library, what the programs linked
+# to it load, and the static link line of pkg-config.
+check-install: c-programs
+	@set -e; lib=$(C_PREFIX)/lib; \
+	test -f $$lib/liblbmkv.so.$(C_VERSION) -a ! -L $$lib/liblbmkv.so.$(C_VERSION); \
+	test "$$(readlink $$lib/$(C_SONAME))" = liblbmkv.so.$(C_VERSION); \
+	test "$$(readlink $$lib/liblbmkv.so)" = $(C_SONAME); \
+	test -f $$lib/liblbmkv.a -a -f $(C_PREFIX)/include/lbmkv.h -a -f $$lib/pkgconfig/lbmkv.pc; \
+	readelf -d $$lib/liblbmkv.so.$(C_VERSION) | grep -q 'Library soname: \[$(C_SONAME)\]' || \
+	  { echo 'liblbmkv.so has no soname $(C_SONAME)' >&2; readelf -d $$lib/liblbmkv.so.$(C_VERSION) >&2; exit 1; }; \
+	readelf -d $(C_BIN)/test_shared | grep -q 'Shared library: \[$(C_SONAME)\]' || \
+	  { echo 'test_shared does not need $(C_SONAME)' >&2; exit 1; }; \
+	static=$$($(C_PKG) --static --libs lbmkv); \
+	for l in -lpthread -ldl -lm -lrt -lutil -lgcc_s; do \
+	  case " $$static " in *" $$l "*) ;; *) echo "pkg-config --static lacks $$l: $$static" >&2; exit 1;; esac; done; \
+	gcc $(C_WARN) $$($(C_PKG) --cflags lbmkv) tests/c/header_smoke.c \
+	  $$($(C_PKG) --static --libs-only-L lbmkv) -Wl,-Bstatic -llbmkv -Wl,-Bdynamic \
+	  $$($(C_PKG) --static --libs-only-l lbmkv | sed 's/-llbmkv//') -o $(C_BIN)/smoke_static; \
+	if readelf -d $(C_BIN)/smoke_static | grep -q 'liblbmkv'; then \
+	  echo 'smoke_static, linked with pkg-config --static, loads liblbmkv.so' >&2; exit 1; fi; \
+	$(C_BIN)/smoke_static >/dev/null; \
+	echo "install layout, soname $(C_SONAME) and pkg-config --static: ok"
+
+test-c: check-header c-programs check-install
 	$(CARGO) test -q -p lbmkv-ffi
 	rm -rf $(C_BUILD)/certs
 	$(CARGO) run -q -p lbmkv-cli -- certs --out $(C_BUILD)/certs --names c-tls-a,c-tls-b

@@ -90,6 +90,11 @@ impl Node {
         self.inner.info()
     }
 
+    /// See [`crate::Node::metrics`].
+    pub fn metrics(&self) -> Result<String> {
+        self.inner.metrics()
+    }
+
     /// See [`crate::Node::connect`].
     pub fn connect(&self, addr: &str) -> Result<()> {
         block_on(self.inner.connect(addr))?

@@ -231,3 +231,107 @@ pub extern "C" fn lbmkv_config_set_handler_timeout_ms(
         set_ms(config, ms, "handler timeout", |c, d| c.handler_timeout = d)
     })
 }
+
+/// Sets the interval of anti-entropy rounds: connected peers compare table
+/// digests and merge what differs (default 1000 ms).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_anti_entropy_interval_ms(
+    config: *mut lbmkv_config,
+    ms: u64,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_ms(config, ms, "anti-entropy interval", |c, d| {
+            c.anti_entropy_interval = d
+        })
+    })
+}
+
+/// Sets how long tombstones are kept for merges before they are purged
+/// (default 24 hours). A node cut off for longer may bring deleted keys back.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_tombstone_retention_ms(
+    config: *mut lbmkv_config,
+    ms: u64,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_ms(config, ms, "tombstone retention", |c, d| {
+            c.tombstone_retention = d
+        })
+    })
+}
+
+/// Sets the bound of each table's conflict log (default 1000 entries; 0
+/// keeps none).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_conflict_log_limit(
+    config: *mut lbmkv_config,
+    n: usize,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let config = handle::try_mut(config, "config")?;
+        config.conflict_log_limit = n;
+        Ok(())
+    })
+}
+
+fn set_size(
+    config: *mut lbmkv_config,
+    bytes: usize,
+    what: &str,
+    set: impl FnOnce(&mut Config, usize),
+) -> Result<(), Failure> {
+    let config = handle::try_mut(config, "config")?;
+    if bytes == 0 {
+        return Err(Failure {
+            status: lbmkv_status::InvalidArgument,
+            message: format!("{what} must be positive"),
+        });
+    }
+    set(config, bytes);
+    Ok(())
+}
+
+/// Sets the largest accepted key, in bytes (default 65536). The largest key
+/// and value plus 1.25 MiB must fit the largest frame (checked when the node
+/// starts).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_max_key_size(
+    config: *mut lbmkv_config,
+    bytes: usize,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_size(config, bytes, "max key size", |c, n| c.max_key_size = n)
+    })
+}
+
+/// Sets the largest accepted value, in bytes (default 62 MiB). The largest
+/// key and value plus 1.25 MiB must fit the largest frame (checked when the
+/// node starts).
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_max_value_size(
+    config: *mut lbmkv_config,
+    bytes: usize,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_size(config, bytes, "max value size", |c, n| c.max_value_size = n)
+    })
+}
+
+/// Sets the largest frame accepted from a peer, in bytes (default 64 MiB, at
+/// least 64 KiB, below 4 GiB; checked when the node starts). It also bounds
+/// the bytes of writes in flight.
+#[no_mangle]
+pub extern "C" fn lbmkv_config_set_max_frame_size(
+    config: *mut lbmkv_config,
+    bytes: usize,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        set_size(config, bytes, "max frame size", |c, n| c.max_frame_size = n)
+    })
+}

@@ -145,9 +145,11 @@ pub extern "C" fn lbmkv_node_tables(
     })
 }
 
-/// A description of the node as JSON: `name`, `actor`, `address`,
-/// `members`, `tables` (each with `name`, `entries`, `bytes`, `tombstones`,
-/// `conflicts`, `digest`) and traffic counters. Free with `lbmkv_bytes_free`.
+/// A description of the node as JSON: `version`, `uptime_ms`, `name`,
+/// `actor`, `address`, `members`, `sequencer`, `peers` (each with `name`,
+/// `address`, `connected_ms`, `send_queue_bytes`), `tables` (each with `name`,
+/// `entries`, `bytes`, `tombstones`, `conflicts`, `digest`, `sequencer`) and
+/// traffic counters. Free with `lbmkv_bytes_free`.
 #[no_mangle]
 pub extern "C" fn lbmkv_node_info_json(
     node: *const lbmkv_node,
@@ -162,6 +164,22 @@ pub extern "C" fn lbmkv_node_info_json(
             message: format!("cannot encode the node info: {e}"),
         })?;
         *out = lbmkv_bytes::from_vec(json);
+        Ok(())
+    })
+}
+
+/// The node's metrics in the Prometheus text exposition format (version
+/// 0.0.4), UTF-8, ready to serve at `/metrics`. Free with `lbmkv_bytes_free`.
+#[no_mangle]
+pub extern "C" fn lbmkv_node_metrics(
+    node: *const lbmkv_node,
+    text_out: *mut lbmkv_bytes,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let node = handle::try_ref(node, "node")?;
+        let out = handle::out(text_out, "text_out")?;
+        *out = lbmkv_bytes::from_vec(node.node.metrics()?.into_bytes());
         Ok(())
     })
 }

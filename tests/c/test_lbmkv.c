@@ -250,6 +250,73 @@ static void test_config_setters_check_their_input(void) {
   lbmkv_config_free(NULL);
 }
 
+/* Every setter of the configuration (the options of Python and Node.js
+ * included), each with an effect the node shows or a start it refuses. */
+static void test_every_config_setter_takes_effect(void) {
+  lbmkv_config *cfg = lbmkv_config_new();
+  lbmkv_node *node = NULL;
+  lbmkv_table *t = NULL;
+  lbmkv_bytes prev = {0}, text = {0};
+  bool had = false;
+  char big_key[65], big_value[129];
+  CHECK(cfg != NULL);
+  OK(lbmkv_config_set_name, cfg, "c-every-option");
+  OK(lbmkv_config_set_listen, cfg, "127.0.0.1:0");
+  OK(lbmkv_config_set_advertise, cfg, "127.0.0.1:7000");
+  OK(lbmkv_config_set_min_members, cfg, 0);
+  OK(lbmkv_config_set_cookie, cfg, S("every-option"));
+  OK(lbmkv_config_set_failure_timeout_ms, cfg, 1500);
+  OK(lbmkv_config_set_heartbeat_interval_ms, cfg, 100);
+  OK(lbmkv_config_set_request_timeout_ms, cfg, 3000);
+  OK(lbmkv_config_set_handler_timeout_ms, cfg, 2000);
+  OK(lbmkv_config_set_anti_entropy_interval_ms, cfg, 500);
+  OK(lbmkv_config_set_tombstone_retention_ms, cfg, 60000);
+  OK(lbmkv_config_set_conflict_log_limit, cfg, 10);
+  OK(lbmkv_config_set_conflict_log_limit, cfg, 0);
+  OK(lbmkv_config_set_max_key_size, cfg, 64);
+  OK(lbmkv_config_set_max_value_size, cfg, 128);
+  OK(lbmkv_config_set_max_frame_size, cfg, 2 * 1024 * 1024);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_anti_entropy_interval_ms, cfg, 0);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_tombstone_retention_ms, cfg, 0);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_max_key_size, cfg, 0);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_max_value_size, cfg, 0);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_max_frame_size, cfg, 0);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_conflict_log_limit, NULL, 1);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_config_set_max_key_size, NULL, 1);
+  OK(lbmkv_node_start, cfg, &node);
+  CHECK(node != NULL && strcmp(lbmkv_node_address(node), "127.0.0.1:7000") == 0);
+  OK(lbmkv_table_create, node, "limits", NULL, NULL, NULL, &t);
+  memset(big_key, 'k', sizeof big_key);
+  memset(big_value, 'v', sizeof big_value);
+  /* 64-byte keys and 128-byte values fit; one byte more does not. */
+  OK(lbmkv_table_put, t, ((lbmkv_slice){(const uint8_t *)big_key, 64}),
+     ((lbmkv_slice){(const uint8_t *)big_value, 128}), &prev, &had);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_table_put, t,
+        ((lbmkv_slice){(const uint8_t *)big_key, 65}), S("v"), &prev, &had);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_table_put, t, S("k"),
+        ((lbmkv_slice){(const uint8_t *)big_value, 129}), &prev, &had);
+  /* The metrics: Prometheus text, NUL-terminated, counting the one write. */
+  OK(lbmkv_node_metrics, node, &text);
+  CHECK(text.data != NULL && text.data[text.len] == '\0');
+  CHECK(strstr((const char *)text.data, "# TYPE lbmkv_writes_total counter\n") != NULL);
+  CHECK(strstr((const char *)text.data, "\nlbmkv_writes_total 1\n") != NULL);
+  CHECK(strstr((const char *)text.data, "\nlbmkv_table_entries{table=\"limits\"} 1\n") != NULL);
+  CHECK(strstr((const char *)text.data, "\nlbmkv_members 1\n") != NULL);
+  lbmkv_bytes_free(&text);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_node_metrics, NULL, &text);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_node_metrics, node, NULL);
+  lbmkv_table_free(t);
+  OK(lbmkv_node_close, node);
+  FAILS(LBMKV_STATUS_CLOSED, lbmkv_node_metrics, node, &text);
+  lbmkv_node_free(node);
+  /* A frame size that the key and value limits do not fit is refused at start. */
+  node = NULL;
+  OK(lbmkv_config_set_max_value_size, cfg, 4 * 1024 * 1024);
+  FAILS(LBMKV_STATUS_INVALID_ARGUMENT, lbmkv_node_start, cfg, &node);
+  CHECK(node == NULL);
+  lbmkv_config_free(cfg);
+}
+
 static void test_node_start_rejects_an_unusable_config(void) {
   lbmkv_config *cfg = test_config("c-bad-timeouts");
   lbmkv_node *node = NULL;
@@ -1091,6 +1158,7 @@ static void test_two_tls_nodes_replicate_a_put(void) {
 int main(void) {
   RUN(test_version_and_status_names);
   RUN(test_config_setters_check_their_input);
+  RUN(test_every_config_setter_takes_effect);
   RUN(test_node_start_rejects_an_unusable_config);
   RUN(test_min_members_fails_naming_the_seed);
   RUN(test_advertised_node_is_joined_with_min_members);

@@ -87,11 +87,30 @@ pub struct TableStats {
     pub conflicts: f64,
     /// The table digest: equal digests mean equal replicas.
     pub digest: String,
+    /// The member that orders the table's writes for this node, if any yet.
+    pub sequencer: Option<String>,
+}
+
+/// One connected peer in `NodeInfo`.
+#[napi(object)]
+pub struct PeerStats {
+    /// The peer's name.
+    pub name: String,
+    /// The address the peer listens on, as it announced it.
+    pub address: String,
+    /// Milliseconds since the connection joined this node's view.
+    pub connected_ms: f64,
+    /// Bytes queued for the peer and not yet handed to its socket.
+    pub send_queue_bytes: f64,
 }
 
 /// A node's description, as `node.info()` returns it.
 #[napi(object)]
 pub struct NodeInfo {
+    /// The version of lbmkv the node runs.
+    pub version: String,
+    /// Milliseconds since the node started.
+    pub uptime_ms: f64,
     /// The node's name.
     pub name: String,
     /// The node's actor id (name and incarnation).
@@ -100,7 +119,11 @@ pub struct NodeInfo {
     pub address: String,
     /// Names of the nodes in its view, itself included, sorted.
     pub members: Vec<String>,
-    /// Tables, sorted by name.
+    /// The member whose sequencer this node follows, if any.
+    pub sequencer: Option<String>,
+    /// The peers this node is connected to, sorted by name.
+    pub peers: Vec<PeerStats>,
+    /// Tables, sorted by name, each with its sequencer.
     pub tables: Vec<TableStats>,
     /// Bytes this node wrote to peers.
     pub bytes_sent: f64,
@@ -108,6 +131,10 @@ pub struct NodeInfo {
     pub bytes_received: f64,
     /// Bytes of merge traffic this node wrote.
     pub merge_bytes_sent: f64,
+    /// Bytes queued for peers and not yet handed to their sockets.
+    pub send_queue_bytes: f64,
+    /// Bytes of the write budget held by writes waiting for sequencers.
+    pub write_budget_in_use: f64,
 }
 
 fn millis(field: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
@@ -482,15 +509,28 @@ impl Node {
         self.inner.members().js()
     }
 
-    /// A description of the node and its tables.
+    /// A description of the node, its peers and its tables.
     #[napi]
     pub fn info(&self) -> Result<NodeInfo> {
         let i = self.inner.info().js()?;
         Ok(NodeInfo {
+            version: i.version,
+            uptime_ms: i.uptime_ms as f64,
             name: i.name,
             actor: i.actor,
             address: i.address,
             members: i.members,
+            sequencer: i.sequencer,
+            peers: i
+                .peers
+                .into_iter()
+                .map(|p| PeerStats {
+                    name: p.name,
+                    address: p.address,
+                    connected_ms: p.connected_ms as f64,
+                    send_queue_bytes: p.send_queue_bytes as f64,
+                })
+                .collect(),
             tables: i
                 .tables
                 .into_iter()
@@ -501,12 +541,22 @@ impl Node {
                     tombstones: t.tombstones as f64,
                     conflicts: t.conflicts as f64,
                     digest: t.digest,
+                    sequencer: t.sequencer,
                 })
                 .collect(),
             bytes_sent: i.bytes_sent as f64,
             bytes_received: i.bytes_received as f64,
             merge_bytes_sent: i.merge_bytes_sent as f64,
+            send_queue_bytes: i.send_queue_bytes as f64,
+            write_budget_in_use: i.write_budget_in_use as f64,
         })
+    }
+
+    /// The node's metrics in the Prometheus text exposition format (version
+    /// 0.0.4), ready to serve at `/metrics`.
+    #[napi]
+    pub fn metrics(&self) -> Result<String> {
+        self.inner.metrics().js()
     }
 
     /// Connects to the node at `address` (`host:port`) and waits for the

@@ -566,6 +566,11 @@ impl PyNode {
         })
     }
 
+    /// The node's metrics in the Prometheus text exposition format.
+    fn metrics(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| self.inner.metrics()).py_err(py)
+    }
+
     /// Connects to the node at `addr` and waits for the handshake.
     fn connect(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> PyResult<()> {
         let addr = text(addr, "addr")?;

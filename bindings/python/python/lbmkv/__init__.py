@@ -37,6 +37,7 @@ from ._types import (
     NodeDownEvent,
     NodeInfo,
     NodeUpEvent,
+    PeerInfo,
     TableCreatedEvent,
     TableInfo,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "UpdateFn",
     "update",
     "NodeInfo",
+    "PeerInfo",
     "TableInfo",
     "Event",
     "NodeUpEvent",

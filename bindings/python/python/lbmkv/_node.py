@@ -157,10 +157,16 @@ class Node:
 
     def info(self) -> NodeInfo:
         """The node's description (a dict typed by :class:`lbmkv.NodeInfo`):
-        ``name``, ``actor``, ``address``, ``members``, ``sequencer``, ``tables``
-        (per table ``name``, ``entries``, ``bytes``, ``tombstones``,
-        ``conflicts``, ``digest``) and traffic counters."""
+        ``version``, ``uptime_ms``, ``name``, ``actor``, ``address``,
+        ``members``, ``sequencer``, ``peers``, ``tables`` (per table ``name``,
+        ``entries``, ``bytes``, ``tombstones``, ``conflicts``, ``digest``,
+        ``sequencer``) and traffic counters."""
         return cast(NodeInfo, json.loads(self._n.info_json()))
+
+    def metrics(self) -> str:
+        """The node's metrics in the Prometheus text exposition format
+        (version 0.0.4), ready to serve at ``/metrics``."""
+        return self._n.metrics()
 
     def wait_for_members(self, n: int, timeout: float) -> None:
         """Waits (with the GIL released) until at least ``n`` members, this node

@@ -16,6 +16,7 @@ from typing import List, Literal, Optional, TypedDict, Union
 
 __all__ = [
     "TableInfo",
+    "PeerInfo",
     "NodeInfo",
     "NodeUpEvent",
     "NodeDownEvent",
@@ -41,11 +42,30 @@ class TableInfo(TypedDict):
     conflicts: int
     #: The table's digest: equal digests, equal replicas.
     digest: str
+    #: The member that orders the table's writes for this node, if any yet.
+    sequencer: Optional[str]
+
+
+class PeerInfo(TypedDict):
+    """One connected peer in :class:`NodeInfo`."""
+
+    #: The peer's name.
+    name: str
+    #: The address the peer listens on, as it announced it.
+    address: str
+    #: Milliseconds since the connection joined this node's view.
+    connected_ms: int
+    #: Bytes queued for the peer and not yet handed to its socket.
+    send_queue_bytes: int
 
 
 class NodeInfo(TypedDict):
     """What ``Node.info()`` returns."""
 
+    #: The version of lbmkv the node runs.
+    version: str
+    #: Milliseconds since the node started.
+    uptime_ms: int
     #: The node's name.
     name: str
     #: The node's actor id (name and incarnation).
@@ -56,7 +76,9 @@ class NodeInfo(TypedDict):
     members: List[str]
     #: The member whose sequencer this node follows, if any.
     sequencer: Optional[str]
-    #: Tables, sorted by name.
+    #: The peers this node is connected to, sorted by name.
+    peers: List[PeerInfo]
+    #: Tables, sorted by name, each with its sequencer.
     tables: List[TableInfo]
     #: Bytes written to peers.
     bytes_sent: int

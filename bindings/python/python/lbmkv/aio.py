@@ -272,6 +272,10 @@ class Node:
         """The node's description, as :meth:`lbmkv.Node.info`."""
         return cast(NodeInfo, json.loads(self._n.info_json()))
 
+    def metrics(self) -> str:
+        """The node's metrics (Prometheus text), as :meth:`lbmkv.Node.metrics`."""
+        return self._n.metrics()
+
     async def wait_for_members(self, n: int, timeout: float) -> None:
         """Waits until at least ``n`` members, this node included, are in the
         view (:class:`lbmkv.Unavailable` after ``timeout`` seconds,
