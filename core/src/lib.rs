@@ -17,6 +17,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 // Layers, each using only the ones below it:
 // node -> table -> merge -> replication -> agreement -> cluster -> context
 //      -> replica, sequencer -> resolve -> store, wire, auth, tls -> vclock -> hash

@@ -7,6 +7,7 @@
 //! checks its pointers, converts types, calls the core, maps the error to a
 //! stable status, and catches panics at the boundary.
 
+#![warn(missing_docs)]
 // The exported names are C names (`lbmkv_node_start`, `lbmkv_status`, ...).
 #![allow(non_camel_case_types)]
 // Exported functions take raw pointers from C and are safe to call from Rust's
