@@ -2,8 +2,9 @@
 # built with maturin.
 #   make python-wheel   build the wheel into build/wheels-python and install it
 #                       into the virtual environment build/venv-python
-#   make test-python    the wheel, then mypy.stubtest, the pytest suite and the
-#                       Python sequencer example
+#   make test-python    the wheel (tagged manylinux and confirmed so by
+#                       `auditwheel show`), then mypy.stubtest, the pytest suite
+#                       and the Python sequencer example
 #   make bench-python   local get calls per second from Python
 
 PY_PYTHON ?= python3
@@ -39,6 +40,12 @@ python-wheel: python-venv
 
 # Checks run from build/ so that `import lbmkv` finds the installed wheel only.
 test-python: python-wheel
+	@$(PY_BIN)/python -c 'import auditwheel' 2>/dev/null || $(PY_BIN)/python -m pip install -q "auditwheel>=6"
+	@wheel=$$(ls $(PY_WHEELS)/lbmkv-*.whl); case "$$wheel" in *manylinux_*) ;; \
+	  *) echo "$$wheel is not tagged manylinux" >&2; exit 1;; esac; \
+	$(PY_BIN)/auditwheel show "$$wheel" | tr '\n' ' ' | grep -q 'platform tag: "manylinux_' || \
+	  { $(PY_BIN)/auditwheel show "$$wheel" >&2; echo "auditwheel does not accept $$wheel as manylinux" >&2; exit 1; }; \
+	echo "auditwheel: $$(basename $$wheel) is manylinux"
 	$(CARGO) build -q -p lbmkv-cli
 	cd build && $(PY_TIMEOUT) 120 $(PY_BIN)/python -m mypy.stubtest lbmkv
 	cd build && $(PY_TIMEOUT) 120 $(PY_BIN)/python -m mypy --strict \
