@@ -193,8 +193,13 @@ export declare class Node {
   tables(): Array<string>
   /** Names of the nodes in this node's view, itself included, sorted. */
   members(): Array<string>
-  /** A description of the node and its tables. */
+  /** A description of the node, its peers and its tables. */
   info(): NodeInfo
+  /**
+   * The node's metrics in the Prometheus text exposition format (version
+   * 0.0.4), ready to serve at `/metrics`.
+   */
+  metrics(): string
   /**
    * Connects to the node at `address` (`host:port`) and waits for the
    * handshake; also lifts a `disconnect` of that node.
@@ -282,6 +287,10 @@ export declare class Table {
 
 /** A node's description, as `node.info()` returns it. */
 export interface NodeInfo {
+  /** The version of lbmkv the node runs. */
+  version: string
+  /** Milliseconds since the node started. */
+  uptimeMs: number
   /** The node's name. */
   name: string
   /** The node's actor id (name and incarnation). */
@@ -290,7 +299,11 @@ export interface NodeInfo {
   address: string
   /** Names of the nodes in its view, itself included, sorted. */
   members: Array<string>
-  /** Tables, sorted by name. */
+  /** The member whose sequencer this node follows, if any. */
+  sequencer?: string
+  /** The peers this node is connected to, sorted by name. */
+  peers: Array<PeerStats>
+  /** Tables, sorted by name, each with its sequencer. */
   tables: Array<TableStats>
   /** Bytes this node wrote to peers. */
   bytesSent: number
@@ -298,6 +311,10 @@ export interface NodeInfo {
   bytesReceived: number
   /** Bytes of merge traffic this node wrote. */
   mergeBytesSent: number
+  /** Bytes queued for peers and not yet handed to their sockets. */
+  sendQueueBytes: number
+  /** Bytes of the write budget held by writes waiting for sequencers. */
+  writeBudgetInUse: number
 }
 
 /** How to start a node. Every field is optional; durations are in milliseconds. */
@@ -349,6 +366,18 @@ export interface NodeOptions {
   tls?: TlsOptions
 }
 
+/** One connected peer in `NodeInfo`. */
+export interface PeerStats {
+  /** The peer's name. */
+  name: string
+  /** The address the peer listens on, as it announced it. */
+  address: string
+  /** Milliseconds since the connection joined this node's view. */
+  connectedMs: number
+  /** Bytes queued for the peer and not yet handed to its socket. */
+  sendQueueBytes: number
+}
+
 /**
  * Sends lbmkv's log records up to `level` to `handler(level, target,
  * message)`, called on the JavaScript thread, for every node of the
@@ -370,6 +399,8 @@ export interface TableStats {
   conflicts: number
   /** The table digest: equal digests mean equal replicas. */
   digest: string
+  /** The member that orders the table's writes for this node, if any yet. */
+  sequencer?: string
 }
 
 /** Paths of the PEM files of mutual TLS. */
