@@ -2,12 +2,16 @@
 //! shared runtime. The C, Python and Node.js bindings build on it; user
 //! functions given to `update` run on the calling thread.
 
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::error::Result;
 use crate::runtime::block_on;
-use crate::{Config, ConflictHandler, ConflictRecord, Entries, Event, Events, Info};
+use crate::{Config, ConflictHandler, ConflictRecord, Entries, Event, Events, Info, WatchItem};
 
 /// A node driven by blocking calls.
 #[derive(Clone)]
@@ -187,6 +191,48 @@ impl Table {
         block_on(self.inner.put_many(entries))?
     }
 
+    /// [`crate::Table::put_expiring`], or [`crate::Table::put`] without a ttl.
+    pub fn put_with_ttl(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<Option<Vec<u8>>> {
+        match ttl {
+            Some(ttl) => block_on(self.inner.put_expiring(key, value, ttl))?,
+            None => block_on(self.inner.put(key, value))?,
+        }
+    }
+
+    /// [`crate::Table::put_many_expiring`], or [`crate::Table::put_many`]
+    /// without a ttl.
+    pub fn put_many_with_ttl(&self, entries: Entries, ttl: Option<Duration>) -> Result<Entries> {
+        match ttl {
+            Some(ttl) => block_on(self.inner.put_many_expiring(entries, ttl))?,
+            None => block_on(self.inner.put_many(entries))?,
+        }
+    }
+
+    /// See [`crate::Table::ttl`].
+    pub fn ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
+        self.inner.ttl(key)
+    }
+
+    /// See [`crate::Table::watch_with`]; `buffer` 0 takes the default.
+    pub fn watch(&self, prefix: &[u8], buffer: usize) -> Result<Watch> {
+        let buffer = if buffer == 0 {
+            crate::DEFAULT_WATCH_BUFFER
+        } else {
+            buffer
+        };
+        let inner = self.inner.watch_with(prefix, buffer)?;
+        Ok(Watch {
+            inner: Arc::new(tokio::sync::Mutex::new(inner)),
+            stop: Arc::new(tokio::sync::Notify::new()),
+            stopped: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
     /// See [`crate::Table::get`] (local, never blocks on the network).
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(key)
@@ -226,6 +272,25 @@ impl Table {
             self.inner
                 .update_with(key, |k, v| std::future::ready(f(k, v.as_deref()))),
         )?
+    }
+
+    /// [`Table::update`] whose new value expires after `ttl` (see
+    /// [`crate::Table::update_with_expiring`]); without a ttl, `update`.
+    pub fn update_with_ttl<F>(
+        &self,
+        key: &[u8],
+        ttl: Option<Duration>,
+        mut f: F,
+    ) -> Result<crate::Updated>
+    where
+        F: FnMut(&[u8], Option<&[u8]>) -> Result<Option<Vec<u8>>>,
+    {
+        let Some(ttl) = ttl else {
+            return self.update(key, f);
+        };
+        block_on(self.inner.update_with_expiring(key, ttl, |k, v| {
+            std::future::ready(f(k, v.as_deref()))
+        }))?
     }
 
     /// See [`crate::Table::update_all_with`]; `f` runs on the calling thread.
@@ -268,5 +333,121 @@ impl Table {
     /// See [`crate::Table::conflicts`].
     pub fn conflicts(&self) -> Result<Vec<ConflictRecord>> {
         self.inner.conflicts()
+    }
+}
+
+/// What [`Watch::next`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchNext {
+    /// A change, or a lag.
+    Item(WatchItem),
+    /// Nothing came within the timeout.
+    Timeout,
+    /// The watch ended: closed, or its node closed.
+    Ended,
+}
+
+/// A watch driven by blocking calls, or by futures on any runtime thread
+/// (see [`crate::Watch`]). Cheap to clone; [`Watch::close`] ends it for
+/// every clone, also a call waiting in `next`.
+#[derive(Clone)]
+pub struct Watch {
+    inner: Arc<tokio::sync::Mutex<crate::Watch>>,
+    stop: Arc<tokio::sync::Notify>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    /// The next item, waiting at most `timeout`.
+    pub fn next(&self, timeout: Duration) -> Result<WatchNext> {
+        let me = self.clone();
+        block_on(async move { me.next_async(Some(timeout)).await })
+    }
+
+    /// The next item if one is buffered, without waiting.
+    pub fn try_next(&self) -> WatchNext {
+        if self.stopped.load(Ordering::Acquire) {
+            return WatchNext::Ended;
+        }
+        let Ok(mut w) = self.inner.try_lock() else {
+            return WatchNext::Timeout;
+        };
+        match w.try_next() {
+            crate::TryNext::Item(item) => WatchNext::Item(item),
+            crate::TryNext::Ended => WatchNext::Ended,
+            _ => WatchNext::Timeout,
+        }
+    }
+
+    /// The next item, waiting at most `timeout` (`None`: until one comes or
+    /// the watch ends). Dropping the future takes no item.
+    pub async fn next_async(&self, timeout: Option<Duration>) -> WatchNext {
+        let stopped = pin!(self.stop.notified());
+        let mut stopped = stopped;
+        stopped.as_mut().enable();
+        if self.stopped.load(Ordering::Acquire) {
+            return WatchNext::Ended;
+        }
+        let sleep = timeout.map(tokio::time::sleep);
+        let mut sleep = pin!(sleep);
+        let mut guard = pin!(self.inner.lock());
+        let mut w = std::future::poll_fn(|cx| {
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if let Some(s) = sleep.as_mut().as_pin_mut() {
+                if s.poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+            }
+            guard.as_mut().poll(cx).map(Some)
+        });
+        let Some(mut w) = (&mut w).await else {
+            return self.stopped_or_timeout();
+        };
+        let item = {
+            let mut next = pin!(w.next());
+            std::future::poll_fn(|cx| {
+                if stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(()));
+                }
+                if let Some(s) = sleep.as_mut().as_pin_mut() {
+                    if s.poll(cx).is_ready() {
+                        return Poll::Ready(Err(()));
+                    }
+                }
+                next.as_mut().poll(cx).map(Ok)
+            })
+            .await
+        };
+        match item {
+            Ok(Some(item)) => WatchNext::Item(item),
+            Ok(None) => WatchNext::Ended,
+            Err(()) => self.stopped_or_timeout(),
+        }
+    }
+
+    fn stopped_or_timeout(&self) -> WatchNext {
+        if self.stopped.load(Ordering::Acquire) {
+            WatchNext::Ended
+        } else {
+            WatchNext::Timeout
+        }
+    }
+
+    /// Ends the watch: calls waiting in `next` return [`WatchNext::Ended`],
+    /// and so do later ones.
+    pub fn close(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+        if let Ok(mut w) = self.inner.try_lock() {
+            w.close();
+        }
     }
 }

@@ -43,9 +43,14 @@ impl WriteBudget {
         let entry =
             |k: &[u8], v: Option<&[u8]>| k.len() + v.map_or(0, <[u8]>::len) + ENTRY_OVERHEAD;
         match op {
-            WriteOp::Put(entries) => entries.iter().map(|(k, v)| entry(k, Some(v))).sum(),
-            WriteOp::Delete(keys) => keys.iter().map(|k| entry(k, None)).sum(),
-            WriteOp::CompareAndSet { key, new, .. } => entry(key, new.as_deref()),
+            WriteOp::Put(entries) | WriteOp::PutExpiring { entries, .. } => {
+                entries.iter().map(|(k, v)| entry(k, Some(v))).sum()
+            }
+            WriteOp::Delete(keys) | WriteOp::Expire(keys) => {
+                keys.iter().map(|k| entry(k, None)).sum()
+            }
+            WriteOp::CompareAndSet { key, new, .. }
+            | WriteOp::CompareAndSetExpiring { key, new, .. } => entry(key, new.as_deref()),
             WriteOp::CompareAndSetTable { changes, .. } => {
                 changes.iter().map(|(k, v)| entry(k, v.as_deref())).sum()
             }

@@ -48,6 +48,7 @@ mod sequencer;
 mod store;
 mod table;
 mod tls;
+mod watch;
 #[doc(hidden)]
 pub mod vclock;
 #[doc(hidden)]
@@ -65,6 +66,7 @@ pub use node::{Info, Node, PeerStats};
 pub use replica::{ConflictRecord, TableStats};
 pub use resolve::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
 pub use table::{Entries, Table, Updated};
+pub use watch::{Cause, Change, TryNext, Watch, WatchItem, DEFAULT_WATCH_BUFFER};
 
 /// The version of lbmkv.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -138,6 +138,11 @@ impl NodeInner {
         }
         self.members.close_all();
         self.replication.fail_all();
+        for replica in self.ctx.replicas() {
+            if let Ok(mut store) = replica.write() {
+                store.close_watches();
+            }
+        }
     }
 }
 
@@ -167,9 +172,14 @@ impl Inbound for NodeInner {
             Message::Probe { id } => self.agreement.on_probe(peer, id),
             Message::WriteRequest { id, table, op } => self.on_write_request(peer, id, table, op),
             Message::WriteReply { id, result } => self.replication.on_write_reply(id, result),
-            Message::Apply { id, table, entries } => {
-                self.replication.on_apply(peer, id, &table, entries.0)
-            }
+            Message::Apply {
+                id,
+                table,
+                entries,
+                causes,
+            } => self
+                .replication
+                .on_apply(peer, id, &table, entries.0, &causes),
             Message::ApplyAck { id } => self.replication.on_apply_ack(&peer.actor, id),
             Message::ApplyRefused { id } => {
                 if let Some(job) = self.replication.on_apply_refused(peer, id) {

@@ -20,7 +20,10 @@ use crate::replica::Replica;
 use crate::sequencer::{Reply, Sequencer};
 use crate::store::{Entry, TableStore};
 use crate::vclock::{ActorId, VClock};
-use crate::wire::{Message, Restored, Retracted, WireEntry, WriteOp, WriteOutcome, WriteRefusal};
+use crate::watch::Cause;
+use crate::wire::{
+    Message, Restored, Retracted, WireEntry, WriteCause, WriteOp, WriteOutcome, WriteRefusal,
+};
 
 /// Most writes the sequencer folds into one replication round.
 const MAX_BATCH: usize = 512;
@@ -70,6 +73,7 @@ struct Executed {
     replies: Vec<Answer>,
     changes: Vec<WireEntry>,
     replaced: Vec<Option<Entry>>,
+    causes: Vec<(u32, WriteCause)>,
 }
 
 /// A version the sequencer wrote and what it replaced, kept until the batch
@@ -125,6 +129,7 @@ impl Replication {
             lock(&self.sequencers).insert(name.to_string(), tx);
             self.ctx
                 .spawn(run_sequencer(self.me.clone(), replica.clone(), rx));
+            self.ctx.spawn(run_expiry(self.me.clone(), replica.clone()));
             replica
         });
         if created {
@@ -394,7 +399,14 @@ impl Replication {
     /// A batch from a sequencer: applied in order and acknowledged when it
     /// comes from the sequencer this node follows and descends what this
     /// node holds; refused otherwise.
-    pub fn on_apply(&self, peer: &PeerConn, id: u64, table: &str, entries: Vec<WireEntry>) {
+    pub fn on_apply(
+        &self,
+        peer: &PeerConn,
+        id: u64,
+        table: &str,
+        entries: Vec<WireEntry>,
+        causes: &[(u32, WriteCause)],
+    ) {
         let mut agreement = self.agreement.lock();
         if !agreement.may_apply_from(&peer.actor) {
             drop(agreement);
@@ -404,7 +416,7 @@ impl Replication {
         let cutoff = self.ctx.tombstone_cutoff_ms();
         let applied = self.ensure_table(table).and_then(|replica| {
             let mut store = replica.write()?;
-            Ok(apply_replicated(&mut store, entries, cutoff))
+            Ok(apply_replicated(&mut store, entries, causes, cutoff))
         });
         match applied {
             Ok(true) => {
@@ -515,6 +527,7 @@ impl Replication {
             let previous = v.replaced.map(|r| Entry {
                 value: r.value.map(Vec::into_boxed_slice),
                 clock: r.clock,
+                deadline_ms: r.deadline_ms,
             });
             restored += usize::from(store.take_back(&v.key, &v.written, previous.as_ref()));
         }
@@ -548,6 +561,7 @@ impl Replication {
             replies,
             changes,
             replaced,
+            causes,
         } = match self.execute(replica, batch) {
             Ok(done) => done,
             Err(e) => {
@@ -568,7 +582,7 @@ impl Replication {
             deliver_replies(replies);
             return;
         }
-        self.replicate(replica, &peers, changes, replaced, replies);
+        self.replicate(replica, &peers, changes, replaced, causes, replies);
     }
 
     /// Writes that changed nothing (a delete of an absent key, say) were
@@ -602,6 +616,7 @@ impl Replication {
             max_value: self.ctx.config.max_value_size,
             changes: Vec::new(),
             replaced: Vec::new(),
+            causes: Vec::new(),
         };
         let replies = batch
             .drain(..)
@@ -614,6 +629,7 @@ impl Replication {
             replies,
             changes: sequencer.changes,
             replaced: sequencer.replaced,
+            causes: sequencer.causes,
         })
     }
 
@@ -626,6 +642,7 @@ impl Replication {
         peers: &[Arc<PeerConn>],
         entries: Vec<WireEntry>,
         replaced: Vec<Option<Entry>>,
+        causes: Vec<(u32, WriteCause)>,
         replies: Vec<Answer>,
     ) {
         let id = self.next_id();
@@ -652,6 +669,7 @@ impl Replication {
             id,
             table: replica.name.to_string(),
             entries: crate::wire::Entries(entries),
+            causes,
         };
         match crate::wire::encode_frame(&msg) {
             Ok(frame) => {
@@ -681,6 +699,63 @@ async fn run_sequencer(
             return;
         };
         replication.sequence_batch(&replica, &mut batch);
+    }
+}
+
+/// Most keys one expiry write deletes.
+const EXPIRE_BATCH: usize = 1024;
+/// How often a node looks again at deadlines that passed while it does not
+/// sequence the table (the sequencer's delete has not arrived yet, or this
+/// node may become the sequencer), or after its expiry write failed.
+const EXPIRY_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The expiry task of one table: sleeps until the earliest deadline the
+/// replica holds and, while this node is the table's sequencer, writes the
+/// deletes of the values that are due (an [`WriteOp::Expire`] through its own
+/// queue, ordered and replicated as any write). Every node runs it, so a
+/// new sequencer (after a handoff, or on each side of a split) deletes what
+/// is due by the deadlines it holds.
+async fn run_expiry(replication: Weak<Replication>, replica: Arc<Replica>) {
+    let Ok(wake) = replica.read().map(|s| s.expiry_wake()) else {
+        return;
+    };
+    loop {
+        let next = match replica.read() {
+            Ok(s) => s.next_deadline(),
+            Err(_) => return,
+        };
+        let Some(next) = next else {
+            wake.notified().await;
+            continue;
+        };
+        let Some(r) = replication.upgrade() else {
+            return;
+        };
+        let now = r.ctx.wall_clock_ms();
+        if next > now {
+            drop(r);
+            let wait = std::time::Duration::from_millis(next - now);
+            let _ = tokio::time::timeout(wait, wake.notified()).await;
+            continue;
+        }
+        let due = match replica.write() {
+            Ok(mut s) => s.due(now, EXPIRE_BATCH),
+            Err(_) => return,
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let sequences = r.agreement.follows().as_ref() == Some(&r.ctx.actor);
+        if sequences {
+            let deleted = r.submit(&replica, WriteOp::Expire(due)).await;
+            if let Err(e) = &deleted {
+                tracing::debug!(node = %r.ctx.actor, table = %replica.name, "expiry write failed, retrying: {e}");
+            } else {
+                continue;
+            }
+        }
+        drop(r);
+        tokio::time::sleep(EXPIRY_RETRY).await;
     }
 }
 
@@ -746,6 +821,7 @@ fn retractions(refused: &[PendingAck]) -> Vec<Message> {
             let restored = w.replaced.as_ref().map(|e| Restored {
                 value: e.value.as_deref().map(<[u8]>::to_vec),
                 clock: e.clock.clone(),
+                deadline_ms: e.deadline_ms,
             });
             let size = w.key.len()
                 + restored
@@ -775,11 +851,23 @@ fn retractions(refused: &[PendingAck]) -> Vec<Message> {
     out
 }
 
-fn apply_replicated(store: &mut TableStore, entries: Vec<WireEntry>, cutoff_ms: u64) -> bool {
+fn apply_replicated(
+    store: &mut TableStore,
+    entries: Vec<WireEntry>,
+    causes: &[(u32, WriteCause)],
+    cutoff_ms: u64,
+) -> bool {
     let mut fresh = Vec::with_capacity(entries.len());
-    for e in entries {
+    // In index order, as the sequencer lists them.
+    let mut marks = causes.iter().peekable();
+    for (i, e) in entries.into_iter().enumerate() {
+        let cause = match marks.next_if(|(at, _)| *at as usize == i) {
+            Some((_, WriteCause::Resolve)) => Cause::Resolve,
+            Some((_, WriteCause::Expiry)) => Cause::Expiry,
+            None => Cause::Replicated,
+        };
         let Some(local) = store.clock(&e.key) else {
-            fresh.push(e);
+            fresh.push((e, cause));
             continue;
         };
         // Past its retention a tombstone counts as absent here, as it
@@ -790,13 +878,13 @@ fn apply_replicated(store: &mut TableStore, entries: Vec<WireEntry>, cutoff_ms: 
                 .is_some_and(|l| l.is_expired_tombstone(cutoff_ms))
         };
         if e.clock.descends(&local) || gone() {
-            fresh.push(e);
+            fresh.push((e, cause));
         } else if !local.descends(&e.clock) {
             return false;
         }
     }
-    for e in fresh {
-        store.insert(&e.key, e.value.as_deref(), &e.clock);
+    for (e, cause) in fresh {
+        store.insert(&e.key, e.value.as_deref(), &e.clock, e.deadline_ms, cause);
     }
     true
 }
@@ -824,6 +912,7 @@ mod tests {
             key: key.to_vec(),
             value: Some(value.to_vec()),
             clock: clock.clone(),
+            deadline_ms: None,
         }
     }
 
@@ -833,16 +922,16 @@ mod tests {
         let mut store = TableStore::new();
         let mut base = VClock::fresh();
         base.increment(&seq, 1);
-        store.insert(b"a", Some(b"1"), &base);
+        store.insert(b"a", Some(b"1"), &base, None, Cause::Replicated);
         // This replica merged a write the sequencer has not seen.
         let mut theirs = base.clone();
         theirs.increment(&other, 2);
-        store.insert(b"b", Some(b"theirs"), &theirs);
+        store.insert(b"b", Some(b"theirs"), &theirs, None, Cause::Replicated);
 
         let mut next = base.clone();
         next.increment(&seq, 3);
         let batch = vec![version(b"a", b"2", &next), version(b"b", b"stale", &next)];
-        assert!(!apply_replicated(&mut store, batch, 0));
+        assert!(!apply_replicated(&mut store, batch, &[], 0));
         assert_eq!(
             store.value(b"a"),
             Some(&b"1"[..]),
@@ -852,11 +941,11 @@ mod tests {
 
         // An older version (an anti-entropy round brought its successor
         // first) is skipped, a newer one stored.
-        store.insert(b"a", Some(b"2"), &next);
+        store.insert(b"a", Some(b"2"), &next, None, Cause::Replicated);
         let mut newer = theirs.clone();
         newer.increment(&seq, 4);
         let batch = vec![version(b"a", b"1", &base), version(b"b", b"3", &newer)];
-        assert!(apply_replicated(&mut store, batch, 0));
+        assert!(apply_replicated(&mut store, batch, &[], 0));
         assert_eq!(store.value(b"a"), Some(&b"2"[..]));
         assert_eq!(store.value(b"b"), Some(&b"3"[..]));
     }
@@ -919,8 +1008,9 @@ mod tests {
             let previous = Entry {
                 value: Some(Box::from(&b"old"[..])),
                 clock: old.clone(),
+                deadline_ms: None,
             };
-            replica.write().unwrap().insert(b"k", Some(b"new"), &new);
+            replica.write().unwrap().insert(b"k", Some(b"new"), &new, None, Cause::Replicated);
             let silent = ActorId::new("silent", 2);
             let (mut batch, mut answer) = pending(silent.clone());
             batch.replica = replica.clone();
@@ -953,13 +1043,14 @@ mod tests {
         old.increment(&seq, 1);
         let mut taken = old.clone();
         taken.increment(&seq, 2);
-        store.insert(b"held", Some(b"new"), &taken);
+        store.insert(b"held", Some(b"new"), &taken, None, Cause::Replicated);
         let mut moved_on = taken.clone();
         moved_on.increment(&other, 1);
-        store.insert(b"moved", Some(b"newer"), &moved_on);
+        store.insert(b"moved", Some(b"newer"), &moved_on, None, Cause::Replicated);
         let previous = Entry {
             value: Some(Box::from(&b"old"[..])),
             clock: old.clone(),
+            deadline_ms: None,
         };
         assert!(store.take_back(b"held", &taken, Some(&previous)));
         assert!(!store.take_back(b"moved", &taken, Some(&previous)));

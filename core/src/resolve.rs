@@ -104,6 +104,7 @@ pub(crate) fn merge_versions(local: &Entry, remote: &Entry) -> Merged {
             entry: Entry {
                 value: local.value.clone(),
                 clock,
+                deadline_ms: joint_deadline(local, remote),
             },
             conflict: false,
         };
@@ -117,9 +118,19 @@ pub(crate) fn merge_versions(local: &Entry, remote: &Entry) -> Merged {
         entry: Entry {
             value: winner.value.clone(),
             clock,
+            deadline_ms: winner.deadline_ms,
         },
         conflict: true,
     }
+}
+
+/// The deadline a value made of two versions keeps: none when a present
+/// side never expires, else the later one (the same whichever side is local).
+pub(crate) fn joint_deadline(a: &Entry, b: &Entry) -> Option<u64> {
+    let sides = [a, b];
+    let mut present = sides.iter().filter(|e| e.value.is_some()).peekable();
+    present.peek()?;
+    present.try_fold(0u64, |latest, e| e.deadline_ms.map(|d| latest.max(d)))
 }
 
 /// Whether `a` beats `b` in the deterministic fallback.
@@ -155,6 +166,7 @@ mod tests {
                     },
                 )
             })),
+            deadline_ms: None,
         }
     }
 

@@ -5,7 +5,8 @@
 use crate::error::ErrorKind;
 use crate::store::{Entry, TableStore};
 use crate::vclock::{ActorId, PruneLimits, VClock};
-use crate::wire::{WireEntry, WriteOp, WriteOutcome, WriteRefusal};
+use crate::watch::Cause;
+use crate::wire::{WireEntry, WriteCause, WriteOp, WriteOutcome, WriteRefusal};
 
 /// The answer to one write.
 pub(crate) type Reply = std::result::Result<WriteOutcome, WriteRefusal>;
@@ -23,39 +24,88 @@ pub(crate) struct Sequencer<'a> {
     pub changes: Vec<WireEntry>,
     /// What each new version replaced, in the same order.
     pub replaced: Vec<Option<Entry>>,
+    /// The new versions that are not plain writes, by index into `changes`.
+    pub causes: Vec<(u32, WriteCause)>,
+}
+
+/// The deadline a new version gets.
+#[derive(Clone, Copy)]
+enum Expiry {
+    /// None: the value never expires.
+    Never,
+    /// The key's current deadline (`update` without a ttl keeps it).
+    Keep,
+    /// This one.
+    At(u64),
 }
 
 impl Sequencer<'_> {
     /// Executes one operation.
     pub fn execute(&mut self, op: WriteOp) -> Reply {
         match op {
-            WriteOp::Put(entries) => self.put(entries),
+            WriteOp::Put(entries) => self.put(entries, Expiry::Never),
+            WriteOp::PutExpiring { entries, ttl_ms } => {
+                let at = self.now_ms.saturating_add(ttl_ms);
+                self.put(entries, Expiry::At(at))
+            }
             WriteOp::Delete(keys) => self.delete(keys),
             WriteOp::CompareAndSet { key, expected, new } => {
-                self.compare_and_set(key, expected, new)
+                self.compare_and_set(key, expected, new, Expiry::Keep)
+            }
+            WriteOp::CompareAndSetExpiring {
+                key,
+                expected,
+                new,
+                ttl_ms,
+            } => {
+                let at = self.now_ms.saturating_add(ttl_ms);
+                self.compare_and_set(key, expected, new, Expiry::At(at))
             }
             WriteOp::CompareAndSetTable {
                 expected_digest,
                 changes,
             } => self.compare_and_set_table(expected_digest, changes),
-            WriteOp::Read(key) => Ok(WriteOutcome::Value(
-                self.store.value(&key).map(<[u8]>::to_vec),
-            )),
-            WriteOp::Resolve { key, merged, new } => self.resolve(key, merged, new),
+            WriteOp::Read(key) => Ok(WriteOutcome::Value(self.visible(&key))),
+            WriteOp::Resolve {
+                key,
+                merged,
+                new,
+                deadline_ms,
+            } => self.resolve(key, merged, new, deadline_ms),
+            WriteOp::Expire(keys) => self.expire(keys),
         }
     }
 
-    fn put(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Reply {
+    /// The value of `key` as reads see it (none past its deadline).
+    fn visible(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.visible(key, || self.now_ms).map(<[u8]>::to_vec)
+    }
+
+    fn put(&mut self, entries: Vec<(Vec<u8>, Vec<u8>)>, expiry: Expiry) -> Reply {
         for (k, v) in &entries {
             self.check(k, Some(v))?;
         }
         let mut previous = Vec::new();
         for (k, v) in entries {
-            if let Some(old) = self.write(k.clone(), Some(v), None) {
+            if let Some(old) = self.write(k.clone(), Some(v), None, expiry, Cause::Write) {
                 previous.push((k, old.into_vec()));
             }
         }
         Ok(WriteOutcome::Previous(previous))
+    }
+
+    /// Deletes each key whose live value is past its deadline.
+    fn expire(&mut self, keys: Vec<Vec<u8>>) -> Reply {
+        for k in keys {
+            let due = self
+                .store
+                .deadline(&k)
+                .is_some_and(|d| d <= self.now_ms);
+            if due {
+                self.write(k, None, None, Expiry::Never, Cause::Expiry);
+            }
+        }
+        Ok(WriteOutcome::Swapped)
     }
 
     fn delete(&mut self, keys: Vec<Vec<u8>>) -> Reply {
@@ -65,7 +115,7 @@ impl Sequencer<'_> {
         let mut previous = Vec::new();
         for k in keys {
             if self.store.value(&k).is_some() {
-                if let Some(old) = self.write(k.clone(), None, None) {
+                if let Some(old) = self.write(k.clone(), None, None, Expiry::Never, Cause::Write) {
                     previous.push((k, old.into_vec()));
                 }
             }
@@ -78,11 +128,15 @@ impl Sequencer<'_> {
         key: Vec<u8>,
         expected: Option<VClock>,
         new: Option<Vec<u8>>,
+        expiry: Expiry,
     ) -> Reply {
         self.check(&key, new.as_deref())?;
         let (value, clock) = match self.store.entry(&key) {
             Some(e) => (
-                e.value.as_deref().map(<[u8]>::to_vec),
+                e.value
+                    .as_deref()
+                    .filter(|_| !e.is_expired(self.now_ms))
+                    .map(<[u8]>::to_vec),
                 Some(e.clock.clone()),
             ),
             None => (None, None),
@@ -95,8 +149,8 @@ impl Sequencer<'_> {
         if !same {
             return Ok(WriteOutcome::Mismatch { value, clock });
         }
-        if value != new {
-            self.write(key, new, None);
+        if value != new || matches!(expiry, Expiry::At(_)) {
+            self.write(key, new, None, expiry, Cause::Write);
         }
         Ok(WriteOutcome::Swapped)
     }
@@ -114,13 +168,19 @@ impl Sequencer<'_> {
         }
         for (k, v) in updates {
             if self.store.value(&k) != v.as_deref() {
-                self.write(k, v, None);
+                self.write(k, v, None, Expiry::Keep, Cause::Write);
             }
         }
         Ok(WriteOutcome::Swapped)
     }
 
-    fn resolve(&mut self, key: Vec<u8>, merged: VClock, new: Option<Vec<u8>>) -> Reply {
+    fn resolve(
+        &mut self,
+        key: Vec<u8>,
+        merged: VClock,
+        new: Option<Vec<u8>>,
+        deadline_ms: Option<u64>,
+    ) -> Reply {
         self.check(&key, new.as_deref())?;
         // Only a version the merge saw may be replaced: a write made after it
         // (one `merged` does not descend) wins, and the handler node meets it
@@ -130,17 +190,21 @@ impl Sequencer<'_> {
                 return Ok(WriteOutcome::Superseded);
             }
         }
-        self.write(key, new, Some(&merged));
+        let expiry = deadline_ms.map_or(Expiry::Never, Expiry::At);
+        self.write(key, new, Some(&merged), expiry, Cause::Resolve);
         Ok(WriteOutcome::Swapped)
     }
 
     /// Stores a new version of `key` whose clock dominates its current one
-    /// (and `base`); returns the previous live value.
+    /// (and `base`); returns the previous live value (none when it was
+    /// past its deadline).
     fn write(
         &mut self,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
         base: Option<&VClock>,
+        expiry: Expiry,
+        cause: Cause,
     ) -> Option<Box<[u8]>> {
         let replaced = self.store.entry(&key);
         let current = replaced.as_ref().map(|e| &e.clock);
@@ -150,10 +214,35 @@ impl Sequencer<'_> {
         }
         clock.increment(self.actor, self.now_ms);
         clock.prune(self.now_ms, &PruneLimits::default());
+        let expired = replaced.as_ref().is_some_and(|e| e.is_expired(self.now_ms));
+        let deadline_ms = match expiry {
+            Expiry::Never => None,
+            Expiry::Keep => replaced
+                .as_ref()
+                .filter(|_| !expired)
+                .and_then(|e| e.deadline_ms),
+            Expiry::At(d) => Some(d),
+        }
+        .filter(|_| value.is_some());
         self.replaced.push(replaced);
-        let old = self.store.insert(&key, value.as_deref(), &clock);
-        self.changes.push(WireEntry { key, value, clock });
-        old
+        let old = self
+            .store
+            .insert(&key, value.as_deref(), &clock, deadline_ms, cause);
+        let wire_cause = match cause {
+            Cause::Resolve => Some(WriteCause::Resolve),
+            Cause::Expiry => Some(WriteCause::Expiry),
+            _ => None,
+        };
+        if let Some(c) = wire_cause {
+            self.causes.push((self.changes.len() as u32, c));
+        }
+        self.changes.push(WireEntry {
+            key,
+            value,
+            clock,
+            deadline_ms,
+        });
+        old.filter(|_| !expired)
     }
 
     fn check(&self, key: &[u8], value: Option<&[u8]>) -> std::result::Result<(), WriteRefusal> {

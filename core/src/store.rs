@@ -2,7 +2,8 @@
 //! clocks) and an incremental digest that the merge engine compares between nodes.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::hash::stable_hash_bytes;
 use crate::vclock::{stable_hash_of_dots, ActorId, Dot, VClock};
+use crate::watch::{Cause, Change, Watch, Watchers};
 
 /// Seeds of the stable hashes; changing them changes the wire meaning of digests.
 const KEY_HASH_SEED: u64 = 0x6c62_6d6b_765f_6b65;
@@ -29,9 +31,19 @@ pub struct Entry {
     pub value: Option<Box<[u8]>>,
     /// The version's clock.
     pub clock: VClock,
+    /// When the value expires, in milliseconds since the Unix epoch (`None`:
+    /// never). Set by the sequencer that wrote the version, replicated and
+    /// merged with it.
+    pub deadline_ms: Option<u64>,
 }
 
 impl Entry {
+    /// Whether this is a value whose deadline is at or before `now_ms`:
+    /// reads hide it, and the sequencer deletes it.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.deadline_ms.is_some_and(|d| d <= now_ms)
+    }
+
     /// Whether this is a tombstone past its retention (newest dot before
     /// `cutoff_ms`): purged where it is found, and treated as absent everywhere
     /// until then, so a purge is never undone by a copy that survives elsewhere.
@@ -60,8 +72,10 @@ fn entry_hash(key_hash: u64, value: Option<&[u8]>, clock_hash: u64) -> u64 {
 /// One stored version in a single heap block behind a thin pointer, so that an
 /// entry costs one allocation and eight bytes of hash table:
 /// `key_len: u32 | value_len: u32 (u32::MAX = tombstone) | dots: u16 |
-/// dots × (actor: u32, counter: u64, timestamp: u64) | key | value`,
-/// integers little-endian, actors as indexes into the table's actor list.
+/// [deadline: u64] | dots × (actor: u32, counter: u64, timestamp: u64) | key |
+/// value`, integers little-endian, actors as indexes into the table's actor
+/// list. The top bit of `dots` says whether the deadline is there, so an
+/// entry without one costs nothing more.
 struct Packed {
     ptr: NonNull<u8>,
 }
@@ -76,10 +90,20 @@ unsafe impl Sync for Packed {}
 const HEADER: usize = 10;
 const DOT_SIZE: usize = 20;
 const TOMBSTONE_LEN: u32 = u32::MAX;
+/// The bit of the dot count that says a deadline follows the header.
+const HAS_DEADLINE: u16 = 0x8000;
+/// Most dots a block stores; clocks are pruned far below that.
+const MAX_DOTS: usize = 0x7fff;
+const DEADLINE_SIZE: usize = 8;
 
 impl Packed {
-    fn new(key: &[u8], value: Option<&[u8]>, dots: &[(u32, Dot)]) -> Packed {
-        let len = HEADER + dots.len() * DOT_SIZE + key.len() + value.map_or(0, <[u8]>::len);
+    fn new(key: &[u8], value: Option<&[u8]>, dots: &[(u32, Dot)], deadline: Option<u64>) -> Packed {
+        let extra = if deadline.is_some() { DEADLINE_SIZE } else { 0 };
+        let len = HEADER
+            + extra
+            + dots.len() * DOT_SIZE
+            + key.len()
+            + value.map_or(0, <[u8]>::len);
         let layout = block_layout(len);
         // SAFETY: the layout has a non-zero size (HEADER > 0).
         let raw = unsafe { alloc(layout) };
@@ -91,8 +115,13 @@ impl Packed {
         buf[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
         let vlen = value.map_or(TOMBSTONE_LEN, |v| v.len() as u32);
         buf[4..8].copy_from_slice(&vlen.to_le_bytes());
-        buf[8..10].copy_from_slice(&(dots.len() as u16).to_le_bytes());
+        let flag = if deadline.is_some() { HAS_DEADLINE } else { 0 };
+        buf[8..10].copy_from_slice(&(dots.len() as u16 | flag).to_le_bytes());
         let mut at = HEADER;
+        if let Some(d) = deadline {
+            buf[at..at + DEADLINE_SIZE].copy_from_slice(&d.to_le_bytes());
+            at += DEADLINE_SIZE;
+        }
         for (actor, dot) in dots {
             buf[at..at + 4].copy_from_slice(&actor.to_le_bytes());
             buf[at + 4..at + 12].copy_from_slice(&dot.counter.to_le_bytes());
@@ -106,19 +135,56 @@ impl Packed {
         Packed { ptr }
     }
 
-    fn header(&self) -> (usize, Option<usize>, usize) {
+    fn raw_header(&self) -> &[u8] {
         // SAFETY: every block starts with HEADER initialized bytes.
-        let h = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), HEADER) };
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), HEADER) }
+    }
+
+    /// Key length, value length (`None`: tombstone), dot count, and where
+    /// the dots start.
+    fn header(&self) -> (usize, Option<usize>, usize, usize) {
+        let h = self.raw_header();
         let key_len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let vlen = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        let dots = u16::from_le_bytes([h[8], h[9]]) as usize;
+        let count = u16::from_le_bytes([h[8], h[9]]);
+        let dots = usize::from(count & !HAS_DEADLINE);
+        let start = if count & HAS_DEADLINE != 0 {
+            HEADER + DEADLINE_SIZE
+        } else {
+            HEADER
+        };
         let value_len = (vlen != TOMBSTONE_LEN).then_some(vlen as usize);
-        (key_len, value_len, dots)
+        (key_len, value_len, dots, start)
     }
 
     fn len(&self) -> usize {
-        let (k, v, d) = self.header();
-        HEADER + d * DOT_SIZE + k + v.unwrap_or(0)
+        let (k, v, d, start) = self.header();
+        start + d * DOT_SIZE + k + v.unwrap_or(0)
+    }
+
+    /// The deadline, if the version has one.
+    fn deadline(&self) -> Option<u64> {
+        let h = self.raw_header();
+        if u16::from_le_bytes([h[8], h[9]]) & HAS_DEADLINE == 0 {
+            return None;
+        }
+        // SAFETY: a block with the flag holds the deadline right after the header.
+        let d = unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(HEADER), DEADLINE_SIZE)
+        };
+        let mut x = [0u8; 8];
+        x.copy_from_slice(d);
+        Some(u64::from_le_bytes(x))
+    }
+
+    /// The value, unless it is past its deadline at `now_ms` (asked only
+    /// for a version that has one).
+    fn visible_value(&self, now_ms: impl FnOnce() -> u64) -> Option<&[u8]> {
+        let v = self.value()?;
+        match self.deadline() {
+            Some(d) if d <= now_ms() => None,
+            _ => Some(v),
+        }
     }
 
     fn bytes(&self) -> &[u8] {
@@ -127,22 +193,22 @@ impl Packed {
     }
 
     fn key(&self) -> &[u8] {
-        let (k, _, d) = self.header();
-        let at = HEADER + d * DOT_SIZE;
+        let (k, _, d, start) = self.header();
+        let at = start + d * DOT_SIZE;
         &self.bytes()[at..at + k]
     }
 
     fn value(&self) -> Option<&[u8]> {
-        let (k, v, d) = self.header();
-        let at = HEADER + d * DOT_SIZE + k;
+        let (k, v, d, start) = self.header();
+        let at = start + d * DOT_SIZE + k;
         v.map(|v| &self.bytes()[at..at + v])
     }
 
     fn dots(&self) -> impl ExactSizeIterator<Item = (u32, Dot)> + '_ {
-        let (_, _, d) = self.header();
+        let (_, _, d, start) = self.header();
         let bytes = self.bytes();
         (0..d).map(move |i| {
-            let at = HEADER + i * DOT_SIZE;
+            let at = start + i * DOT_SIZE;
             let b = &bytes[at..at + DOT_SIZE];
             let word = |r: std::ops::Range<usize>| {
                 let mut x = [0u8; 8];
@@ -253,6 +319,13 @@ pub struct TableStore {
     /// above it, so it supersedes a copy of a dropped version that survives
     /// elsewhere and never reuses its dot for other contents.
     dropped_counters: HashMap<u32, u64>,
+    /// The open watches of the table.
+    watchers: Watchers,
+    /// The deadlines of the versions that have one, earliest first; an
+    /// item whose key moved on is dropped when it comes up.
+    deadlines: BinaryHeap<Reverse<(u64, Box<[u8]>)>>,
+    /// Woken when a deadline earlier than every other is stored.
+    expiry_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for TableStore {
@@ -280,7 +353,56 @@ impl TableStore {
             stats: StoreStats::default(),
             digest: Digest::new(MIN_DIGEST_BITS),
             dropped_counters: HashMap::new(),
+            watchers: Watchers::default(),
+            deadlines: BinaryHeap::new(),
+            expiry_wake: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Opens a watch of the keys starting with `prefix` (see [`crate::watch`]).
+    pub fn watch(&mut self, table: &Arc<str>, prefix: &[u8], buffer: usize) -> Watch {
+        self.watchers.open(table, prefix, buffer)
+    }
+
+    /// Ends every watch of the table (the node is closing).
+    pub fn close_watches(&mut self) {
+        self.watchers.close_all();
+    }
+
+    /// What the table's expiry task waits on: woken when an earlier
+    /// deadline is stored.
+    pub fn expiry_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.expiry_wake.clone()
+    }
+
+    /// The earliest deadline stored (possibly of a key that moved on since).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.peek().map(|Reverse((d, _))| *d)
+    }
+
+    /// The keys whose live value is past its deadline at `now_ms` (at most
+    /// `limit`). Deadlines of keys that moved on are forgotten; the others
+    /// stay until the key's delete is stored.
+    pub fn due(&mut self, now_ms: u64, limit: usize) -> Vec<Vec<u8>> {
+        let mut keep = Vec::new();
+        let mut due = Vec::new();
+        while let Some(Reverse((d, _))) = self.deadlines.peek() {
+            if *d > now_ms || due.len() >= limit {
+                break;
+            }
+            let Some(Reverse((d, key))) = self.deadlines.pop() else {
+                break;
+            };
+            let holds = self
+                .find(&key)
+                .is_some_and(|p| p.value().is_some() && p.deadline() == Some(d));
+            if holds {
+                due.push(key.to_vec());
+                keep.push(Reverse((d, key)));
+            }
+        }
+        self.deadlines.extend(keep);
+        due
     }
 
     /// The clock `actor`'s next version of a key starts from: the key's
@@ -319,6 +441,7 @@ impl TableStore {
         Entry {
             value: p.value().map(Box::from),
             clock: self.decode_clock(p),
+            deadline_ms: p.deadline(),
         }
     }
 
@@ -353,9 +476,22 @@ impl TableStore {
         self.find(key).map(|p| self.decode(p))
     }
 
-    /// The live value of `key`.
+    /// The live value of `key`, past its deadline or not.
     pub fn value(&self, key: &[u8]) -> Option<&[u8]> {
         self.find(key).and_then(Packed::value)
+    }
+
+    /// The live value of `key` unless it is past its deadline; `now_ms` is
+    /// asked only for a value that has one.
+    pub fn visible(&self, key: &[u8], now_ms: impl FnOnce() -> u64) -> Option<&[u8]> {
+        self.find(key).and_then(|p| p.visible_value(now_ms))
+    }
+
+    /// The deadline of `key`'s live value, if it has one.
+    pub fn deadline(&self, key: &[u8]) -> Option<u64> {
+        self.find(key)
+            .filter(|p| p.value().is_some())
+            .and_then(Packed::deadline)
     }
 
     /// The clock of `key`'s entry, tombstones included.
@@ -363,24 +499,29 @@ impl TableStore {
         self.find(key).map(|p| self.decode_clock(p))
     }
 
-    /// Stores a version of `key`, keeping counters and digest current; returns
-    /// the old live value (`None` when absent or deleted).
+    /// Stores a version of `key` (with its deadline, if any), keeping
+    /// counters, digest and deadlines current, and reports it to the
+    /// table's watches with `cause`; returns the old live value (`None` when
+    /// absent or deleted).
     pub fn insert(
         &mut self,
         key: &[u8],
         value: Option<&[u8]>,
         clock: &VClock,
+        deadline: Option<u64>,
+        cause: Cause,
     ) -> Option<Box<[u8]>> {
         let mut dots: Vec<(u32, Dot)> = clock
             .dots()
             .iter()
             .map(|(a, d)| (self.intern(a), *d))
             .collect();
-        // The block stores at most u16::MAX dots; clocks are pruned far below that.
-        dots.truncate(usize::from(u16::MAX));
+        dots.truncate(MAX_DOTS);
+        // A tombstone never expires.
+        let deadline = deadline.filter(|_| value.is_some());
         let kh = key_hash(key);
         let hash = entry_hash(kh, value, clock.stable_hash());
-        let packed = Packed::new(key, value, &dots);
+        let packed = Packed::new(key, value, &dots, deadline);
         self.count(value, key.len(), true);
         self.digest.toggle(kh, hash);
         let h = self.hasher.hash_one(key);
@@ -399,7 +540,48 @@ impl TableStore {
             old.value().map(Box::from)
         });
         self.maybe_grow_digest();
+        if let Some(d) = deadline {
+            if self.next_deadline().is_none_or(|first| d < first) {
+                self.expiry_wake.notify_one();
+            }
+            self.deadlines.push(Reverse((d, key.into())));
+        }
+        if !self.watchers.is_empty() {
+            self.report(key, value, old.as_deref(), clock, cause);
+        }
         old
+    }
+
+    /// Tells the table's watches that `key` went from `prev` to `value`
+    /// (both absent: nothing to tell).
+    #[cold]
+    fn report(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        prev: Option<&[u8]>,
+        clock: &VClock,
+        cause: Cause,
+    ) {
+        if (value.is_none() && prev.is_none()) || !self.watchers.wants(key) {
+            return;
+        }
+        // A merge that only joined the clocks of one value changes nothing visible.
+        if cause == Cause::Merge && value == prev {
+            return;
+        }
+        let change = Change {
+            table: self.watchers.table().to_string(),
+            key: key.to_vec(),
+            value: value.map(<[u8]>::to_vec),
+            prev: prev.map(<[u8]>::to_vec),
+            cause,
+            node: clock
+                .newest_dot()
+                .map(|(a, _)| a.name.to_string())
+                .unwrap_or_default(),
+        };
+        self.watchers.publish(change);
     }
 
     fn count(&mut self, value: Option<&[u8]>, key_len: usize, add: bool) {
@@ -458,11 +640,11 @@ impl TableStore {
         self.slots.iter().map(|p| (p.key(), self.decode(p)))
     }
 
-    /// Live entries only.
-    pub fn live(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    /// Live entries not past their deadline at `now_ms`.
+    pub fn visible_entries(&self, now_ms: u64) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.slots
             .iter()
-            .filter_map(|p| p.value().map(|v| (p.key(), v)))
+            .filter_map(move |p| p.visible_value(|| now_ms).map(|v| (p.key(), v)))
     }
 
     /// The digest of the whole table: equal digests mean equal replicas.
@@ -552,15 +734,28 @@ impl TableStore {
     /// no entry), unless the key moved on since (its clock is no longer
     /// `written`). Either way the written version's counters count as
     /// dropped, so that no later version reuses its dot. Returns whether it
-    /// put the previous version back.
+    /// put the previous version back. Watches see the restore as a
+    /// [`Cause::Replicated`] change back to the previous value.
     pub fn take_back(&mut self, key: &[u8], written: &VClock, previous: Option<&Entry>) -> bool {
         let holds = self.clock(key).is_some_and(|c| c.equal(written));
         if holds {
             match previous {
                 Some(e) => {
-                    self.insert(key, e.value.as_deref(), &e.clock);
+                    self.insert(
+                        key,
+                        e.value.as_deref(),
+                        &e.clock,
+                        e.deadline_ms,
+                        Cause::Replicated,
+                    );
                 }
-                None => self.remove(key),
+                None => {
+                    let prev = self.value(key).map(<[u8]>::to_vec);
+                    self.remove(key);
+                    if !self.watchers.is_empty() {
+                        self.report(key, None, prev.as_deref(), written, Cause::Replicated);
+                    }
+                }
             }
         }
         for (actor, dot) in written.dots() {
@@ -602,7 +797,7 @@ mod tests {
     use super::*;
 
     fn put(s: &mut TableStore, key: &[u8], e: Entry) -> Option<Box<[u8]>> {
-        s.insert(key, e.value.as_deref(), &e.clock)
+        s.insert(key, e.value.as_deref(), &e.clock, None, Cause::Replicated)
     }
 
     fn entry(v: Option<&[u8]>, actor: &ActorId, n: u64) -> Entry {
@@ -613,6 +808,7 @@ mod tests {
         Entry {
             value: v.map(Box::from),
             clock,
+            deadline_ms: None,
         }
     }
 
@@ -631,7 +827,7 @@ mod tests {
         let before = s.digest_total();
         let previous = s.entry(b"k");
         let written = next_version(&s, b"k", &me);
-        s.insert(b"k", Some(b"refused"), &written);
+        s.insert(b"k", Some(b"refused"), &written, None, Cause::Replicated);
 
         s.take_back(b"k", &written, previous.as_ref());
         assert_eq!(s.value(b"k"), Some(&b"old"[..]));
@@ -652,17 +848,17 @@ mod tests {
         let me = ActorId::new("seq", 1);
         let mut s = TableStore::new();
         let written = next_version(&s, b"new", &me);
-        s.insert(b"new", Some(b"v"), &written);
+        s.insert(b"new", Some(b"v"), &written, None, Cause::Replicated);
         s.take_back(b"new", &written, None);
         assert!(s.entry(b"new").is_none());
         assert_eq!(s.stats().entries, 0);
 
         let previous = s.entry(b"k");
         let written = next_version(&s, b"k", &me);
-        s.insert(b"k", Some(b"v1"), &written);
+        s.insert(b"k", Some(b"v1"), &written, None, Cause::Replicated);
         let merged_in = entry(Some(b"v2"), &ActorId::new("other", 2), 1);
         let moved_on = written.merge(&merged_in.clock);
-        s.insert(b"k", Some(b"v2"), &moved_on);
+        s.insert(b"k", Some(b"v2"), &moved_on, None, Cause::Replicated);
         s.take_back(b"k", &written, previous.as_ref());
         assert_eq!(s.value(b"k"), Some(&b"v2"[..]), "a later version stays");
     }
@@ -742,6 +938,7 @@ mod tests {
                 Entry {
                     value: Some(Box::from(&b""[..])),
                     clock: VClock::fresh(),
+                    deadline_ms: None,
                 },
             ),
             (
@@ -749,6 +946,7 @@ mod tests {
                 Entry {
                     value: None,
                     clock: multi.clone(),
+                    deadline_ms: None,
                 },
             ),
             (
@@ -756,6 +954,7 @@ mod tests {
                 Entry {
                     value: Some(vec![9u8; 70_000].into()),
                     clock: multi,
+                    deadline_ms: None,
                 },
             ),
         ];

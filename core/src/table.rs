@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::agreement::Agreement;
 use crate::context::{Context, SETTLE_PAUSE};
@@ -11,6 +12,7 @@ use crate::glob::Glob;
 use crate::replica::{ConflictRecord, Replica, TableStats};
 use crate::replication::Replication;
 use crate::resolve::ConflictHandler;
+use crate::watch::{Watch, DEFAULT_WATCH_BUFFER};
 use crate::wire::{WriteOp, WriteOutcome};
 
 /// Key-value pairs, as returned by batch operations and `match`.
@@ -115,31 +117,101 @@ impl Table {
         Ok(previous(prev)?.pop().map(|(_, v)| v))
     }
 
+    /// Sets `key` to `value` on every member for `ttl`: when it is up, the
+    /// sequencer deletes the key everywhere (a watch sees the cause
+    /// `expiry`), and reads hide it from its deadline on. Returns the
+    /// previous value. A later write without a ttl makes the key permanent;
+    /// writing it again with a ttl refreshes it.
+    pub async fn put_expiring(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Vec<u8>>> {
+        self.ctx.check_open()?;
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let ttl_ms = ttl_ms(ttl)?;
+        let op = WriteOp::PutExpiring {
+            entries: vec![(key.to_vec(), value.to_vec())],
+            ttl_ms,
+        };
+        Ok(previous(self.submit(op).await?)?.pop().map(|(_, v)| v))
+    }
+
     /// Sets all `entries` atomically; returns the previous values of those that had one.
     pub async fn put_many(&self, entries: Entries) -> Result<Entries> {
+        self.put_many_inner(entries, None).await
+    }
+
+    /// [`Table::put_many`] of values that expire after `ttl` (see
+    /// [`Table::put_expiring`]).
+    pub async fn put_many_expiring(&self, entries: Entries, ttl: Duration) -> Result<Entries> {
+        self.put_many_inner(entries, Some(ttl)).await
+    }
+
+    async fn put_many_inner(&self, entries: Entries, ttl: Option<Duration>) -> Result<Entries> {
         self.ctx.check_open()?;
         for (k, v) in &entries {
             self.check_key(k)?;
             self.check_value(v)?;
         }
+        let ttl_ms = ttl.map(ttl_ms).transpose()?;
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        previous(self.submit(WriteOp::Put(entries)).await?)
+        let op = match ttl_ms {
+            Some(ttl_ms) => WriteOp::PutExpiring { entries, ttl_ms },
+            None => WriteOp::Put(entries),
+        };
+        previous(self.submit(op).await?)
     }
 
-    /// The local value of `key` (no network).
+    /// The local value of `key` (no network). A value past its deadline is
+    /// hidden by this node's clock, before the sequencer's delete arrives.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.ctx.check_open()?;
-        self.check_key(key)?;
-        Ok(self.shared.read()?.value(key).map(<[u8]>::to_vec))
+        self.with_value(key, |v| v.map(<[u8]>::to_vec))
     }
 
     /// Calls `f` with the local value of `key` without copying it.
     pub fn with_value<R>(&self, key: &[u8], f: impl FnOnce(Option<&[u8]>) -> R) -> Result<R> {
         self.ctx.check_open()?;
         self.check_key(key)?;
-        Ok(f(self.shared.read()?.value(key)))
+        let store = self.shared.read()?;
+        Ok(f(store.visible(key, || self.ctx.wall_clock_ms())))
+    }
+
+    /// The time `key` has left before it expires, by this node's clock:
+    /// `None` when the key is absent or never expires.
+    pub fn ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
+        self.ctx.check_open()?;
+        self.check_key(key)?;
+        let Some(deadline) = self.shared.read()?.deadline(key) else {
+            return Ok(None);
+        };
+        let now = self.ctx.wall_clock_ms();
+        Ok((deadline > now).then(|| Duration::from_millis(deadline - now)))
+    }
+
+    /// Watches the changes of the keys that start with `prefix` (empty: the
+    /// whole table) on this node, from now on, with a buffer of
+    /// [`DEFAULT_WATCH_BUFFER`] changes. See [`crate::Watch`].
+    pub fn watch(&self, prefix: &[u8]) -> Result<Watch> {
+        self.watch_with(prefix, DEFAULT_WATCH_BUFFER)
+    }
+
+    /// [`Table::watch`] with a buffer of `buffer` changes (at least 1): a
+    /// consumer that falls further behind gets a [`crate::WatchItem::Lagged`].
+    pub fn watch_with(&self, prefix: &[u8], buffer: usize) -> Result<Watch> {
+        self.ctx.check_open()?;
+        self.check_key(prefix)?;
+        if buffer == 0 {
+            return Err(Error::invalid("a watch buffer holds at least 1 change"));
+        }
+        let mut store = self.shared.write()?;
+        // Checked again under the store: close ends the watches it finds there.
+        self.ctx.check_open()?;
+        Ok(store.watch(&self.shared.name, prefix, buffer))
     }
 
     /// The value of `key` as the sequencer has it, ordered after every write before it.
@@ -183,11 +255,12 @@ impl Table {
         // Runtime tasks wait for this lock to apply writes: it is held only
         // to copy the entries under the key's literal prefix, and the globs,
         // which can cost much more per entry, run after it is released.
+        let now = self.ctx.wall_clock_ms();
         let mut out: Entries = {
             let store = self.shared.read()?;
             let prefix = kp.literal_prefix();
             store
-                .live()
+                .visible_entries(now)
                 .filter(|(k, _)| k.starts_with(prefix))
                 .map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .collect()
@@ -205,6 +278,7 @@ impl Table {
     /// `None` to delete, or the old value to write nothing. `f` may run more than
     /// once (the write is a compare-and-set at the sequencer, retried on conflict).
     /// Returns `(old, new)`.
+    /// A value that has a deadline keeps it.
     pub async fn update<F>(&self, key: &[u8], mut f: F) -> Result<Updated>
     where
         F: FnMut(&[u8], Option<&[u8]>) -> Option<Vec<u8>>,
@@ -213,10 +287,50 @@ impl Table {
             .await
     }
 
+    /// [`Table::update`] whose new value expires after `ttl` (see
+    /// [`Table::put_expiring`]); returning the old value refreshes the
+    /// deadline and writes the value again.
+    pub async fn update_expiring<F>(&self, key: &[u8], ttl: Duration, mut f: F) -> Result<Updated>
+    where
+        F: FnMut(&[u8], Option<&[u8]>) -> Option<Vec<u8>>,
+    {
+        let ttl_ms = ttl_ms(ttl)?;
+        self.update_inner(
+            key,
+            Some(ttl_ms),
+            |k, v| std::future::ready(Ok(f(k, v.as_deref()))),
+        )
+        .await
+    }
+
     /// [`Table::update`] with a fallible, possibly asynchronous `f`; an error from
     /// `f` aborts the update and is returned as is. Updates of one key from one
     /// node take turns, so `f` must not itself update the same key.
-    pub async fn update_with<F, Fut>(&self, key: &[u8], mut f: F) -> Result<Updated>
+    pub async fn update_with<F, Fut>(&self, key: &[u8], f: F) -> Result<Updated>
+    where
+        F: FnMut(&[u8], Option<Vec<u8>>) -> Fut,
+        Fut: Future<Output = Result<Option<Vec<u8>>>>,
+    {
+        self.update_inner(key, None, f).await
+    }
+
+    /// [`Table::update_with`] whose new value expires after `ttl` (see
+    /// [`Table::update_expiring`]).
+    pub async fn update_with_expiring<F, Fut>(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        f: F,
+    ) -> Result<Updated>
+    where
+        F: FnMut(&[u8], Option<Vec<u8>>) -> Fut,
+        Fut: Future<Output = Result<Option<Vec<u8>>>>,
+    {
+        let ttl_ms = ttl_ms(ttl)?;
+        self.update_inner(key, Some(ttl_ms), f).await
+    }
+
+    async fn update_inner<F, Fut>(&self, key: &[u8], ttl_ms: Option<u64>, mut f: F) -> Result<Updated>
     where
         F: FnMut(&[u8], Option<Vec<u8>>) -> Fut,
         Fut: Future<Output = Result<Option<Vec<u8>>>>,
@@ -233,7 +347,10 @@ impl Table {
             let store = self.shared.read()?;
             match store.entry(key) {
                 Some(e) => (
-                    e.value.as_deref().map(<[u8]>::to_vec),
+                    e.value
+                        .as_deref()
+                        .filter(|_| !e.is_expired(self.ctx.wall_clock_ms()))
+                        .map(<[u8]>::to_vec),
                     Some(e.clock.clone()),
                 ),
                 None => (None, None),
@@ -241,16 +358,25 @@ impl Table {
         };
         loop {
             let new = f(key, value.clone()).await?;
-            if new == value {
+            // With a ttl, the same value is written again: that refreshes it.
+            if new == value && (ttl_ms.is_none() || new.is_none()) {
                 return Ok((value, new));
             }
             if let Some(v) = &new {
                 self.check_value(v)?;
             }
-            let op = WriteOp::CompareAndSet {
-                key: key.to_vec(),
-                expected: clock.clone(),
-                new: new.clone(),
+            let op = match ttl_ms {
+                Some(ttl_ms) => WriteOp::CompareAndSetExpiring {
+                    key: key.to_vec(),
+                    expected: clock.clone(),
+                    new: new.clone(),
+                    ttl_ms,
+                },
+                None => WriteOp::CompareAndSet {
+                    key: key.to_vec(),
+                    expected: clock.clone(),
+                    new: new.clone(),
+                },
             };
             match self.submit(op).await? {
                 WriteOutcome::Swapped => return Ok((value, new)),
@@ -291,10 +417,11 @@ impl Table {
         self.ctx.check_open()?;
         let deadline = tokio::time::Instant::now() + self.ctx.config.request_timeout;
         loop {
+            let now = self.ctx.wall_clock_ms();
             let (snapshot, digest) = {
                 let store = self.shared.read()?;
                 let mut entries: Entries = store
-                    .live()
+                    .visible_entries(now)
                     .map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .collect();
                 entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -337,7 +464,9 @@ impl Table {
         }
     }
 
-    /// Number of live entries on this node.
+    /// Number of live entries on this node (counting values past their
+    /// deadline until the sequencer's delete arrives, at most a few
+    /// milliseconds later).
     pub fn len(&self) -> Result<usize> {
         self.ctx.check_open()?;
         Ok(self.shared.read()?.len())
@@ -351,10 +480,11 @@ impl Table {
     /// Live keys on this node, sorted.
     pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
         self.ctx.check_open()?;
+        let now = self.ctx.wall_clock_ms();
         let mut keys: Vec<Vec<u8>> = self
             .shared
             .read()?
-            .live()
+            .visible_entries(now)
             .map(|(k, _)| k.to_vec())
             .collect();
         keys.sort_unstable();
@@ -388,6 +518,15 @@ impl Table {
         stats.sequencer = self.agreement.follows().map(|a| a.name.to_string());
         Ok(stats)
     }
+}
+
+/// A ttl in whole milliseconds (at least 1).
+fn ttl_ms(ttl: Duration) -> Result<u64> {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(Error::invalid("a ttl is at least 1 millisecond"));
+    }
+    Ok(ms)
 }
 
 fn previous(outcome: WriteOutcome) -> Result<Entries> {

@@ -11,7 +11,7 @@ use crate::vclock::{ActorId, Dot, VClock};
 /// First field of every handshake message: "LBKV".
 pub const MAGIC: u32 = 0x4c42_4b56;
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bound on any frame before the peer is authenticated.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
@@ -26,6 +26,8 @@ pub struct WireEntry {
     pub value: Option<Vec<u8>>,
     /// The version's clock.
     pub clock: VClock,
+    /// When the value expires, in milliseconds since the Unix epoch (`None`: never).
+    pub deadline_ms: Option<u64>,
 }
 
 /// Entries as sent in one message: each actor once, and every dot as an
@@ -45,6 +47,7 @@ struct EntryOut<'a> {
     key: &'a serde_bytes::Bytes,
     value: Option<&'a serde_bytes::Bytes>,
     dots: Vec<(u32, Dot)>,
+    deadline_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +63,7 @@ struct EntryIn {
     #[serde(with = "serde_bytes")]
     value: Option<Vec<u8>>,
     dots: Vec<(u32, Dot)>,
+    deadline_ms: Option<u64>,
 }
 
 impl Serialize for Entries {
@@ -88,6 +92,7 @@ impl Serialize for Entries {
                 key: serde_bytes::Bytes::new(&e.key),
                 value: e.value.as_deref().map(serde_bytes::Bytes::new),
                 dots,
+                deadline_ms: e.deadline_ms,
             });
         }
         out.serialize(serializer)
@@ -113,6 +118,7 @@ impl<'de> Deserialize<'de> for Entries {
                 key: e.key,
                 value: e.value,
                 clock: VClock::from_dots(dots),
+                deadline_ms: e.deadline_ms,
             });
         }
         Ok(Entries(entries))
@@ -179,7 +185,36 @@ pub enum WriteOp {
         /// The decided value, or `None` to delete.
         #[serde(with = "serde_bytes")]
         new: Option<Vec<u8>>,
+        /// The deadline the decided value keeps: the later of both sides'
+        /// (none when a present side has none).
+        deadline_ms: Option<u64>,
     },
+    /// [`WriteOp::Put`] of values that expire `ttl_ms` after the sequencer
+    /// writes them.
+    PutExpiring {
+        /// The keys and values.
+        #[serde(with = "byte_pairs")]
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Milliseconds the values live.
+        ttl_ms: u64,
+    },
+    /// [`WriteOp::CompareAndSet`] whose new value expires `ttl_ms` after
+    /// the sequencer writes it.
+    CompareAndSetExpiring {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The clock the caller's function saw.
+        expected: Option<VClock>,
+        /// The new value, or `None` to delete.
+        #[serde(with = "serde_bytes")]
+        new: Option<Vec<u8>>,
+        /// Milliseconds the value lives.
+        ttl_ms: u64,
+    },
+    /// Delete each of these keys whose live value is past its deadline by
+    /// the sequencer's clock (the sequencer's own expiry task sends it).
+    Expire(#[serde(with = "byte_lists")] Vec<Vec<u8>>),
 }
 
 // Keys and values as byte strings: postcard encodes them exactly as it does
@@ -370,6 +405,9 @@ pub enum Message {
         table: String,
         /// The new versions.
         entries: Entries,
+        /// Why the versions that are not plain writes were written, by
+        /// index into `entries` (for the watches of the members).
+        causes: Vec<(u32, WriteCause)>,
     },
     /// A batch was applied.
     ApplyAck {
@@ -492,6 +530,15 @@ pub enum Message {
     },
 }
 
+/// Why a sequencer wrote a version other than for a plain write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteCause {
+    /// A conflict resolution.
+    Resolve,
+    /// An expiry.
+    Expiry,
+}
+
 /// A version a sequencer took back (see [`Message::Retract`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retracted {
@@ -513,6 +560,8 @@ pub struct Restored {
     pub value: Option<Vec<u8>>,
     /// Its clock.
     pub clock: VClock,
+    /// Its deadline, if it had one.
+    pub deadline_ms: Option<u64>,
 }
 
 /// Encodes `msg` as one frame (length prefix included).
@@ -622,12 +671,14 @@ mod tests {
                 key: vec![i],
                 value: (i % 3 != 0).then(|| vec![i; 10]),
                 clock: clock.clone(),
+                deadline_ms: (i % 2 == 0).then_some(u64::from(i) << 40),
             })
             .collect();
         let msg = Message::Apply {
             id: 1,
             table: "t".into(),
             entries: Entries(entries),
+            causes: vec![(3, WriteCause::Expiry)],
         };
         let frame = encode_frame(&msg).unwrap();
         assert_eq!(decode(&frame[4..]).unwrap(), msg);
@@ -653,6 +704,7 @@ mod tests {
                     key: serde_bytes::Bytes::new(b"k"),
                     value: None,
                     dots: vec![(0, dot)],
+                    deadline_ms: None,
                 }],
             })
             .unwrap()

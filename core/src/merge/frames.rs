@@ -31,6 +31,7 @@ pub(super) fn to_wire(h: HashedEntry) -> WireEntry {
         key: h.key.into_vec(),
         value: h.entry.value.map(<[u8]>::into_vec),
         clock: h.entry.clock,
+        deadline_ms: h.entry.deadline_ms,
     }
 }
 

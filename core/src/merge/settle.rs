@@ -9,7 +9,8 @@ use crate::context::Context;
 use crate::events::{Event, ResolutionKind};
 use crate::replica::{ConflictRecord, Replica};
 use crate::replication::Replication;
-use crate::resolve::{merge_versions, Conflict, Resolution};
+use crate::resolve::{joint_deadline, merge_versions, Conflict, Resolution};
+use crate::watch::Cause;
 use crate::store::{Entry, TableStore};
 use crate::vclock::VClock;
 use crate::wire::{WireEntry, WriteOp, WriteOutcome};
@@ -21,6 +22,8 @@ struct Found {
     remote: Option<Vec<u8>>,
     kept: Option<Vec<u8>>,
     merged_clock: VClock,
+    /// The deadline the decision keeps (see [`joint_deadline`]).
+    deadline_ms: Option<u64>,
     /// The peer the merge was with.
     peer: String,
 }
@@ -114,6 +117,7 @@ fn merge_one(
     let incoming = Entry {
         value: w.value.map(Vec::into_boxed_slice),
         clock: w.clock,
+        deadline_ms: w.deadline_ms,
     };
     let local = store
         .entry(&w.key)
@@ -137,6 +141,7 @@ fn merge_one(
                     remote: incoming.value.as_deref().map(<[u8]>::to_vec),
                     kept: m.entry.value.as_deref().map(<[u8]>::to_vec),
                     merged_clock: m.entry.clock.clone(),
+                    deadline_ms: joint_deadline(&local, &incoming),
                     peer: String::new(),
                 });
             }
@@ -147,7 +152,13 @@ fn merge_one(
         }
     };
     tally.changed += 1;
-    store.insert(&w.key, merged.value.as_deref(), &merged.clock);
+    store.insert(
+        &w.key,
+        merged.value.as_deref(),
+        &merged.clock,
+        merged.deadline_ms,
+        Cause::Merge,
+    );
     found
 }
 
@@ -174,6 +185,7 @@ async fn resolve_with_handler(
         key: f.key.clone(),
         merged: f.merged_clock.clone(),
         new,
+        deadline_ms: f.deadline_ms,
     };
     match replication.submit(table, op).await {
         Ok(WriteOutcome::Swapped) if how == ResolutionKind::Handler => {
