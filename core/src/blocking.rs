@@ -288,9 +288,10 @@ impl Table {
         let Some(ttl) = ttl else {
             return self.update(key, f);
         };
-        block_on(self.inner.update_with_expiring(key, ttl, |k, v| {
-            std::future::ready(f(k, v.as_deref()))
-        }))?
+        block_on(
+            self.inner
+                .update_with_expiring(key, ttl, |k, v| std::future::ready(f(k, v.as_deref()))),
+        )?
     }
 
     /// See [`crate::Table::update_all_with`]; `f` runs on the calling thread.

@@ -48,9 +48,9 @@ mod sequencer;
 mod store;
 mod table;
 mod tls;
-mod watch;
 #[doc(hidden)]
 pub mod vclock;
+mod watch;
 #[doc(hidden)]
 pub mod wire;
 

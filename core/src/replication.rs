@@ -1010,7 +1010,10 @@ mod tests {
                 clock: old.clone(),
                 deadline_ms: None,
             };
-            replica.write().unwrap().insert(b"k", Some(b"new"), &new, None, Cause::Replicated);
+            replica
+                .write()
+                .unwrap()
+                .insert(b"k", Some(b"new"), &new, None, Cause::Replicated);
             let silent = ActorId::new("silent", 2);
             let (mut batch, mut answer) = pending(silent.clone());
             batch.replica = replica.clone();

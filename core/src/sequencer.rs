@@ -97,10 +97,7 @@ impl Sequencer<'_> {
     /// Deletes each key whose live value is past its deadline.
     fn expire(&mut self, keys: Vec<Vec<u8>>) -> Reply {
         for k in keys {
-            let due = self
-                .store
-                .deadline(&k)
-                .is_some_and(|d| d <= self.now_ms);
+            let due = self.store.deadline(&k).is_some_and(|d| d <= self.now_ms);
             if due {
                 self.write(k, None, None, Expiry::Never, Cause::Expiry);
             }

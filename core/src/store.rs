@@ -99,11 +99,7 @@ const DEADLINE_SIZE: usize = 8;
 impl Packed {
     fn new(key: &[u8], value: Option<&[u8]>, dots: &[(u32, Dot)], deadline: Option<u64>) -> Packed {
         let extra = if deadline.is_some() { DEADLINE_SIZE } else { 0 };
-        let len = HEADER
-            + extra
-            + dots.len() * DOT_SIZE
-            + key.len()
-            + value.map_or(0, <[u8]>::len);
+        let len = HEADER + extra + dots.len() * DOT_SIZE + key.len() + value.map_or(0, <[u8]>::len);
         let layout = block_layout(len);
         // SAFETY: the layout has a non-zero size (HEADER > 0).
         let raw = unsafe { alloc(layout) };
@@ -169,9 +165,7 @@ impl Packed {
             return None;
         }
         // SAFETY: a block with the flag holds the deadline right after the header.
-        let d = unsafe {
-            std::slice::from_raw_parts(self.ptr.as_ptr().add(HEADER), DEADLINE_SIZE)
-        };
+        let d = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(HEADER), DEADLINE_SIZE) };
         let mut x = [0u8; 8];
         x.copy_from_slice(d);
         Some(u64::from_le_bytes(x))

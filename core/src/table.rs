@@ -295,11 +295,9 @@ impl Table {
         F: FnMut(&[u8], Option<&[u8]>) -> Option<Vec<u8>>,
     {
         let ttl_ms = ttl_ms(ttl)?;
-        self.update_inner(
-            key,
-            Some(ttl_ms),
-            |k, v| std::future::ready(Ok(f(k, v.as_deref()))),
-        )
+        self.update_inner(key, Some(ttl_ms), |k, v| {
+            std::future::ready(Ok(f(k, v.as_deref())))
+        })
         .await
     }
 
@@ -330,7 +328,12 @@ impl Table {
         self.update_inner(key, Some(ttl_ms), f).await
     }
 
-    async fn update_inner<F, Fut>(&self, key: &[u8], ttl_ms: Option<u64>, mut f: F) -> Result<Updated>
+    async fn update_inner<F, Fut>(
+        &self,
+        key: &[u8],
+        ttl_ms: Option<u64>,
+        mut f: F,
+    ) -> Result<Updated>
     where
         F: FnMut(&[u8], Option<Vec<u8>>) -> Fut,
         Fut: Future<Output = Result<Option<Vec<u8>>>>,

@@ -10,9 +10,9 @@ use crate::events::{Event, ResolutionKind};
 use crate::replica::{ConflictRecord, Replica};
 use crate::replication::Replication;
 use crate::resolve::{joint_deadline, merge_versions, Conflict, Resolution};
-use crate::watch::Cause;
 use crate::store::{Entry, TableStore};
 use crate::vclock::VClock;
+use crate::watch::Cause;
 use crate::wire::{WireEntry, WriteOp, WriteOutcome};
 
 /// A conflict this node settles.
