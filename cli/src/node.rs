@@ -53,6 +53,9 @@ const COMMANDS: &[&str] = &[
     "get T K               local read -> VALUE <v> | NIL",
     "sget T K              strong read at the sequencer -> VALUE <v> | NIL",
     "del T K               delete K -> OK | PREV <old>",
+    "psetex T K MS V       set K to V for MS milliseconds -> OK | PREV <old>",
+    "pttl T K              time K has left -> VALUE <ms> | NIL (no key, no expiry)",
+    "watch T [PREFIX]      -> OK, then an EVENT {\"type\":\"change\",...} line per change",
     "match T KPAT [VPAT]   glob match -> ENTRY <k> <v> lines, END",
     "incr T K              atomic +1 of a decimal counter -> VALUE <new>",
     "tables                table names -> ITEM lines, END",
@@ -337,7 +340,11 @@ async fn serve(
     });
     let interactive = std::io::stdin().is_terminal();
     let mut lines = read_stdin();
-    let shell = Shell { node: node.clone() };
+    let shell = Shell {
+        node: node.clone(),
+        out: Some(out.clone()),
+        watches: Default::default(),
+    };
     loop {
         if interactive && out.send("lbmkv> ".to_string()).is_err() {
             break;
@@ -380,6 +387,7 @@ async fn serve(
     if let Some(task) = event_task {
         task.abort();
     }
+    shell.stop_watches();
     let _ = node.close().await;
 }
 
@@ -564,9 +572,49 @@ fn increment(key: &[u8], value: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, Erro
 /// Executes command lines against one node.
 struct Shell {
     node: Node,
+    /// Where `watch` prints changes (`None`: no watches).
+    out: Option<Out>,
+    /// The tasks that print the changes of each `watch`.
+    watches: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// A string as a JSON string, escaped as replies escape bytes first.
+fn json_bytes(b: Option<&[u8]>) -> String {
+    match b {
+        Some(b) => serde_json::Value::String(escape::text(b)).to_string(),
+        None => "null".to_string(),
+    }
+}
+
+/// One `watch` item as an `EVENT` line.
+fn watch_line(item: &lbmkv::WatchItem, table: &str) -> String {
+    match item {
+        lbmkv::WatchItem::Change(c) => format!(
+            "EVENT {{\"type\":\"change\",\"table\":{},\"key\":{},\"value\":{},\"prev\":{},\"cause\":\"{}\",\"node\":{}}}\n",
+            json_bytes(Some(c.table.as_bytes())),
+            json_bytes(Some(&c.key)),
+            json_bytes(c.value.as_deref()),
+            json_bytes(c.prev.as_deref()),
+            c.cause,
+            json_bytes(Some(c.node.as_bytes())),
+        ),
+        lbmkv::WatchItem::Lagged(n) => format!(
+            "EVENT {{\"type\":\"lagged\",\"table\":{},\"count\":{n}}}\n",
+            json_bytes(Some(table.as_bytes()))
+        ),
+        _ => String::new(),
+    }
 }
 
 impl Shell {
+    fn stop_watches(&self) {
+        if let Ok(mut tasks) = self.watches.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
     fn table(&self, name: &[u8]) -> Result<lbmkv::Table, Error> {
         let name = lbmkv::name_from_bytes("table name", name)?;
         self.node.table(name)
@@ -618,6 +666,60 @@ impl Shell {
                 };
                 let prev = self.table(table)?.delete(key).await?;
                 Ok(previous_reply(prev))
+            }
+            "psetex" => {
+                let (Some(table), Some(key), Some(ms), Some(value)) =
+                    (t.next(), t.next(), t.next(), t.rest_of_line())
+                else {
+                    return Err(usage("psetex T K MS V (V is the rest of the line)"));
+                };
+                let ms = std::str::from_utf8(ms)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        usage("psetex T K MS V (MS is a number of milliseconds, at least 1)")
+                    })?;
+                let prev = self
+                    .table(table)?
+                    .put_expiring(key, value, Duration::from_millis(ms))
+                    .await?;
+                Ok(previous_reply(prev))
+            }
+            "pttl" => {
+                let (Some(table), Some(key), true) = (t.next(), t.next(), t.is_done()) else {
+                    return Err(usage("pttl T K"));
+                };
+                let left = self.table(table)?.ttl(key)?;
+                Ok(Reply::Text(match left {
+                    Some(d) => format!("VALUE {}\n", d.as_millis()),
+                    None => "NIL\n".to_string(),
+                }))
+            }
+            "watch" => {
+                let (Some(table), prefix, true) = (t.next(), t.next(), t.is_done()) else {
+                    return Err(usage("watch T [PREFIX]"));
+                };
+                let Some(out) = &self.out else {
+                    return Err(usage("watch needs the node's output"));
+                };
+                let table = self.table(table)?;
+                let mut watch = table.watch(prefix.unwrap_or(b""))?;
+                // OK first: the change lines follow it.
+                let _ = out.send("OK\n".to_string());
+                let out = out.clone();
+                let name = table.name().to_string();
+                let task = tokio::spawn(async move {
+                    while let Some(item) = watch.next().await {
+                        if out.send(watch_line(&item, &name)).is_err() {
+                            break;
+                        }
+                    }
+                });
+                if let Ok(mut tasks) = self.watches.lock() {
+                    tasks.push(task);
+                }
+                Ok(Reply::Nothing)
             }
             "match" => {
                 let (Some(table), Some(kpat)) = (t.next(), t.next()) else {
@@ -831,7 +933,11 @@ mod tests {
             })
             .await
             .unwrap();
-            let shell = Shell { node: node.clone() };
+            let shell = Shell {
+                node: node.clone(),
+                out: None,
+                watches: Default::default(),
+            };
             let run = |line: &'static str| shell.execute(line.as_bytes());
             assert!(matches!(run("create t").await, Ok(Reply::Text(t)) if t == "OK\n"));
             assert!(matches!(run("fill t 12345 100").await, Ok(Reply::Text(t)) if t == "OK\n"));
