@@ -232,6 +232,54 @@ typedef enum {
 } lbmkv_log_level;
 
 /**
+ * Why a key changed. Values never change meaning.
+ */
+enum lbmkv_change_cause
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Not a change (a NULL pointer, or a lag).
+   */
+  LBMKV_CHANGE_CAUSE_UNKNOWN = 0,
+  /**
+   * A write this node executed as the table's sequencer.
+   */
+  LBMKV_CHANGE_CAUSE_WRITE = 1,
+  /**
+   * A write from the sequencer applied here; also a write taken back
+   * (a batch that failed), reported as a change back to the value before.
+   */
+  LBMKV_CHANGE_CAUSE_REPLICATED = 2,
+  /**
+   * A version that came in by a merge.
+   */
+  LBMKV_CHANGE_CAUSE_MERGE = 3,
+  /**
+   * A conflict handler's decision (or its fallback).
+   */
+  LBMKV_CHANGE_CAUSE_RESOLVE = 4,
+  /**
+   * The delete the sequencer wrote when the key's time was up.
+   */
+  LBMKV_CHANGE_CAUSE_EXPIRY = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum lbmkv_change_cause lbmkv_change_cause;
+#else
+typedef uint32_t lbmkv_change_cause;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * One item of a watch: a change, or a lag (see `lbmkv_change_lagged`).
+ * Free with `lbmkv_change_free`.
+ */
+typedef struct lbmkv_change lbmkv_change;
+
+/**
  * How a node is started: every setting has the default of the
  * specification until set (`127.0.0.1:0`, advertised as the listen
  * address, no seeds, no wait for members, cookie from `$LBMKV_COOKIE` or
@@ -292,6 +340,13 @@ typedef struct lbmkv_table lbmkv_table;
  * Where an update function writes its decision; valid during its call.
  */
 typedef struct lbmkv_update lbmkv_update;
+
+/**
+ * A watch of a table's changes on one node (see `lbmkv_table_watch`).
+ * `lbmkv_watch_next` may be called from one thread at a time;
+ * `lbmkv_watch_close` from any thread.
+ */
+typedef struct lbmkv_watch lbmkv_watch;
 
 /**
  * Bytes owned by the caller, made by lbmkv: `len` bytes at `data`, followed
@@ -841,6 +896,44 @@ lbmkv_status lbmkv_table_put(const lbmkv_table *table,
                              lbmkv_error **err_out);
 
 /**
+ * `lbmkv_table_put` of a value that expires `ttl_ms` milliseconds after
+ * the sequencer wrote it (0: never): then the sequencer deletes it on every
+ * member, and reads hide it from its deadline on. Writing the key again
+ * with a ttl refreshes it; without one, it stays. Blocking.
+ */
+lbmkv_status lbmkv_table_put_ttl(const lbmkv_table *table,
+                                 lbmkv_slice key,
+                                 lbmkv_slice value,
+                                 uint64_t ttl_ms,
+                                 lbmkv_bytes *prev_out,
+                                 bool *prev_found_out,
+                                 lbmkv_error **err_out);
+
+/**
+ * `lbmkv_table_put_many` of values that expire `ttl_ms` milliseconds after
+ * the sequencer wrote them (0: never). Blocking.
+ */
+lbmkv_status lbmkv_table_put_many_ttl(const lbmkv_table *table,
+                                      const lbmkv_slice *keys,
+                                      const lbmkv_slice *values,
+                                      size_t count,
+                                      uint64_t ttl_ms,
+                                      lbmkv_entries **previous_out,
+                                      lbmkv_error **err_out);
+
+/**
+ * The time `key` has left before it expires, in milliseconds by this
+ * node's clock, in `*ttl_ms_out`; `*found_out` is false (and `*ttl_ms_out`
+ * 0) when the key is absent or never expires. Both outputs may be NULL.
+ * Local, never blocks on the network.
+ */
+lbmkv_status lbmkv_table_ttl(const lbmkv_table *table,
+                             lbmkv_slice key,
+                             uint64_t *ttl_ms_out,
+                             bool *found_out,
+                             lbmkv_error **err_out);
+
+/**
  * Sets `count` keys to their values atomically (all or nothing); `keys` and
  * `values` are arrays of `count` slices. The previous entries of the keys
  * that had one go to `*previous_out` (may be NULL; free with
@@ -928,6 +1021,23 @@ lbmkv_status lbmkv_table_update(const lbmkv_table *table,
                                 lbmkv_error **err_out);
 
 /**
+ * `lbmkv_table_update` whose new value expires `ttl_ms` milliseconds
+ * after the sequencer wrote it (0: as `lbmkv_table_update`, which keeps
+ * the key's deadline); returning the old value writes it again, which
+ * refreshes it. Blocking.
+ */
+lbmkv_status lbmkv_table_update_ttl(const lbmkv_table *table,
+                                    lbmkv_slice key,
+                                    uint64_t ttl_ms,
+                                    lbmkv_update_fn fn,
+                                    void *user_data,
+                                    lbmkv_bytes *old_out,
+                                    bool *old_found_out,
+                                    lbmkv_bytes *new_out,
+                                    bool *new_found_out,
+                                    lbmkv_error **err_out);
+
+/**
  * Atomic update of the whole table: `fn` (required) runs on this thread for
  * every entry, in key order, and decides each new value (see
  * `lbmkv_update_fn`); everything is applied at once or not at all. The old
@@ -966,6 +1076,98 @@ lbmkv_status lbmkv_table_set_conflict_handler(const lbmkv_table *table,
 lbmkv_status lbmkv_table_conflicts_json(const lbmkv_table *table,
                                         lbmkv_bytes *json_out,
                                         lbmkv_error **err_out);
+
+/**
+ * Opens a watch of the changes of the keys of `table` that start with the
+ * `prefix_len` bytes at `prefix` (`prefix` may be NULL when `prefix_len` is
+ * 0: the whole table), on this node, from now on. `buffer` changes are kept
+ * for a consumer that falls behind (0: 4096); beyond that the next item is
+ * a lag with the count of changes missed. Free with `lbmkv_watch_free`.
+ */
+lbmkv_status lbmkv_table_watch(const lbmkv_table *table,
+                               const uint8_t *prefix,
+                               size_t prefix_len,
+                               size_t buffer,
+                               lbmkv_watch **watch_out,
+                               lbmkv_error **err_out);
+
+/**
+ * The next change of `watch`, waiting at most `timeout_ms`: stored in
+ * `*change_out` (free it with `lbmkv_change_free`). Returns
+ * `LBMKV_STATUS_TIMEOUT` when nothing came in time and
+ * `LBMKV_STATUS_CLOSED` once the watch ended (closed, or its node closed
+ * and every buffered change was taken); `*change_out` is then untouched.
+ * Changes of one node come in the order it applied them. Blocking.
+ */
+lbmkv_status lbmkv_watch_next(const lbmkv_watch *watch,
+                              uint32_t timeout_ms,
+                              lbmkv_change **change_out,
+                              lbmkv_error **err_out);
+
+/**
+ * Ends `watch`: a call waiting in `lbmkv_watch_next` (on another thread)
+ * and every later one return `LBMKV_STATUS_CLOSED`. The handle stays valid
+ * until `lbmkv_watch_free`. NULL does nothing.
+ */
+void lbmkv_watch_close(const lbmkv_watch *watch);
+
+/**
+ * Closes and frees a watch. NULL does nothing.
+ */
+void lbmkv_watch_free(lbmkv_watch *watch);
+
+/**
+ * The number of changes missed when this item is a lag (the consumer
+ * fell behind the watch's buffer); 0 for a change or NULL.
+ */
+uint64_t lbmkv_change_lagged(const lbmkv_change *change);
+
+/**
+ * Why the key changed (`LBMKV_CHANGE_CAUSE_UNKNOWN` for a lag or NULL).
+ */
+lbmkv_change_cause lbmkv_change_get_cause(const lbmkv_change *change);
+
+/**
+ * The cause as a word (`"write"`, `"replicated"`, `"merge"`, `"resolve"`,
+ * `"expiry"`; `""` for a lag or NULL). A static string.
+ */
+const char *lbmkv_change_cause_name(const lbmkv_change *change);
+
+/**
+ * The key that changed, valid until the change is freed (`{NULL, 0}` for
+ * a lag or NULL).
+ */
+lbmkv_slice lbmkv_change_key(const lbmkv_change *change);
+
+/**
+ * The new value in `*value_out` (valid until the change is freed); false
+ * (and `{NULL, 0}`) when the key was deleted, for a lag or NULL.
+ */
+bool lbmkv_change_value(const lbmkv_change *change, lbmkv_slice *value_out);
+
+/**
+ * The value before in `*prev_out` (valid until the change is freed);
+ * false (and `{NULL, 0}`) when the key was absent or deleted.
+ */
+bool lbmkv_change_prev(const lbmkv_change *change, lbmkv_slice *prev_out);
+
+/**
+ * The table's name, NUL-terminated, valid until the change is freed
+ * (`""` for a lag; NULL for NULL).
+ */
+const char *lbmkv_change_table(const lbmkv_change *change);
+
+/**
+ * The node that wrote the new version (the actor of its newest clock
+ * dot: the sequencer that ordered it), NUL-terminated, valid until the
+ * change is freed (`""` for a lag; NULL for NULL).
+ */
+const char *lbmkv_change_node(const lbmkv_change *change);
+
+/**
+ * Frees a change. NULL does nothing.
+ */
+void lbmkv_change_free(lbmkv_change *change);
 
 #ifdef __cplusplus
 }  // extern "C"

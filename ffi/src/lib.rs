@@ -26,6 +26,7 @@ mod log;
 mod node;
 mod panic;
 mod table;
+mod watch;
 
 pub use bytes::*;
 pub use callback::*;
@@ -35,6 +36,7 @@ pub use event::*;
 pub use log::*;
 pub use node::*;
 pub use table::*;
+pub use watch::*;
 
 use std::ffi::c_char;
 

@@ -50,6 +50,18 @@ impl PanicDefault for crate::error::lbmkv_status {
     }
 }
 
+impl PanicDefault for u64 {
+    fn panic_default() -> Self {
+        0
+    }
+}
+
+impl PanicDefault for crate::watch::lbmkv_change_cause {
+    fn panic_default() -> Self {
+        crate::watch::lbmkv_change_cause::Unknown
+    }
+}
+
 impl PanicDefault for crate::event::lbmkv_event_type {
     fn panic_default() -> Self {
         crate::event::lbmkv_event_type::Unknown

@@ -36,6 +36,16 @@ castable! {
     lbmkv_table => TableState, Owned;
 }
 
+/// The blocking table behind a handle.
+pub(crate) fn blocking_table<'a>(table: *const lbmkv_table) -> Result<&'a Table, Failure> {
+    Ok(&handle::try_ref(table, "table")?.table)
+}
+
+/// A ttl in milliseconds as the core takes it (0: none).
+fn ttl_of(ttl_ms: u64) -> Option<std::time::Duration> {
+    (ttl_ms > 0).then(|| std::time::Duration::from_millis(ttl_ms))
+}
+
 /// Stores `value` in the optional outputs of a "previous value" or "value";
 /// the bytes are only made when the caller asked for them.
 fn value_outputs(value: Option<Vec<u8>>, value_out: *mut lbmkv_bytes, found_out: *mut bool) {
@@ -126,6 +136,85 @@ pub extern "C" fn lbmkv_table_put(
         let value = value.bytes("value")?;
         let prev = t.table.put(key, value)?;
         value_outputs(prev, prev_out, prev_found_out);
+        Ok(())
+    })
+}
+
+/// `lbmkv_table_put` of a value that expires `ttl_ms` milliseconds after
+/// the sequencer wrote it (0: never): then the sequencer deletes it on every
+/// member, and reads hide it from its deadline on. Writing the key again
+/// with a ttl refreshes it; without one, it stays. Blocking.
+#[no_mangle]
+pub extern "C" fn lbmkv_table_put_ttl(
+    table: *const lbmkv_table,
+    key: lbmkv_slice,
+    value: lbmkv_slice,
+    ttl_ms: u64,
+    prev_out: *mut lbmkv_bytes,
+    prev_found_out: *mut bool,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let t = handle::try_ref(table, "table")?;
+        let key = key.bytes("key")?;
+        let value = value.bytes("value")?;
+        let prev = t.table.put_with_ttl(key, value, ttl_of(ttl_ms))?;
+        value_outputs(prev, prev_out, prev_found_out);
+        Ok(())
+    })
+}
+
+/// `lbmkv_table_put_many` of values that expire `ttl_ms` milliseconds after
+/// the sequencer wrote them (0: never). Blocking.
+#[no_mangle]
+pub extern "C" fn lbmkv_table_put_many_ttl(
+    table: *const lbmkv_table,
+    keys: *const lbmkv_slice,
+    values: *const lbmkv_slice,
+    count: usize,
+    ttl_ms: u64,
+    previous_out: *mut *mut lbmkv_entries,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let t = handle::try_ref(table, "table")?;
+        let keys = lbmkv_slice::array(keys, count, "keys")?;
+        let values = lbmkv_slice::array(values, count, "values")?;
+        let entries = keys
+            .into_iter()
+            .zip(values)
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        let prev = t.table.put_many_with_ttl(entries, ttl_of(ttl_ms))?;
+        if let Some(out) = handle::opt_out(previous_out) {
+            *out = bytes::entries_out(prev);
+        }
+        Ok(())
+    })
+}
+
+/// The time `key` has left before it expires, in milliseconds by this
+/// node's clock, in `*ttl_ms_out`; `*found_out` is false (and `*ttl_ms_out`
+/// 0) when the key is absent or never expires. Both outputs may be NULL.
+/// Local, never blocks on the network.
+#[no_mangle]
+pub extern "C" fn lbmkv_table_ttl(
+    table: *const lbmkv_table,
+    key: lbmkv_slice,
+    ttl_ms_out: *mut u64,
+    found_out: *mut bool,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let t = handle::try_ref(table, "table")?;
+        let key = key.bytes("key")?;
+        let left = t.table.ttl(key)?;
+        if let Some(out) = handle::opt_out(ttl_ms_out) {
+            *out = left.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        }
+        if let Some(found) = handle::opt_out(found_out) {
+            *found = left.is_some();
+        }
         Ok(())
     })
 }
@@ -314,6 +403,36 @@ pub extern "C" fn lbmkv_table_update(
         let (old, new) = t
             .table
             .update(key, |k, v| callback::call_update(f, user_data, k, v))?;
+        value_outputs(old, old_out, old_found_out);
+        value_outputs(new, new_out, new_found_out);
+        Ok(())
+    })
+}
+
+/// `lbmkv_table_update` whose new value expires `ttl_ms` milliseconds
+/// after the sequencer wrote it (0: as `lbmkv_table_update`, which keeps
+/// the key's deadline); returning the old value writes it again, which
+/// refreshes it. Blocking.
+#[no_mangle]
+pub extern "C" fn lbmkv_table_update_ttl(
+    table: *const lbmkv_table,
+    key: lbmkv_slice,
+    ttl_ms: u64,
+    r#fn: lbmkv_update_fn,
+    user_data: *mut c_void,
+    old_out: *mut lbmkv_bytes,
+    old_found_out: *mut bool,
+    new_out: *mut lbmkv_bytes,
+    new_found_out: *mut bool,
+    err_out: *mut *mut lbmkv_error,
+) -> lbmkv_status {
+    ffi_status!(err_out, {
+        let t = handle::try_ref(table, "table")?;
+        let key = key.bytes("key")?;
+        let f = r#fn.ok_or_else(|| Failure::null("update function"))?;
+        let (old, new) = t.table.update_with_ttl(key, ttl_of(ttl_ms), |k, v| {
+            callback::call_update(f, user_data, k, v)
+        })?;
         value_outputs(old, old_out, old_found_out);
         value_outputs(new, new_out, new_found_out);
         Ok(())
