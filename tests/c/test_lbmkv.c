@@ -1009,6 +1009,127 @@ static void test_split_and_heal_resolved_by_a_c_handler(void) {
   CHECK(frees == 1);
 }
 
+/* ------------------------------------------------------ watches and ttls */
+
+/* The next change of `w` (NULL when none came within `limit_ms`). */
+static lbmkv_change *next_change(const lbmkv_watch *w, uint32_t limit_ms) {
+  lbmkv_change *c = NULL;
+  if (lbmkv_watch_next(w, limit_ms, &c, NULL) != LBMKV_STATUS_OK) return NULL;
+  return c;
+}
+
+/* Takes changes until one of `key` with `cause` (10 s at most); 1 if found. */
+static int change_seen(const lbmkv_watch *w, const char *key, lbmkv_change_cause cause) {
+  double deadline = now_ms() + 10000.0;
+  while (now_ms() < deadline) {
+    lbmkv_change *c = next_change(w, 200);
+    int hit;
+    if (c == NULL) continue;
+    hit = slice_is(lbmkv_change_key(c), key) && lbmkv_change_get_cause(c) == cause;
+    lbmkv_change_free(c);
+    if (hit) return 1;
+  }
+  return 0;
+}
+
+static void test_watches_and_expiring_keys(void) {
+  pair p;
+  lbmkv_table *ta = NULL, *tb = NULL;
+  lbmkv_watch *wa = NULL, *wb = NULL, *slow = NULL;
+  lbmkv_change *c = NULL;
+  lbmkv_slice v = {NULL, 0};
+  uint64_t left = 0, lagged = 0;
+  bool found = true;
+  int i, changes = 0;
+  p.a = start_node("c-w1");
+  p.b = start_node("c-w2");
+  CHECK(p.a != NULL && p.b != NULL);
+  OK(lbmkv_node_connect, p.b, lbmkv_node_address(p.a));
+  CHECK(wait_until(both_see_two, &p, 10000));
+  OK(lbmkv_table_create, p.a, "w", NULL, NULL, NULL, &ta);
+  OK(lbmkv_table_create, p.b, "w", NULL, NULL, NULL, &tb);
+  OK(lbmkv_table_watch, ta, NULL, 0, 0, &wa);
+  OK(lbmkv_table_watch, tb, (const uint8_t *)"k", 1, 0, &wb);
+  CHECK(lbmkv_watch_next(wb, 10, &c, NULL) == LBMKV_STATUS_TIMEOUT && c == NULL);
+
+  /* a write from b: the sequencer (a) executed it, b applied it */
+  OK(lbmkv_table_put, tb, S("k1"), S("v1"), NULL, NULL);
+  OK(lbmkv_table_put, tb, S("other"), S("x"), NULL, NULL);
+  OK(lbmkv_table_delete, ta, S("k1"), NULL, NULL);
+  c = next_change(wa, 5000);
+  CHECK(c != NULL && slice_is(lbmkv_change_key(c), "k1"));
+  CHECK(lbmkv_change_get_cause(c) == LBMKV_CHANGE_CAUSE_WRITE);
+  CHECK(strcmp(lbmkv_change_cause_name(c), "write") == 0);
+  CHECK(lbmkv_change_value(c, &v) && slice_is(v, "v1"));
+  CHECK(!lbmkv_change_prev(c, &v) && v.data == NULL);
+  CHECK(strcmp(lbmkv_change_table(c), "w") == 0 && strcmp(lbmkv_change_node(c), "c-w1") == 0);
+  lbmkv_change_free(c);
+  c = next_change(wb, 5000);
+  CHECK(c != NULL && slice_is(lbmkv_change_key(c), "k1"));
+  CHECK(lbmkv_change_get_cause(c) == LBMKV_CHANGE_CAUSE_REPLICATED);
+  lbmkv_change_free(c);
+  c = next_change(wb, 5000); /* "other" is not under the prefix */
+  CHECK(c != NULL && slice_is(lbmkv_change_key(c), "k1") && !lbmkv_change_value(c, NULL));
+  CHECK(lbmkv_change_prev(c, &v) && slice_is(v, "v1"));
+  lbmkv_change_free(c);
+
+  /* an expiring key: ttl reported, then deleted everywhere with the cause expiry */
+  OK(lbmkv_table_put_ttl, tb, S("k-exp"), S("soon"), 300, NULL, NULL);
+  OK(lbmkv_table_ttl, ta, S("k-exp"), &left, &found);
+  CHECK(found && left > 0 && left <= 300);
+  OK(lbmkv_table_ttl, ta, S("absent"), &left, &found);
+  CHECK(!found && left == 0);
+  CHECK(change_seen(wb, "k-exp", LBMKV_CHANGE_CAUSE_EXPIRY));
+  CHECK(!value_is(tb, "soon"));
+
+  /* a split: a write on a's side reaches b by the merge of the heal */
+  OK(lbmkv_node_disconnect, p.a, "c-w2");
+  OK(lbmkv_node_disconnect, p.b, "c-w1");
+  CHECK(wait_until(both_alone, &p, 10000));
+  OK(lbmkv_table_put, ta, S("k-split"), S("a"), NULL, NULL);
+  (void)lbmkv_node_connect(p.a, lbmkv_node_address(p.b), NULL);
+  OK(lbmkv_node_connect, p.b, lbmkv_node_address(p.a));
+  CHECK(wait_until(both_see_two, &p, 10000));
+  CHECK(change_seen(wb, "k-split", LBMKV_CHANGE_CAUSE_MERGE));
+
+  /* a slow consumer learns how many changes it missed */
+  OK(lbmkv_table_watch, ta, (const uint8_t *)"s", 1, 2, &slow);
+  for (i = 0; i < 5; i++) {
+    char key[8];
+    lbmkv_slice k;
+    snprintf(key, sizeof key, "s%d", i);
+    k.data = (const uint8_t *)key;
+    k.len = strlen(key);
+    OK(lbmkv_table_put, ta, k, S("v"), NULL, NULL);
+  }
+  while ((c = next_change(slow, 500)) != NULL) {
+    if (lbmkv_change_lagged(c) > 0) {
+      lagged += lbmkv_change_lagged(c);
+      CHECK(lbmkv_change_get_cause(c) == LBMKV_CHANGE_CAUSE_UNKNOWN);
+    } else {
+      changes++;
+    }
+    lbmkv_change_free(c);
+  }
+  CHECK(changes == 2 && lagged == 3);
+
+  /* closing ends the watch; closing the node ends the others */
+  lbmkv_watch_close(slow);
+  CHECK(lbmkv_watch_next(slow, 10, &c, NULL) == LBMKV_STATUS_CLOSED);
+  lbmkv_watch_free(slow);
+  OK(lbmkv_node_close, p.a);
+  while (lbmkv_watch_next(wa, 1000, &c, NULL) == LBMKV_STATUS_OK) lbmkv_change_free(c);
+  CHECK(lbmkv_watch_next(wa, 10, &c, NULL) == LBMKV_STATUS_CLOSED);
+  lbmkv_watch_free(wa);
+  lbmkv_watch_free(wb);
+  lbmkv_watch_free(NULL);
+  lbmkv_change_free(NULL);
+  lbmkv_table_free(tb);
+  lbmkv_table_free(ta);
+  lbmkv_node_free(p.b);
+  lbmkv_node_free(p.a);
+}
+
 /* ------------------------------------------------------- threads at once */
 
 typedef struct {
@@ -1168,6 +1289,7 @@ int main(void) {
   RUN(test_bad_input_gives_typed_errors);
   RUN(test_user_data_free_runs_exactly_once);
   RUN(test_split_and_heal_resolved_by_a_c_handler);
+  RUN(test_watches_and_expiring_keys);
   RUN(test_handles_are_shared_between_threads);
   RUN(test_engine_logs_reach_the_log_callback);
   /* Last: it waits until lbmkv has dropped everything of its node (the
