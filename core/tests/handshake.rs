@@ -374,7 +374,9 @@ fn forged_apply(a: &Node) -> Message {
             key: b"evil".to_vec(),
             value: Some(b"injected".to_vec()),
             clock,
+            deadline_ms: None,
         }]),
+        causes: Vec::new(),
     }
 }
 

@@ -157,6 +157,7 @@ fn entries(rng: &mut StdRng) -> Entries {
                 key: bytes(rng, 3),
                 value: rng.random_bool(0.7).then(|| bytes(rng, 5)),
                 clock: clock(rng),
+                deadline_ms: rng.random_bool(0.3).then(|| rng.random()),
             })
             .collect(),
     )
@@ -173,7 +174,7 @@ fn table_name(rng: &mut StdRng) -> String {
 
 fn write_op(rng: &mut StdRng) -> WriteOp {
     let key = |rng: &mut StdRng| bytes(rng, 3);
-    match rng.random_range(0..6) {
+    match rng.random_range(0..9) {
         0 => WriteOp::Put(
             (0..rng.random_range(0..3))
                 .map(|_| (key(rng), bytes(rng, 4)))
@@ -192,10 +193,24 @@ fn write_op(rng: &mut StdRng) -> WriteOp {
                 .collect(),
         },
         4 => WriteOp::Read(key(rng)),
+        5 => WriteOp::PutExpiring {
+            entries: (0..rng.random_range(0..3))
+                .map(|_| (key(rng), bytes(rng, 4)))
+                .collect(),
+            ttl_ms: rng.random(),
+        },
+        6 => WriteOp::CompareAndSetExpiring {
+            key: key(rng),
+            expected: rng.random_bool(0.5).then(|| clock(rng)),
+            new: rng.random_bool(0.5).then(|| bytes(rng, 4)),
+            ttl_ms: rng.random(),
+        },
+        7 => WriteOp::Expire((0..rng.random_range(0..3)).map(|_| key(rng)).collect()),
         _ => WriteOp::Resolve {
             key: key(rng),
             merged: clock(rng),
             new: rng.random_bool(0.5).then(|| bytes(rng, 4)),
+            deadline_ms: rng.random_bool(0.3).then(|| rng.random()),
         },
     }
 }
@@ -278,6 +293,16 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
             id: small(rng),
             table: table_name(rng),
             entries: entries(rng),
+            causes: (0..rng.random_range(0..3))
+                .map(|_| {
+                    let cause = if rng.random_bool(0.5) {
+                        lbmkv::wire::WriteCause::Resolve
+                    } else {
+                        lbmkv::wire::WriteCause::Expiry
+                    };
+                    (rng.random_range(0..5), cause)
+                })
+                .collect(),
         },
         12 => Message::ApplyAck { id: small(rng) },
         13 => Message::SyncDigest {
@@ -346,6 +371,7 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
                     replaced: rng.random_bool(0.7).then(|| lbmkv::wire::Restored {
                         value: rng.random_bool(0.7).then(|| bytes(rng, 5)),
                         clock: clock(rng),
+                        deadline_ms: rng.random_bool(0.3).then(|| rng.random()),
                     }),
                 })
                 .collect(),
