@@ -90,6 +90,8 @@ pub async fn run(options: Options) -> Result<(), String> {
     let single = start_node("bench-solo", vec![]).await?;
     let t = single.create_table("bench").await.map_err(e)?;
     rows.extend(write_scenarios(&o, &t, "1 node").await?);
+    progress(&o, "local puts with watches open");
+    rows.push(watch_cost(&o, &t).await?);
     single.close().await.map_err(e)?;
 
     progress("starting 2 lbmkv node processes");
@@ -492,6 +494,40 @@ fn rss_bytes() -> u64 {
                 .and_then(|p| p.parse::<u64>().ok())
         })
         .map_or(0, |pages| pages * 4096)
+}
+
+/// Single-node `put` throughput with 0, 1 and 10 watches open (each
+/// consumed by a task of its own).
+async fn watch_cost(o: &Options, t: &lbmkv::Table) -> Result<Row, String> {
+    let ops = o.ops.max(1000);
+    let mut rates = Vec::new();
+    for watchers in [0usize, 1, 10] {
+        let mut tasks = Vec::new();
+        for _ in 0..watchers {
+            let mut w = t.watch(b"").map_err(e)?;
+            tasks.push(tokio::spawn(
+                async move { while w.next().await.is_some() {} },
+            ));
+        }
+        let started = Instant::now();
+        for i in 0..ops {
+            t.put(&key(i), &value(i)).await.map_err(e)?;
+        }
+        rates.push(ops as f64 / started.elapsed().as_secs_f64());
+        for task in tasks {
+            task.abort();
+        }
+    }
+    let k = |r: f64| format!("{:.0}k", r / 1000.0);
+    Ok(Row {
+        id: "watch_cost",
+        workload: "single node put with 0 / 1 / 10 watches open".into(),
+        result: format!("{} / {} / {} ops/s", k(rates[0]), k(rates[1]), k(rates[2])),
+        target: "",
+        reference: "",
+        ratio: format!("{:.2}x with 10", rates[2] / rates[0]),
+        data: json!({ "ops": ops, "watchers_0": rates[0], "watchers_1": rates[1], "watchers_10": rates[2] }),
+    })
 }
 
 /// Keys of lbm_kv's heal measurement.
