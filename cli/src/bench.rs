@@ -90,7 +90,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     let single = start_node("bench-solo", vec![]).await?;
     let t = single.create_table("bench").await.map_err(e)?;
     rows.extend(write_scenarios(&o, &t, "1 node").await?);
-    progress(&o, "local puts with watches open");
+    progress("local puts with watches open");
     rows.push(watch_cost(&o, &t).await?);
     single.close().await.map_err(e)?;
 
@@ -498,7 +498,7 @@ fn rss_bytes() -> u64 {
 
 /// Single-node `put` throughput with 0, 1 and 10 watches open (each
 /// consumed by a task of its own).
-async fn watch_cost(o: &Options, t: &lbmkv::Table) -> Result<Row, String> {
+async fn watch_cost(o: &Sizes, t: &lbmkv::Table) -> Result<Row, String> {
     let ops = o.ops.max(1000);
     let mut rates = Vec::new();
     for watchers in [0usize, 1, 10] {

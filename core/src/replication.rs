@@ -998,7 +998,12 @@ mod tests {
             let node = Node::start(config).await.unwrap();
             let replication = node.replication();
             // Alone, the node sequences once it is ready.
-            assert!(replication.agreement.wait_ready(Duration::from_secs(5)).await);
+            assert!(
+                replication
+                    .agreement
+                    .wait_ready(Duration::from_secs(5))
+                    .await
+            );
             let replica = replication.ensure_table("t").unwrap();
             let me = ActorId::new("seq", 1);
             let mut old = VClock::fresh();
