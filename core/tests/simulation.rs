@@ -83,7 +83,17 @@ const DEBUG_SEEDS: u64 = 4;
 ///   that remained (none); its clock ahead, the fallback later kept that
 ///   version over the acknowledged ones of the others (5025340851861811152).
 ///   A batch waiting for a member that goes silent past its confirmation
-///   now fails and is taken back.
+///   now fails and is taken back;
+/// - a write that changed nothing (a delete of a key a pending batch had
+///   deleted) was answered at once, and the pending batch was then taken
+///   back (8264478933348117580); such a write now waits for the batches
+///   before it. A node that had turned to a new sequencer took back its
+///   pending batches under that sequencer's feet (2614145149562905606); a
+///   take-back now happens only on a node that still sequences;
+/// - a restarted node whose state holder crashed mid-merge became ready by
+///   merging with another node that had just restarted, and ordered apart
+///   from a member it had not reached yet (1378332635454586967); a joining
+///   node now needs a ready peer (or a failure timeout without one).
 ///
 /// And one seed of the checker's own: a local read of a failed increment's
 /// version, taken back since, whose value a later increment was acknowledged
@@ -114,6 +124,9 @@ const REGRESSION_SEEDS: &[u64] = &[
     9108992124813584347,
     5025340851861811152,
     7726959029085276891,
+    8264478933348117580,
+    2614145149562905606,
+    1378332635454586967,
 ];
 
 fn replay_line(seed: u64) -> String {
