@@ -33,6 +33,7 @@ mod events;
 mod flow;
 pub mod glob;
 mod hash;
+mod info;
 mod locks;
 pub mod log;
 mod merge;
@@ -61,8 +62,9 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, ResolutionKind};
+pub use info::{Info, PeerStats};
 pub use log::{set_log_sink, LogLevel, LogRecord, LogSink};
-pub use node::{Info, Node, PeerStats};
+pub use node::Node;
 pub use replica::{ConflictRecord, TableStats};
 pub use resolve::{handler_fn, Conflict, ConflictHandler, HandlerFuture, Resolution};
 pub use table::{Entries, Table, Updated};

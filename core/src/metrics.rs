@@ -3,10 +3,10 @@
 //! C, Python, Node.js, `lbmkv node --metrics-listen`) returns this text.
 
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::context::{Stats, LATENCY_BUCKETS};
-use crate::node::Info;
+use crate::info::Info;
 
 /// Writes metric families into a string.
 struct Exposition {
@@ -60,8 +60,19 @@ fn escape_label(v: &str) -> String {
 /// The exposition of a node described by `info`, with the counters of `stats`.
 pub(crate) fn render(info: &Info, stats: &Stats) -> String {
     let mut e = Exposition { out: String::new() };
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    node_families(&mut e, info, stats);
+    table_families(&mut e, info);
+    write_families(&mut e, stats);
+    traffic_families(&mut e, info, stats);
+    e.out
+}
 
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The node itself: version, uptime, view.
+fn node_families(e: &mut Exposition, info: &Info, stats: &Stats) {
     e.family(
         "lbmkv_info",
         "gauge",
@@ -90,7 +101,10 @@ pub(crate) fn render(info: &Info, stats: &Stats) -> String {
         "Peers that joined or left this node's view.",
         load(&stats.view_changes),
     );
+}
 
+/// Per table: entries, bytes, tombstones, conflict log, sequencer.
+fn table_families(e: &mut Exposition, info: &Info) {
     e.family(
         "lbmkv_table_entries",
         "gauge",
@@ -145,7 +159,10 @@ pub(crate) fn render(info: &Info, stats: &Stats) -> String {
             );
         }
     }
+}
 
+/// Writes this node submitted, their latency, and strong reads.
+fn write_families(e: &mut Exposition, stats: &Stats) {
     e.single(
         "lbmkv_writes_total",
         "counter",
@@ -184,7 +201,10 @@ pub(crate) fn render(info: &Info, stats: &Stats) -> String {
         "Strong reads this node submitted to a sequencer.",
         load(&stats.strong_reads),
     );
+}
 
+/// Merges, conflicts and the traffic with peers.
+fn traffic_families(e: &mut Exposition, info: &Info, stats: &Stats) {
     e.single(
         "lbmkv_merges_total",
         "counter",
@@ -249,7 +269,6 @@ pub(crate) fn render(info: &Info, stats: &Stats) -> String {
         "Bytes of the write budget held by writes waiting for sequencers.",
         info.write_budget_in_use,
     );
-    e.out
 }
 
 #[cfg(test)]

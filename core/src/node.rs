@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 
 use crate::agreement::{self, Agreement, CatchUp};
 use crate::auth;
@@ -19,9 +18,9 @@ use crate::config::{validate_name, Config};
 use crate::context::{Context, Identity};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::Events;
+use crate::info::{Info, PeerStats};
 use crate::merge::Merge;
 use crate::net::{Net, TcpNet};
-use crate::replica::TableStats;
 use crate::replication::Replication;
 use crate::resolve::ConflictHandler;
 use crate::table::Table;
@@ -237,54 +236,6 @@ pub struct Node {
     _guard: Arc<CloseGuard>,
 }
 
-/// A node's description, as `info()` returns it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct Info {
-    /// The version of lbmkv the node runs.
-    pub version: String,
-    /// Milliseconds since the node started.
-    pub uptime_ms: u64,
-    /// The node's name.
-    pub name: String,
-    /// The node's actor id (name and incarnation).
-    pub actor: String,
-    /// Where it listens.
-    pub address: String,
-    /// Names of the nodes in its view, itself included, sorted.
-    pub members: Vec<String>,
-    /// The member whose sequencer this node follows, if any.
-    pub sequencer: Option<String>,
-    /// The peers this node is connected to, sorted by name.
-    pub peers: Vec<PeerStats>,
-    /// Tables, sorted by name, each with its sequencer.
-    pub tables: Vec<TableStats>,
-    /// Bytes this node wrote to peers.
-    pub bytes_sent: u64,
-    /// Bytes this node read from peers.
-    pub bytes_received: u64,
-    /// Bytes of merge traffic this node wrote.
-    pub merge_bytes_sent: u64,
-    /// Bytes queued for peers and not yet handed to their sockets.
-    pub send_queue_bytes: u64,
-    /// Bytes of the write budget held by writes waiting for sequencers.
-    pub write_budget_in_use: u64,
-}
-
-/// One connected peer, as `info()` describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct PeerStats {
-    /// The peer's name.
-    pub name: String,
-    /// The address the peer listens on, as it announced it.
-    pub address: String,
-    /// Milliseconds since the connection joined this node's view.
-    pub connected_ms: u64,
-    /// Bytes queued for the peer and not yet handed to its socket.
-    pub send_queue_bytes: u64,
-}
-
 impl Node {
     /// Starts a node on the current tokio runtime: binds its listener, starts
     /// its tasks and makes a first attempt to reach every seed.
@@ -315,32 +266,7 @@ impl Node {
         };
         let incarnation: u64 = rng.random();
         let ordinal = NODES_STARTED.fetch_add(1, Ordering::Relaxed);
-        let tls = match &config.tls {
-            Some(t) => Some(Arc::new(Tls::load(t)?)),
-            None => None,
-        };
-        let name = match (&config.name, &tls) {
-            (Some(n), _) => n.clone(),
-            // With TLS, the node is what its certificate names.
-            (None, Some(t)) if !t.names.is_empty() => t.names[0].clone(),
-            (None, _) => default_name(ordinal),
-        };
-        let actor = ActorId::new(&name, incarnation);
-        if let Some(t) = &tls {
-            if let Some(why) = t.own_name_problem(&name) {
-                tracing::warn!(
-                    node = %actor,
-                    "this node's TLS certificate does not name it, so peers will refuse it: {why}"
-                );
-            }
-            if let Some(why) = &t.own_problem {
-                tracing::warn!(
-                    node = %actor,
-                    "this node's TLS certificate does not verify against its CA, so peers \
-                     will refuse it: {why}"
-                );
-            }
-        }
+        let (tls, actor) = tls_and_actor(&config, incarnation, ordinal)?;
         let cookie = auth::resolve_cookie(config.cookie.as_deref(), rng.random())?;
         let listen_addr = crate::net::resolve_one(&*net, &config.listen).await?;
         let listener = net
@@ -350,13 +276,8 @@ impl Node {
         let local = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the listen address", e))?;
-        if tls.is_none() && !local.ip().is_loopback() {
-            tracing::warn!(
-                node = %actor, address = %local,
-                "listening on a non-loopback address without TLS: keys, values and \
-                 membership cross the network in clear text (configure TLS, or run on a \
-                 network you trust)"
-            );
+        if tls.is_none() {
+            warn_if_exposed(&actor, local);
         }
         let (ctx, events) = Context::new(Identity {
             actor,
@@ -620,6 +541,56 @@ impl Node {
 
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The node's TLS material (loaded from the configured files) and its actor:
+/// with TLS and no name given, the node is what its certificate names. A
+/// certificate that does not name the node, or does not verify, is worth a
+/// warning at start: peers will refuse it.
+fn tls_and_actor(
+    config: &Config,
+    incarnation: u64,
+    ordinal: u64,
+) -> Result<(Option<Arc<Tls>>, ActorId)> {
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(Tls::load(t)?)),
+        None => None,
+    };
+    let name = match (&config.name, &tls) {
+        (Some(n), _) => n.clone(),
+        // With TLS, the node is what its certificate names.
+        (None, Some(t)) if !t.names.is_empty() => t.names[0].clone(),
+        (None, _) => default_name(ordinal),
+    };
+    let actor = ActorId::new(&name, incarnation);
+    if let Some(t) = &tls {
+        if let Some(why) = t.own_name_problem(&name) {
+            tracing::warn!(
+                node = %actor,
+                "this node's TLS certificate does not name it, so peers will refuse it: {why}"
+            );
+        }
+        if let Some(why) = &t.own_problem {
+            tracing::warn!(
+                node = %actor,
+                "this node's TLS certificate does not verify against its CA, so peers \
+                 will refuse it: {why}"
+            );
+        }
+    }
+    Ok((tls, actor))
+}
+
+/// Warns once at start when the node listens beyond loopback without TLS.
+fn warn_if_exposed(actor: &ActorId, local: SocketAddr) {
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            node = %actor, address = %local,
+            "listening on a non-loopback address without TLS: keys, values and \
+             membership cross the network in clear text (configure TLS, or run on a \
+             network you trust)"
+        );
+    }
 }
 
 fn default_name(ordinal: u64) -> String {

@@ -65,27 +65,7 @@ pub(crate) async fn dial(
             format!("cannot connect to {addr}: {e}"),
         )
     })?;
-    let (mut stream, cert) = match &ctx.tls {
-        Some(tls) => {
-            let (s, c) = tls.connect(stream).await.map_err(|e| {
-                let why = tls::describe_io(&e).unwrap_or_else(|| e.to_string());
-                let hint = if matches!(
-                    e.kind(),
-                    io::ErrorKind::UnexpectedEof
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::BrokenPipe
-                ) {
-                    " (the peer closed the connection: a node without TLS, or one that \
-                     refused this node's certificate)"
-                } else {
-                    ""
-                };
-                Error::protocol(format!("TLS handshake with {addr} failed: {why}{hint}"))
-            })?;
-            (s, Some(c))
-        }
-        None => (stream, None),
-    };
+    let (mut stream, cert) = secure_dialed(ctx, stream, addr).await?;
     let nonce = ctx.random_nonce();
     let hello = Message::Hello {
         magic: MAGIC,
@@ -116,8 +96,53 @@ pub(crate) async fn dial(
     };
     let proof = transcript.proof(&ctx.cookie, Role::Initiator);
     write_message(&mut stream, &Message::Proof { proof }).await?;
-    match read(&mut stream).await? {
-        Message::Proof { proof } if transcript.verify(&ctx.cookie, Role::Acceptor, &proof) => {}
+    read_acceptor_answer(&mut stream, &transcript, &ctx.cookie, addr, on_proof).await?;
+    let session = transcript.session(&ctx.cookie, Role::Initiator);
+    Ok(Authenticated {
+        listen: reachable(&theirs.listen, addr.ip()),
+        actor: theirs.actor,
+        stream,
+        session,
+    })
+}
+
+/// With TLS, the dialed connection's TLS handshake.
+async fn secure_dialed(
+    ctx: &Context,
+    stream: BoxStream,
+    addr: SocketAddr,
+) -> Result<(BoxStream, Option<PeerCert>)> {
+    let Some(tls) = &ctx.tls else {
+        return Ok((stream, None));
+    };
+    let (s, c) = tls.connect(stream).await.map_err(|e| {
+        let why = tls::describe_io(&e).unwrap_or_else(|| e.to_string());
+        let hint = if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+        ) {
+            " (the peer closed the connection: a node without TLS, or one that \
+             refused this node's certificate)"
+        } else {
+            ""
+        };
+        Error::protocol(format!("TLS handshake with {addr} failed: {why}{hint}"))
+    })?;
+    Ok((s, Some(c)))
+}
+
+/// The acceptor's proof, then its welcome; `on_proof` runs between them.
+async fn read_acceptor_answer(
+    stream: &mut BoxStream,
+    transcript: &Transcript<'_>,
+    cookie: &[u8],
+    addr: SocketAddr,
+    on_proof: impl FnOnce(),
+) -> Result<()> {
+    match read(stream).await? {
+        Message::Proof { proof } if transcript.verify(cookie, Role::Acceptor, &proof) => {}
         Message::Proof { .. } => {
             return Err(Error::protocol(format!(
                 "{addr} failed authentication (its proof is wrong)"
@@ -131,7 +156,7 @@ pub(crate) async fn dial(
         other => return Err(Error::protocol(format!("expected Proof, got {other:?}"))),
     }
     on_proof();
-    match read(&mut stream).await {
+    match read(stream).await {
         Ok(Message::Welcome) => {}
         Ok(other) => return Err(Error::protocol(format!("expected Welcome, got {other:?}"))),
         Err(_) => {
@@ -141,13 +166,7 @@ pub(crate) async fn dial(
             ))
         }
     }
-    let session = transcript.session(&ctx.cookie, Role::Initiator);
-    Ok(Authenticated {
-        listen: reachable(&theirs.listen, addr.ip()),
-        actor: theirs.actor,
-        stream,
-        session,
-    })
+    Ok(())
 }
 
 /// The address a peer announced, with a wildcard IP replaced by `seen`: the
@@ -227,24 +246,87 @@ async fn read_challenge(stream: &mut BoxStream, addr: SocketAddr) -> Result<Chal
 /// turned away knows it met a member of its cluster.
 pub(crate) async fn accept(
     ctx: &Context,
-    mut stream: BoxStream,
+    stream: BoxStream,
     from: SocketAddr,
     admit: impl FnOnce(&ActorId, &str) -> Result<()>,
 ) -> Result<Authenticated> {
+    let (mut stream, cert, hello) = open_accepted(ctx, stream, from).await?;
+    let (actor, announced, their_nonce) = parse_hello(hello)?;
+    if actor == ctx.actor {
+        // This node dialed one of its own addresses (a seed list that names it).
+        return Err(Error::unavailable("a connection from this node itself"));
+    }
+    if actor.name == ctx.actor.name {
+        return Err(Error::protocol(format!(
+            "a peer uses this node's own name {:?}",
+            actor.name
+        )));
+    }
+    check_certificate(&mut stream, cert.as_ref(), &actor.name, &from).await?;
+    let nonce = ctx.random_nonce();
+    let challenge = Message::Challenge {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        actor: ctx.actor.clone(),
+        listen: ctx.announce.clone(),
+        nonce,
+    };
+    write_message(&mut stream, &challenge).await?;
+    let their_proof = read_initiator_proof(&mut stream, &actor, from).await?;
+    let transcript = Transcript {
+        version: PROTOCOL_VERSION,
+        initiator: &actor,
+        initiator_listen: &announced,
+        initiator_nonce: &their_nonce,
+        acceptor: &ctx.actor,
+        acceptor_listen: &ctx.announce,
+        acceptor_nonce: &nonce,
+    };
+    if !transcript.verify(&ctx.cookie, Role::Initiator, &their_proof) {
+        // Says no more than the closed connection would: the peer's own
+        // side can then tell a wrong cookie from a dropped connection.
+        let _ = write_message(&mut stream, &Message::Rejected).await;
+        return Err(Error::protocol(format!(
+            "{} failed authentication (different cookie)",
+            actor.name
+        )));
+    }
+    let proof = transcript.proof(&ctx.cookie, Role::Acceptor);
+    write_message(&mut stream, &Message::Proof { proof }).await?;
+    let listen = reachable(&announced, from.ip());
+    admit(&actor, &listen)?;
+    write_message(&mut stream, &Message::Welcome).await?;
+    let session = transcript.session(&ctx.cookie, Role::Acceptor);
+    Ok(Authenticated {
+        actor,
+        listen,
+        stream,
+        session,
+    })
+}
+
+/// Reads the first byte of an accepted connection to tell TLS from plain
+/// text, refuses the kind this node does not speak (saying why), and reads
+/// the peer's `Hello`.
+async fn open_accepted(
+    ctx: &Context,
+    mut stream: BoxStream,
+    from: SocketAddr,
+) -> Result<(BoxStream, Option<PeerCert>, Message)> {
     let mut first = [0u8; 1];
     stream
         .read_exact(&mut first)
         .await
         .map_err(|e| Error::new(ErrorKind::Unavailable, format!("handshake read: {e}")))?;
     let is_tls = first[0] == HANDSHAKE_RECORD;
-    let (mut stream, cert, hello) = match (&ctx.tls, is_tls) {
+    match (&ctx.tls, is_tls) {
         (Some(tls), true) => {
             let (mut s, c) = tls.accept(first[0], stream).await.map_err(|e| {
                 let why = tls::describe_io(&e).unwrap_or_else(|| e.to_string());
                 Error::protocol(format!("TLS handshake with {from} failed: {why}"))
             })?;
             let hello = read(&mut s).await?;
-            (s, Some(c), hello)
+            Ok((s, Some(c), hello))
         }
         (Some(_), false) => {
             // Read the peer's whole Hello first, so that it reads the answer
@@ -281,10 +363,14 @@ pub(crate) async fn accept(
                 .await
                 .map_err(|e| Error::new(ErrorKind::Unavailable, format!("handshake read: {e}")))?;
             let hello = wire::decode(&body)?;
-            (stream, None, hello)
+            Ok((stream, None, hello))
         }
-    };
-    let (actor, announced, their_nonce) = match hello {
+    }
+}
+
+/// The initiator's identity, listen address and nonce from its `Hello`.
+fn parse_hello(hello: Message) -> Result<(ActorId, String, [u8; 32])> {
+    match hello {
         Message::Hello {
             magic,
             version,
@@ -293,70 +379,26 @@ pub(crate) async fn accept(
             nonce,
         } => {
             check_version(magic, version)?;
-            (actor, listen, nonce)
+            Ok((actor, listen, nonce))
         }
-        other => return Err(Error::protocol(format!("expected Hello, got {other:?}"))),
-    };
-    if actor == ctx.actor {
-        // This node dialed one of its own addresses (a seed list that names it).
-        return Err(Error::unavailable("a connection from this node itself"));
+        other => Err(Error::protocol(format!("expected Hello, got {other:?}"))),
     }
-    if actor.name == ctx.actor.name {
-        return Err(Error::protocol(format!(
-            "a peer uses this node's own name {:?}",
+}
+
+/// The initiator's proof, or why it turned this node away.
+async fn read_initiator_proof(
+    stream: &mut BoxStream,
+    actor: &ActorId,
+    from: SocketAddr,
+) -> Result<[u8; 32]> {
+    match read(stream).await? {
+        Message::Proof { proof } => Ok(proof),
+        Message::Refused { reason } => Err(Error::protocol(format!(
+            "{} at {from} refused this node: {reason}",
             actor.name
-        )));
+        ))),
+        other => Err(Error::protocol(format!("expected Proof, got {other:?}"))),
     }
-    check_certificate(&mut stream, cert.as_ref(), &actor.name, &from).await?;
-    let nonce = ctx.random_nonce();
-    let challenge = Message::Challenge {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        actor: ctx.actor.clone(),
-        listen: ctx.announce.clone(),
-        nonce,
-    };
-    write_message(&mut stream, &challenge).await?;
-    let their_proof = match read(&mut stream).await? {
-        Message::Proof { proof } => proof,
-        Message::Refused { reason } => {
-            return Err(Error::protocol(format!(
-                "{} at {from} refused this node: {reason}",
-                actor.name
-            )))
-        }
-        other => return Err(Error::protocol(format!("expected Proof, got {other:?}"))),
-    };
-    let transcript = Transcript {
-        version: PROTOCOL_VERSION,
-        initiator: &actor,
-        initiator_listen: &announced,
-        initiator_nonce: &their_nonce,
-        acceptor: &ctx.actor,
-        acceptor_listen: &ctx.announce,
-        acceptor_nonce: &nonce,
-    };
-    if !transcript.verify(&ctx.cookie, Role::Initiator, &their_proof) {
-        // Says no more than the closed connection would: the peer's own
-        // side can then tell a wrong cookie from a dropped connection.
-        let _ = write_message(&mut stream, &Message::Rejected).await;
-        return Err(Error::protocol(format!(
-            "{} failed authentication (different cookie)",
-            actor.name
-        )));
-    }
-    let proof = transcript.proof(&ctx.cookie, Role::Acceptor);
-    write_message(&mut stream, &Message::Proof { proof }).await?;
-    let listen = reachable(&announced, from.ip());
-    admit(&actor, &listen)?;
-    write_message(&mut stream, &Message::Welcome).await?;
-    let session = transcript.session(&ctx.cookie, Role::Acceptor);
-    Ok(Authenticated {
-        actor,
-        listen,
-        stream,
-        session,
-    })
 }
 
 /// The rest of a frame whose first byte was read already.
