@@ -339,9 +339,9 @@ async fn open_accepted(
             );
             let _ = write_message(&mut stream, &Message::Refused { reason }).await;
             let _ = stream.shutdown().await;
-            return Err(Error::protocol(format!(
+            Err(Error::protocol(format!(
                 "refused a plain-text connection from {from}: this node requires TLS"
-            )));
+            )))
         }
         (None, true) => {
             // A TLS record: 1 type byte, 2 of version, 2 of length. Take it
@@ -353,10 +353,10 @@ async fn open_accepted(
                 let _ = stream.read_exact(&mut record).await;
             }
             let _ = stream.shutdown().await;
-            return Err(Error::protocol(format!(
+            Err(Error::protocol(format!(
                 "refused a TLS connection from {from}: this node has no TLS configured \
                  (configure TLS on every node of the cluster, or on none)"
-            )));
+            )))
         }
         (None, false) => {
             let body = read_rest_of_frame(&mut stream, first[0])
