@@ -55,7 +55,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node and drive it with one command per line on stdin
-    #[command(after_help = node::AFTER_HELP)]
+    #[command(after_help = node::AFTER_HELP, args_override_self = true)]
     Node(Box<node::Options>),
     /// A 3-node cluster through a netsplit and its heal, narrated
     #[command(after_help = EXIT_CODES)]

@@ -541,31 +541,36 @@ fn the_demo_finishes_and_its_process_exits_every_time() {
 fn watch_psetex_and_pttl_in_the_shell_across_two_processes() {
     let mut nodes = local_cluster("wt", 2);
     create_everywhere(&mut nodes, "t");
-    nodes[0].expect("watch t user/", "OK");
-    let writer = nodes[1].name.clone();
+    // wt1 sorts first and sequences: a write is executed there (cause
+    // `write`) and applied on wt2 (cause `replicated`); either way the dot,
+    // and so the node a change names, is the sequencer's.
+    let sequencer = nodes[0].name.clone();
+    for n in nodes.iter_mut() {
+        n.expect("watch t user/", "OK");
+    }
     let is_change = |key: &'static str, cause: &'static str| {
         move |v: &serde_json::Value| {
             v["type"] == "change" && v["table"] == "t" && v["key"] == key && v["cause"] == cause
         }
     };
-
-    // A write on the other process arrives as a replicated change.
-    nodes[1].expect("put t user/a 1", "OK");
     let limit = Duration::from_secs(10);
-    let (_, a) = nodes[0].wait_event(limit, "change of user/a", is_change("user/a", "replicated"));
-    assert_eq!(a["value"], "1");
-    assert_eq!(a["prev"], serde_json::Value::Null);
-    assert_eq!(a["node"], writer.as_str());
 
-    // Keys outside the prefix are not reported; a delete executed here (the
-    // first node sequences: its name sorts first) is a write.
+    nodes[1].expect("put t user/a 1", "OK");
+    for (n, cause) in nodes.iter_mut().zip(["write", "replicated"]) {
+        let (_, a) = n.wait_event(limit, "change of user/a", is_change("user/a", cause));
+        assert_eq!(a["value"], "1");
+        assert_eq!(a["prev"], serde_json::Value::Null);
+        assert_eq!(a["node"], sequencer.as_str());
+    }
+
+    // Keys outside the prefix are not reported.
     nodes[0].expect("put t other/x 1", "OK");
-    nodes[0].expect("del t user/a", "PREV 1");
-    let (_, d) = nodes[0].wait_event(limit, "delete of user/a", is_change("user/a", "write"));
+    nodes[1].expect("del t user/a", "PREV 1");
+    let (_, d) = nodes[1].wait_event(limit, "delete of user/a", is_change("user/a", "replicated"));
     assert_eq!(d["value"], serde_json::Value::Null);
     assert_eq!(d["prev"], "1");
 
-    // An expiring key: its time left, then its expiry on both processes.
+    // An expiring key: its time left, then its expiry, on both processes.
     nodes[1].expect("psetex t user/b 400 v", "OK");
     let left = nodes[1].one("pttl t user/b");
     let ms: u64 = left
@@ -575,15 +580,15 @@ fn watch_psetex_and_pttl_in_the_shell_across_two_processes() {
     assert!(ms <= 400, "{ms} ms left of 400");
     nodes[1].expect("pttl t other/x", "NIL");
     nodes[1].expect("pttl t missing", "NIL");
-    let (_, e) = nodes[0].wait_event(limit, "expiry of user/b", is_change("user/b", "expiry"));
-    assert_eq!(e["value"], serde_json::Value::Null);
-    assert_eq!(e["prev"], "v");
     for n in nodes.iter_mut() {
-        wait_until(limit, "user/b gone", || n.one("get t user/b") == "NIL");
+        let (_, e) = n.wait_event(limit, "expiry of user/b", is_change("user/b", "expiry"));
+        assert_eq!(e["value"], serde_json::Value::Null);
+        assert_eq!(e["prev"], "v");
+        n.expect("get t user/b", "NIL");
+        let others = n.events_seen();
+        assert!(
+            others.iter().all(|v| v["key"] != "other/x"),
+            "a key outside the prefix was reported: {others:?}"
+        );
     }
-    let others = nodes[0].events_seen();
-    assert!(
-        others.iter().all(|v| v["key"] != "other/x"),
-        "a key outside the prefix was reported: {others:?}"
-    );
 }
