@@ -810,28 +810,76 @@ impl PyTable {
         self.inner.contains(&key).py_err(py)
     }
 
-    /// Sets `key` on every member; returns the previous value.
+    /// Sets `key` on every member, for `ttl` seconds when given; returns
+    /// the previous value.
+    #[pyo3(signature = (key, value, ttl=None))]
     fn put<'py>(
         &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         value: &Bound<'py, PyAny>,
+        ttl: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let key = buf(key, "key")?;
         let value = buf(value, "value")?;
-        let prev = py.detach(|| self.inner.put(&key, &value)).py_err(py)?;
+        let ttl = seconds_arg(ttl, "ttl")?;
+        let prev = py
+            .detach(|| self.inner.put_with_ttl(&key, &value, ttl))
+            .py_err(py)?;
         Ok(opt_bytes(py, prev.as_deref()))
     }
 
-    /// Sets all `(key, value)` pairs of the list atomically; returns the previous entries.
+    /// Sets all `(key, value)` pairs of the list atomically, for `ttl`
+    /// seconds when given; returns the previous entries.
+    #[pyo3(signature = (pairs, ttl=None))]
     fn put_many<'py>(
         &self,
         py: Python<'py>,
         pairs: &Bound<'py, PyList>,
+        ttl: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let entries = pair_entries(pairs)?;
-        let prev = py.detach(|| self.inner.put_many(entries)).py_err(py)?;
+        let ttl = seconds_arg(ttl, "ttl")?;
+        let prev = py
+            .detach(|| self.inner.put_many_with_ttl(entries, ttl))
+            .py_err(py)?;
         entries_dict(py, prev)
+    }
+
+    /// Seconds `key` has left before it expires; `None` when it is absent
+    /// or never expires.
+    fn ttl(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        let key = buf(key, "key")?;
+        let left = self.inner.ttl(&key).py_err(py)?;
+        Ok(left.map(|d| d.as_secs_f64()))
+    }
+
+    /// Watches the changes of the keys under `prefix` on this node, from
+    /// now on; `buffer` changes are kept for a slow consumer (`None`: the
+    /// default).
+    #[pyo3(signature = (prefix, buffer=None))]
+    fn watch(
+        &self,
+        py: Python<'_>,
+        prefix: &Bound<'_, PyAny>,
+        buffer: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyWatch> {
+        let prefix = buf(prefix, "prefix")?;
+        let buffer = match count_arg(buffer, "buffer")? {
+            Some(0) => {
+                return Err(to_py_err(
+                    py,
+                    lbmkv::Error::new(
+                        ErrorKind::InvalidArgument,
+                        "a watch buffer holds at least 1 change",
+                    ),
+                ))
+            }
+            Some(n) => n,
+            None => 0,
+        };
+        let inner = self.inner.watch(&prefix, buffer).py_err(py)?;
+        Ok(PyWatch { inner })
     }
 
     /// Deletes `key` everywhere; returns the previous value.
@@ -873,18 +921,22 @@ impl PyTable {
 
     /// Atomic read-modify-write of `key` with `fn(key, value)`; returns `(old, new)`.
     /// An exception raised by `fn` aborts the update and propagates unchanged.
+    /// With `ttl` (seconds) the new value expires after it.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (key, func, ttl=None))]
     fn update<'py>(
         &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         func: Bound<'py, PyAny>,
+        ttl: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<(Option<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>)> {
         let key = buf(key, "key")?;
         let func = function(func, "the update function")?;
+        let ttl = seconds_arg(ttl, "ttl")?;
         let mut raised: Option<PyErr> = None;
         let result = py.detach(|| {
-            self.inner.update(&key, |k, v| {
+            self.inner.update_with_ttl(&key, ttl, |k, v| {
                 Python::attach(|py| {
                     let r = func
                         .bind(py)
@@ -953,39 +1005,55 @@ impl PyTable {
     }
 
     /// `put` completing `fut`.
+    #[pyo3(signature = (event_loop, fut, key, value, ttl=None))]
     fn put_async(
         &self,
         event_loop: Bound<'_, PyAny>,
         fut: Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<aio::Pending> {
         let key = buf(key, "key")?.into_vec();
         let value = buf(value, "value")?.into_vec();
+        let ttl = seconds_arg(ttl, "ttl")?;
         let t = self.inner.as_async().clone();
         aio::spawn(
             event_loop,
             fut,
             false,
-            async move { Ok(t.put(&key, &value).await?) },
+            async move {
+                Ok(match ttl {
+                    Some(ttl) => t.put_expiring(&key, &value, ttl).await?,
+                    None => t.put(&key, &value).await?,
+                })
+            },
             opt_bytes_any,
         )
     }
 
     /// `put_many` completing `fut`.
+    #[pyo3(signature = (event_loop, fut, pairs, ttl=None))]
     fn put_many_async(
         &self,
         event_loop: Bound<'_, PyAny>,
         fut: Bound<'_, PyAny>,
         pairs: &Bound<'_, PyList>,
+        ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<aio::Pending> {
         let entries = pair_entries(pairs)?;
+        let ttl = seconds_arg(ttl, "ttl")?;
         let t = self.inner.as_async().clone();
         aio::spawn(
             event_loop,
             fut,
             false,
-            async move { Ok(t.put_many(entries).await?) },
+            async move {
+                Ok(match ttl {
+                    Some(ttl) => t.put_many_expiring(entries, ttl).await?,
+                    None => t.put_many(entries).await?,
+                })
+            },
             |py, prev| Ok(entries_dict(py, prev)?.into_any().unbind()),
         )
     }
@@ -1027,14 +1095,17 @@ impl PyTable {
     }
 
     /// `update` completing `fut`; `func` runs on the event loop's thread.
+    #[pyo3(signature = (event_loop, fut, key, func, ttl=None))]
     fn update_async(
         &self,
         event_loop: Bound<'_, PyAny>,
         fut: Bound<'_, PyAny>,
         key: &Bound<'_, PyAny>,
         func: Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<aio::Pending> {
         let key = buf(key, "key")?.into_vec();
+        let ttl = seconds_arg(ttl, "ttl")?;
         let f = loop_fn(&event_loop, func)?;
         let t = self.inner.as_async().clone();
         aio::spawn(
@@ -1042,7 +1113,13 @@ impl PyTable {
             fut,
             false,
             async move {
-                let r = t.update_with(&key, |k, v| f.call(k, v.as_deref())).await;
+                let r = match ttl {
+                    Some(ttl) => {
+                        t.update_with_expiring(&key, ttl, |k, v| f.call(k, v.as_deref()))
+                            .await
+                    }
+                    None => t.update_with(&key, |k, v| f.call(k, v.as_deref())).await,
+                };
                 update_outcome(&f, r)
             },
             |py, (old, new)| {
@@ -1124,11 +1201,114 @@ impl PyTable {
     }
 }
 
+/// How long a blocking `Watch.next` waits between checks for signals
+/// (Ctrl-C reaches a thread waiting without a timeout).
+const WATCH_SLICE: Duration = Duration::from_millis(100);
+
+/// A watch item as the dict of `lbmkv.Change` or `lbmkv.Lagged`; `None`
+/// when nothing came in time, `False` once the watch ended.
+fn watch_next_py(py: Python<'_>, next: blocking::WatchNext) -> PyResult<Py<PyAny>> {
+    match next {
+        blocking::WatchNext::Item(lbmkv::WatchItem::Change(c)) => {
+            let d = PyDict::new(py);
+            d.set_item("type", "change")?;
+            d.set_item("table", c.table)?;
+            d.set_item("key", PyBytes::new(py, &c.key))?;
+            d.set_item("value", opt_bytes(py, c.value.as_deref()))?;
+            d.set_item("prev", opt_bytes(py, c.prev.as_deref()))?;
+            d.set_item("cause", c.cause.as_str())?;
+            d.set_item("node", c.node)?;
+            Ok(d.into_any().unbind())
+        }
+        blocking::WatchNext::Item(lbmkv::WatchItem::Lagged(n)) => {
+            let d = PyDict::new(py);
+            d.set_item("type", "lagged")?;
+            d.set_item("count", n)?;
+            Ok(d.into_any().unbind())
+        }
+        // An item kind this binding does not know yet: nothing to report.
+        blocking::WatchNext::Item(_) | blocking::WatchNext::Timeout => Ok(py.None()),
+        blocking::WatchNext::Ended => PyBool::new(py, false).into_py_any(py),
+    }
+}
+
+/// The changes of a table on this node (native half of `lbmkv.Watch`).
+#[pyclass(frozen, module = "lbmkv._lbmkv", name = "Watch")]
+struct PyWatch {
+    inner: blocking::Watch,
+}
+
+#[pymethods]
+impl PyWatch {
+    /// The next item as a dict, waiting at most `timeout` seconds (`None`:
+    /// until one comes); `None` when none came, `False` once the watch ended.
+    #[pyo3(signature = (timeout=None))]
+    fn next(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        let limit = seconds_arg(timeout, "timeout")?;
+        let deadline = limit.and_then(|d| std::time::Instant::now().checked_add(d));
+        if limit.is_some_and(|d| d.is_zero()) {
+            return watch_next_py(py, self.inner.try_next());
+        }
+        loop {
+            let slice = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(WATCH_SLICE),
+                None => WATCH_SLICE,
+            };
+            let next = if slice.is_zero() {
+                self.inner.try_next()
+            } else {
+                py.detach(|| self.inner.next(slice)).py_err(py)?
+            };
+            match next {
+                blocking::WatchNext::Timeout => {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        return Ok(py.None());
+                    }
+                    py.check_signals()?;
+                }
+                other => return watch_next_py(py, other),
+            }
+        }
+    }
+
+    /// `next` completing `fut` (waiting from the runtime, not a thread).
+    #[pyo3(signature = (event_loop, fut, timeout=None))]
+    fn next_async(
+        &self,
+        event_loop: Bound<'_, PyAny>,
+        fut: Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<aio::Pending> {
+        let timeout = seconds_arg(timeout, "timeout")?;
+        let w = self.inner.clone();
+        aio::spawn(
+            event_loop,
+            fut,
+            true,
+            async move {
+                Ok(match w.try_next() {
+                    blocking::WatchNext::Timeout => w.next_async(timeout).await,
+                    found => found,
+                })
+            },
+            watch_next_py,
+        )
+    }
+
+    /// Ends the watch: a call waiting in `next` returns, and so do later ones.
+    fn close(&self) {
+        self.inner.close();
+    }
+}
+
 /// The native half of the `lbmkv` package.
 #[pymodule]
 fn _lbmkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNode>()?;
     m.add_class::<PyTable>()?;
+    m.add_class::<PyWatch>()?;
     m.add_class::<aio::Pending>()?;
     m.add_class::<aio::Reply>()?;
     m.add_function(wrap_pyfunction!(logs::set_log_handler, m)?)?;

@@ -29,10 +29,12 @@ from ._errors import (
 from ._lbmkv import __version__
 from ._logs import TRACE, sync_log_level
 from ._node import ConflictHandler, Node
-from ._table import BytesLike, ConflictRecord, Table, UpdateFn, update
+from ._table import BytesLike, ConflictRecord, Table, UpdateFn, Watch, update
 from ._types import (
+    Change,
     ConflictEvent,
     Event,
+    Lagged,
     MergedEvent,
     NodeDownEvent,
     NodeInfo,
@@ -40,6 +42,7 @@ from ._types import (
     PeerInfo,
     TableCreatedEvent,
     TableInfo,
+    WatchItem,
 )
 
 __all__ = [
@@ -59,6 +62,10 @@ __all__ = [
     "TableCreatedEvent",
     "MergedEvent",
     "ConflictEvent",
+    "Watch",
+    "WatchItem",
+    "Change",
+    "Lagged",
     "Error",
     "Unavailable",
     "Timeout",

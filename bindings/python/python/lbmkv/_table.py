@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, MutableMapping, ValuesView
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union, overload
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Type, TypeVar, Union, cast, overload
 
 from . import _lbmkv
+from ._types import WatchItem
 
 if TYPE_CHECKING:
     from ._node import Node
 
-__all__ = ["Table", "ConflictRecord", "BytesLike", "UpdateFn", "update"]
+__all__ = ["Table", "Watch", "ConflictRecord", "BytesLike", "UpdateFn", "update"]
 
 #: What keys, values and patterns may be given as; ``str`` is encoded as UTF-8.
 #: Keys and values always come back as ``bytes``.
@@ -40,6 +42,70 @@ class ConflictRecord(NamedTuple):
     peer: str
     #: When, in milliseconds since the Unix epoch.
     at_ms: int
+
+
+class Watch(Iterator[WatchItem]):
+    """The changes of a table's keys under a prefix on this node, from the
+    moment it was opened (from :meth:`Table.watch`).
+
+    ``for item in watch`` yields :class:`lbmkv.Change` dicts (``type``
+    ``"change"``: ``table``, ``key``, ``value`` (``None``: deleted), ``prev``,
+    ``cause``, ``node``) in the order this node applied them, and a
+    :class:`lbmkv.Lagged` dict (``type`` ``"lagged"``, ``count``) in place of
+    the changes a slow consumer missed. Iteration ends once the watch or its
+    node is closed (after what was buffered). Also a context manager that
+    closes the watch.
+    """
+
+    __slots__ = ("_w", "_table")
+
+    def __init__(self, table: Table, native: _lbmkv.Watch) -> None:
+        self._w = native
+        self._table = table
+
+    @property
+    def table(self) -> Table:
+        """The watched table."""
+        return self._table
+
+    def __repr__(self) -> str:
+        return f"<lbmkv.Watch of table {self._table.name!r}>"
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> WatchItem:
+        while True:
+            item = self._w.next(None)
+            if item is False:
+                raise StopIteration
+            if item is not None:
+                return cast(WatchItem, item)
+
+    def next(self, timeout: Optional[float] = None) -> Optional[WatchItem]:
+        """The next item, waiting at most ``timeout`` seconds (``None``: until
+        one comes); ``None`` when none came in time. Raises ``StopIteration``
+        once the watch ended (closed, or its node closed)."""
+        item = self._w.next(timeout)
+        if item is False:
+            raise StopIteration
+        return cast(Optional[WatchItem], item)
+
+    def close(self) -> None:
+        """Ends the watch: iteration stops, also in another thread waiting
+        in :meth:`next`. Calling it again does nothing."""
+        self._w.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
 
 
 class _Items(ItemsView):  # type: ignore[type-arg]
@@ -169,16 +235,37 @@ class Table(MutableMapping[bytes, bytes]):
 
     # lbmkv operations.
 
-    def put(self, key: BytesLike, value: BytesLike) -> Optional[bytes]:
-        """Sets ``key`` to ``value`` on every member; returns the previous value."""
-        return self._t.put(key, value)
+    def put(self, key: BytesLike, value: BytesLike, ttl: Optional[float] = None) -> Optional[bytes]:
+        """Sets ``key`` to ``value`` on every member; returns the previous value.
+
+        With ``ttl`` (seconds, at least 0.001) the key expires: when its time is
+        up it is deleted on every node (a watch sees the cause ``"expiry"``), and
+        reads hide it from its deadline on. Writing it again with a ttl refreshes
+        it; without one makes it permanent.
+        """
+        return self._t.put(key, value, ttl)
 
     def put_many(
-        self, entries: Union[Mapping[BytesLike, BytesLike], Iterable[Tuple[BytesLike, BytesLike]]]
+        self,
+        entries: Union[Mapping[BytesLike, BytesLike], Iterable[Tuple[BytesLike, BytesLike]]],
+        ttl: Optional[float] = None,
     ) -> Dict[bytes, bytes]:
         """Sets all entries atomically (a mapping or an iterable of ``(key, value)``
-        pairs); returns the previous values of the keys that had one."""
-        return self._t.put_many(_pairs(entries, "put_many"))
+        pairs), each expiring after ``ttl`` seconds when given; returns the
+        previous values of the keys that had one."""
+        return self._t.put_many(_pairs(entries, "put_many"), ttl)
+
+    def ttl(self, key: BytesLike) -> Optional[float]:
+        """Seconds ``key`` has left before it expires, by this node's clock;
+        ``None`` when it is absent or never expires."""
+        return self._t.ttl(key)
+
+    def watch(self, prefix: BytesLike = b"", *, buffer: Optional[int] = None) -> Watch:
+        """Watches the changes of the keys that start with ``prefix`` (empty: the
+        whole table) on this node, from now on; see :class:`Watch`. ``buffer``
+        is how many changes are kept for a slow consumer (default 4096)
+        before it gets a ``"lagged"`` item."""
+        return Watch(self, self._t.watch(prefix, buffer))
 
     def delete(self, key: BytesLike) -> Optional[bytes]:
         """Deletes ``key`` everywhere (a tombstone); returns the previous value."""
@@ -224,7 +311,9 @@ class Table(MutableMapping[bytes, bytes]):
         if pairs:
             self._t.put_many(pairs)
 
-    def update_key(self, key: BytesLike, fn: UpdateFn) -> Tuple[Optional[bytes], Optional[bytes]]:
+    def update_key(
+        self, key: BytesLike, fn: UpdateFn, ttl: Optional[float] = None
+    ) -> Tuple[Optional[bytes], Optional[bytes]]:
         """Atomic read-modify-write of ``key``; returns ``(old, new)``.
 
         ``fn(key, value)`` gets the current value (``None``: absent) and returns
@@ -233,9 +322,13 @@ class Table(MutableMapping[bytes, bytes]):
         compare-and-set at the sequencer, retried on conflict). An exception
         raised by ``fn`` aborts the update and propagates unchanged.
 
+        Without ``ttl`` the key keeps its deadline, if it has one; with ``ttl``
+        (seconds) the new value expires after it, and is written even when
+        ``fn`` returns the old value (a refresh).
+
         lbm_kv's ``update(Table, Key, Fun)``; also ``lbmkv.update(table, key, fn)``.
         """
-        return self._t.update(key, fn)
+        return self._t.update(key, fn, ttl)
 
     def update_all(
         self, fn: Callable[[bytes, bytes], Optional[BytesLike]]
@@ -287,9 +380,12 @@ def _keys(keys: object, what: str) -> List[BytesLike]:
     return list(keys)
 
 
-def update(table: Table, key: BytesLike, fn: UpdateFn) -> Tuple[Optional[bytes], Optional[bytes]]:
+def update(
+    table: Table, key: BytesLike, fn: UpdateFn, *, ttl: Optional[float] = None
+) -> Tuple[Optional[bytes], Optional[bytes]]:
     """``lbmkv.update(table, key, fn)``: lbm_kv's spelling of
-    :meth:`Table.update_key`, the atomic read-modify-write of one key."""
+    :meth:`Table.update_key`, the atomic read-modify-write of one key (with
+    ``ttl``, the new value expires after that many seconds)."""
     if not isinstance(table, Table):
         raise TypeError(f"update expects an lbmkv.Table, not {type(table).__name__}")
-    return table.update_key(key, fn)
+    return table.update_key(key, fn, ttl)

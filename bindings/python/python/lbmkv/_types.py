@@ -1,4 +1,4 @@
-"""Types of what nodes report: ``info()`` and events.
+"""Types of what nodes report: ``info()``, events and the items of a watch.
 
 Both are plain ``dict`` objects at run time (decoded from the engine's JSON), so
 code written against the dicts keeps working; these ``TypedDict`` classes give
@@ -24,6 +24,9 @@ __all__ = [
     "MergedEvent",
     "ConflictEvent",
     "Event",
+    "Change",
+    "Lagged",
+    "WatchItem",
 ]
 
 
@@ -146,3 +149,38 @@ class ConflictEvent(TypedDict):
 
 #: Any event of a node; ``ev["type"]`` says which.
 Event = Union[NodeUpEvent, NodeDownEvent, TableCreatedEvent, MergedEvent, ConflictEvent]
+
+
+class Change(TypedDict):
+    """One change seen by a watch (:meth:`lbmkv.Table.watch`)."""
+
+    type: Literal["change"]
+    #: The table's name.
+    table: str
+    #: The key.
+    key: bytes
+    #: The new value; ``None``: the key was deleted (or expired).
+    value: Optional[bytes]
+    #: The value before; ``None``: the key was absent.
+    prev: Optional[bytes]
+    #: Why it changed: ``"write"`` (this node ordered the write as the table's
+    #: sequencer), ``"replicated"`` (a write applied from the sequencer),
+    #: ``"merge"`` (a version that came in by a merge), ``"resolve"`` (a
+    #: conflict handler's decision) or ``"expiry"`` (the delete of an expired key).
+    cause: Literal["write", "replicated", "merge", "resolve", "expiry"]
+    #: The node that wrote the new version (the sequencer that ordered it).
+    node: str
+
+
+class Lagged(TypedDict):
+    """The consumer fell behind the watch's buffer: ``count`` changes were
+    dropped here, between the items before and after this one. Re-read the
+    table (``match``) to catch up."""
+
+    type: Literal["lagged"]
+    #: How many changes were dropped.
+    count: int
+
+
+#: What a watch yields; ``item["type"]`` says which.
+WatchItem = Union[Change, Lagged]

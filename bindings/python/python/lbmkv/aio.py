@@ -55,9 +55,9 @@ from . import _lbmkv
 from ._logs import sync_log_level
 from ._node import ConflictHandler, _seed_list
 from ._table import BytesLike, ConflictRecord, _keys, _pairs
-from ._types import Event, NodeInfo
+from ._types import Event, NodeInfo, WatchItem
 
-__all__ = ["Node", "Table", "AsyncUpdateFn", "update"]
+__all__ = ["Node", "Table", "Watch", "AsyncUpdateFn", "update"]
 
 _T = TypeVar("_T")
 
@@ -380,16 +380,30 @@ class Table:
             value = self._t.get(key)
         return default if value is None else value
 
-    async def put(self, key: BytesLike, value: BytesLike) -> Optional[bytes]:
-        """Sets ``key`` on every member; returns the previous value."""
-        return cast(Optional[bytes], await _call(self._t.put_async, key, value))
+    async def put(self, key: BytesLike, value: BytesLike, ttl: Optional[float] = None) -> Optional[bytes]:
+        """Sets ``key`` on every member, expiring after ``ttl`` seconds when
+        given (as :meth:`lbmkv.Table.put`); returns the previous value."""
+        return cast(Optional[bytes], await _call(self._t.put_async, key, value, ttl))
 
     async def put_many(
-        self, entries: Union[Mapping[BytesLike, BytesLike], Iterable[Tuple[BytesLike, BytesLike]]]
+        self,
+        entries: Union[Mapping[BytesLike, BytesLike], Iterable[Tuple[BytesLike, BytesLike]]],
+        ttl: Optional[float] = None,
     ) -> Dict[bytes, bytes]:
-        """Sets all entries atomically; returns the previous values."""
+        """Sets all entries atomically, expiring after ``ttl`` seconds when
+        given; returns the previous values."""
         pairs = _pairs(entries, "put_many")
-        return cast(Dict[bytes, bytes], await _call(self._t.put_many_async, pairs))
+        return cast(Dict[bytes, bytes], await _call(self._t.put_many_async, pairs, ttl))
+
+    def ttl(self, key: BytesLike) -> Optional[float]:
+        """Seconds ``key`` has left before it expires (local, no ``await``);
+        ``None`` when it is absent or never expires."""
+        return self._t.ttl(key)
+
+    def watch(self, prefix: BytesLike = b"", *, buffer: Optional[int] = None) -> Watch:
+        """Watches the changes of the keys under ``prefix`` on this node, from
+        now on: ``async for item in table.watch(prefix)``. See :class:`Watch`."""
+        return Watch(self, self._t.watch(prefix, buffer))
 
     async def delete(self, key: BytesLike) -> Optional[bytes]:
         """Deletes ``key`` everywhere; returns the previous value."""
@@ -399,14 +413,17 @@ class Table:
         """Deletes all ``keys`` atomically; returns the previous entries."""
         return cast(Dict[bytes, bytes], await _call(self._t.delete_many_async, _keys(keys, "delete_many")))
 
-    async def update_key(self, key: BytesLike, fn: AsyncUpdateFn) -> Tuple[Optional[bytes], Optional[bytes]]:
+    async def update_key(
+        self, key: BytesLike, fn: AsyncUpdateFn, ttl: Optional[float] = None
+    ) -> Tuple[Optional[bytes], Optional[bytes]]:
         """Atomic read-modify-write of ``key``; returns ``(old, new)``.
 
         ``fn(key, value)`` runs on this event loop's thread and may return an
         awaitable (an ``async def`` function works); it may run more than once.
         An exception it raises aborts the update and is raised here unchanged.
+        ``ttl`` works as in :meth:`lbmkv.Table.update_key`.
         """
-        return cast(Tuple[Optional[bytes], Optional[bytes]], await _call(self._t.update_async, key, fn))
+        return cast(Tuple[Optional[bytes], Optional[bytes]], await _call(self._t.update_async, key, fn, ttl))
 
     async def update_all(
         self,
@@ -428,9 +445,82 @@ class Table:
         return [ConflictRecord(*r) for r in self._t.conflicts()]
 
 
-async def update(table: Table, key: BytesLike, fn: AsyncUpdateFn) -> Tuple[Optional[bytes], Optional[bytes]]:
+class Watch:
+    """The changes of a table's keys under a prefix on this node (from
+    :meth:`Table.watch`), as an async iterator: ``async for item in watch``
+    yields :class:`lbmkv.Change` and :class:`lbmkv.Lagged` dicts as
+    :class:`lbmkv.Watch` does, waiting on lbmkv's runtime (no thread). The
+    iteration ends once the watch or its node is closed. Also a context
+    manager (``with`` or ``async with``) that closes the watch.
+    """
+
+    __slots__ = ("_w", "_table")
+
+    def __init__(self, table: Table, native: _lbmkv.Watch) -> None:
+        self._w = native
+        self._table = table
+
+    @property
+    def table(self) -> Table:
+        """The watched table."""
+        return self._table
+
+    def __repr__(self) -> str:
+        return f"<lbmkv.aio.Watch of table {self._table.name!r}>"
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchItem:
+        while True:
+            item = await _call(self._w.next_async, None)
+            if item is False:
+                raise StopAsyncIteration
+            if item is not None:
+                return cast(WatchItem, item)
+
+    async def next(self, timeout: Optional[float] = None) -> Optional[WatchItem]:
+        """The next item, waiting at most ``timeout`` seconds (``None``: until
+        one comes); ``None`` when none came in time. Raises
+        ``StopAsyncIteration`` once the watch ended."""
+        item = await _call(self._w.next_async, timeout)
+        if item is False:
+            raise StopAsyncIteration
+        return cast(Optional[WatchItem], item)
+
+    def close(self) -> None:
+        """Ends the watch: ``async for`` loops over it stop, also one waiting
+        now. Calling it again does nothing."""
+        self._w.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Watch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+
+async def update(
+    table: Table, key: BytesLike, fn: AsyncUpdateFn, *, ttl: Optional[float] = None
+) -> Tuple[Optional[bytes], Optional[bytes]]:
     """``await lbmkv.aio.update(table, key, fn)``: lbm_kv's spelling of
     :meth:`Table.update_key`."""
     if not isinstance(table, Table):
         raise TypeError(f"update expects an lbmkv.aio.Table, not {type(table).__name__}")
-    return await table.update_key(key, fn)
+    return await table.update_key(key, fn, ttl)
