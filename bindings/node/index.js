@@ -22,7 +22,7 @@ function load() {
 }
 
 const native = load()
-const { Node, Table, getInto, tableHandle, version, setLogger } = native
+const { Node, Table, Watch, getInto, tableHandle, version, setLogger } = native
 
 // --- Node: an EventEmitter that keeps the event loop alive until close() ---
 
@@ -248,6 +248,19 @@ function define(target, methods) {
   }
 }
 
+// `options.ttl`: milliseconds a written value lives (undefined: no expiry).
+function ttlOf(options) {
+  const ttl = options === undefined || options === null ? undefined : options.ttl
+  if (ttl === undefined || ttl === null) return undefined
+  if (typeof ttl !== 'number') {
+    throw invalidArgument(TypeError, `options.ttl must be a number of milliseconds, got ${describe(ttl)}`)
+  }
+  if (!Number.isFinite(ttl) || ttl < 1) {
+    throw invalidArgument(RangeError, `options.ttl must be a finite number of milliseconds, at least 1, got ${ttl}`)
+  }
+  return ttl
+}
+
 const decodeValue = (dec) => (v) => (dec === null ? v : dec(v))
 const decodePairs = (dec) => (pairs) => (dec === null ? pairs : pairs.map(([k, v]) => [dec(k), dec(v)]))
 // An update function that sees decoded arguments.
@@ -275,12 +288,13 @@ function tableCall(call, decode, at) {
     const options = args[at]
     const dec = decoderOf(options)
     const signal = signalOf(options)
-    const p = abortable(signal, () => call.call(this, dec, ...args.slice(0, at)))
+    const ttl = ttlOf(options)
+    const p = abortable(signal, () => call.call(this, dec, ttl, ...args.slice(0, at)))
     return p.then(decode(dec))
   })
 }
 
-const strongGet = tableCall(function (dec, k) {
+const strongGet = tableCall(function (dec, _ttl, k) {
   return nativeTable.get.call(this, k, { strong: true })
 }, decodeValue, 1)
 
@@ -304,28 +318,44 @@ define(T, {
       throw fixError(e)
     }
   },
-  put: tableCall(function (dec, k, v) {
-    return nativeTable.put.call(this, k, v)
+  put: tableCall(function (dec, ttl, k, v) {
+    return nativeTable.put.call(this, k, v, ttl)
   }, decodeValue, 2),
-  putMany: tableCall(function (dec, entries) {
-    return nativeTable.putMany.call(this, entries)
+  putMany: tableCall(function (dec, ttl, entries) {
+    return nativeTable.putMany.call(this, entries, ttl)
   }, decodePairs, 1),
-  delete: tableCall(function (dec, k) {
+  delete: tableCall(function (dec, _ttl, k) {
     return nativeTable.delete.call(this, k)
   }, decodeValue, 1),
-  deleteMany: tableCall(function (dec, keys) {
+  deleteMany: tableCall(function (dec, _ttl, keys) {
     return nativeTable.deleteMany.call(this, keys)
   }, decodePairs, 1),
-  update: tableCall(function (dec, k, fn) {
-    return nativeTable.update.call(this, k, decodedFn(dec, fn))
+  update: tableCall(function (dec, ttl, k, fn) {
+    return nativeTable.update.call(this, k, decodedFn(dec, fn), ttl)
   }, (dec) => ([o, n]) => (dec === null ? [o, n] : [dec(o), dec(n)]), 2),
-  updateAll: tableCall(function (dec, fn) {
+  updateAll: tableCall(function (dec, _ttl, fn) {
     return nativeTable.updateAll.call(this, decodedFn(dec, fn))
   }, (dec) => ([o, n]) => (dec === null ? [o, n] : [decodePairs(dec)(o), decodePairs(dec)(n)]), 1),
   match: synchronous(function match(keyPattern, valuePattern, options) {
     return decodePairs(decoderOf(options))(nativeTable.match.call(this, keyPattern, valuePattern))
   }),
   has: synchronous(nativeTable.has),
+  ttl: synchronous(T.ttl),
+  watch: synchronous(function watch(prefix, options) {
+    if (options !== undefined && options !== null && typeof options !== 'object') {
+      throw invalidArgument(TypeError, `options must be an object, got ${describe(options)}`)
+    }
+    const dec = decoderOf(options)
+    const signal = signalOf(options)
+    const buffer = options === undefined || options === null ? undefined : options.buffer
+    if (buffer !== undefined && buffer !== null &&
+        (typeof buffer !== 'number' || !Number.isInteger(buffer) || buffer < 1 || buffer > 2 ** 32 - 1)) {
+      throw invalidArgument(RangeError, `options.buffer must be a whole number of changes, at least 1, got ${describe(buffer)}`)
+    }
+    const w = T._watch.call(this, prefix === undefined || prefix === null ? '' : prefix, buffer ?? 0)
+    initWatch(w, dec, signal)
+    return w
+  }),
   setConflictHandler: synchronous(nativeTable.setConflictHandler),
   conflicts: synchronous(nativeTable.conflicts),
   // Map-like iteration over a snapshot taken when it starts, sorted by key.
@@ -345,6 +375,106 @@ define(T, {
   },
   [Symbol.asyncIterator]: async function* asyncIterator() {
     yield* this.entries()
+  },
+})
+
+// --- Watch: an async iterable of changes, and an EventEmitter ---
+
+const kDecode = Symbol('lbmkv.decode')
+const kEnded = Symbol('lbmkv.ended')
+const kPumping = Symbol('lbmkv.pumping')
+const W = Watch.prototype
+const nativeWatch = { next: W._next, close: W.close }
+
+Object.setPrototypeOf(W, EventEmitter.prototype)
+
+function initWatch(w, dec, signal) {
+  EventEmitter.call(w)
+  w[kDecode] = dec
+  w[kEnded] = false
+  w[kPumping] = false
+  if (signal !== null) {
+    if (signal.aborted) w.close()
+    else {
+      const onAbort = () => w.close()
+      signal.addEventListener('abort', onAbort, { once: true })
+      w.once('end', () => signal.removeEventListener('abort', onAbort))
+    }
+  }
+  // The first `change` or `lagged` listener starts delivering items as events.
+  w.on('newListener', (event) => {
+    if ((event === 'change' || event === 'lagged') && !w[kPumping]) {
+      w[kPumping] = true
+      process.nextTick(() => pump(w))
+    }
+  })
+}
+
+function decodeItem(dec, item) {
+  if (dec === null || item.type !== 'change') return item
+  return { ...item, key: dec(item.key), value: dec(item.value), prev: dec(item.prev) }
+}
+
+// The next item, `null` when none came within `timeoutMs`, `undefined` once ended.
+async function nextItem(w, timeoutMs) {
+  if (w[kEnded]) return undefined
+  let item
+  try {
+    item = await nativeWatch.next.call(w, timeoutMs)
+  } catch (e) {
+    throw fixError(e)
+  }
+  if (item === false) {
+    if (!w[kEnded]) {
+      w[kEnded] = true
+      w.emit('end')
+    }
+    return undefined
+  }
+  return item === null ? null : decodeItem(w[kDecode], item)
+}
+
+async function pump(w) {
+  for (;;) {
+    let item
+    try {
+      item = await nextItem(w, undefined)
+    } catch (e) {
+      w.emit('error', e)
+      return
+    }
+    if (item === undefined) return
+    if (item === null) continue
+    if (item.type === 'lagged') w.emit('lagged', item.count)
+    else w.emit('change', item)
+  }
+}
+
+define(W, {
+  next: async function next(timeoutMs) {
+    if (timeoutMs !== undefined && timeoutMs !== null &&
+        (typeof timeoutMs !== 'number' || !(timeoutMs >= 0))) {
+      throw invalidArgument(RangeError, `timeoutMs must be a non-negative number, got ${describe(timeoutMs)}`)
+    }
+    return nextItem(this, timeoutMs ?? undefined)
+  },
+  close: function close() {
+    nativeWatch.close.call(this)
+  },
+  [Symbol.asyncIterator]: async function* asyncIterator() {
+    try {
+      for (;;) {
+        const item = await nextItem(this, undefined)
+        if (item === undefined) return
+        if (item !== null) yield item
+      }
+    } finally {
+      // Leaving the loop (break, return, throw) closes the watch.
+      this.close()
+    }
+  },
+  [Symbol.dispose]: function dispose() {
+    this.close()
   },
 })
 
@@ -390,5 +520,5 @@ define(N, {
   table: synchronous(nativeNode.table),
 })
 
-module.exports = { Node, Table, version, setLogger }
+module.exports = { Node, Table, Watch, version, setLogger }
 module.exports.default = module.exports

@@ -19,6 +19,7 @@ mod logs;
 mod node;
 mod promise;
 mod table;
+mod watch;
 
 use napi_derive::napi;
 

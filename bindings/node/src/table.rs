@@ -144,6 +144,20 @@ unsafe fn pattern(env: sys::napi_env, v: sys::napi_value, what: &str) -> Result<
     unsafe { conv::bytes_vec(env, v, what) }
 }
 
+/// A ttl in milliseconds (JavaScript's unit of time); `None`: no expiry.
+fn ttl_arg(ms: Option<f64>) -> Result<Option<std::time::Duration>> {
+    let Some(ms) = ms else {
+        return Ok(None);
+    };
+    std::time::Duration::try_from_secs_f64(ms / 1000.0)
+        .map(Some)
+        .map_err(|_| {
+            crate::error::range_error(format!(
+                "options.ttl must be a finite, non-negative number of milliseconds, got {ms}"
+            ))
+        })
+}
+
 fn opt_buffer(env: sys::napi_env, v: Option<Vec<u8>>) -> Result<sys::napi_value> {
     // SAFETY: only called with the env of a JavaScript call that is still
     // running: as the `to_js` of `promise::spawn`, which `settle` runs on the
@@ -205,8 +219,9 @@ impl Table {
         ts_args_type = "key: BytesLike, value: BytesLike",
         ts_return_type = "Promise<Buffer | null>"
     )]
-    pub fn put(&self, env: Env, key: Unknown, value: Unknown) -> Result<Raw> {
+    pub fn put(&self, env: Env, key: Unknown, value: Unknown, ttl_ms: Option<f64>) -> Result<Raw> {
         promise::run(&env, || {
+            let ttl = ttl_arg(ttl_ms)?;
             // SAFETY: napi-rs passes this method the env of the current
             // JavaScript call and argument handles valid in it; the bytes are
             // copied before the task is spawned.
@@ -218,7 +233,12 @@ impl Table {
             let t = self.inner.clone();
             promise::spawn(
                 &env,
-                async move { Ok::<_, Failure>(t.put(&key, &value).await?) },
+                async move {
+                    Ok::<_, Failure>(match ttl {
+                        Some(ttl) => t.put_expiring(&key, &value, ttl).await?,
+                        None => t.put(&key, &value).await?,
+                    })
+                },
                 opt_buffer,
             )
         })
@@ -230,8 +250,9 @@ impl Table {
         ts_args_type = "entries: Array<[BytesLike, BytesLike]> | Record<string, BytesLike>",
         ts_return_type = "Promise<Array<[Buffer, Buffer]>>"
     )]
-    pub fn put_many(&self, env: Env, entries: Unknown) -> Result<Raw> {
+    pub fn put_many(&self, env: Env, entries: Unknown, ttl_ms: Option<f64>) -> Result<Raw> {
         promise::run(&env, || {
+            let ttl = ttl_arg(ttl_ms)?;
             // SAFETY: napi-rs passes this method the env of the current
             // JavaScript call and argument handles valid in it.
             let entries = unsafe { self::entries(env.raw(), entries.raw()) }?;
@@ -239,7 +260,10 @@ impl Table {
             promise::spawn(
                 &env,
                 async move {
-                    let mut prev = t.put_many(entries).await?;
+                    let mut prev = match ttl {
+                        Some(ttl) => t.put_many_expiring(entries, ttl).await?,
+                        None => t.put_many(entries).await?,
+                    };
                     prev.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     Ok::<_, Failure>(prev)
                 },
@@ -284,6 +308,34 @@ impl Table {
             .with_value(key.as_slice(), |v| unsafe { conv::opt_buffer(raw_env, v) })
             .js()??;
         Ok(Raw(v))
+    }
+
+    /// Milliseconds `key` has left before it expires, by this node's clock;
+    /// `null` when it is absent or never expires.
+    #[napi(ts_args_type = "key: BytesLike")]
+    pub fn ttl(&self, env: Env, key: Unknown) -> Result<Option<f64>> {
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it. The borrowed bytes are used
+        // only on the next line, within this call.
+        let key = unsafe { conv::bytes(env.raw(), key.raw(), "key") }?;
+        let left = self.inner.ttl(key.as_slice()).js()?;
+        Ok(left.map(|d| d.as_secs_f64() * 1000.0))
+    }
+
+    /// Opens a watch of the keys under `prefix` with a buffer of `buffer`
+    /// changes (0: the default); the JavaScript layer's `watch` calls it.
+    #[napi(js_name = "_watch", skip_typescript)]
+    pub fn watch(&self, env: Env, prefix: Unknown, buffer: u32) -> Result<crate::watch::Watch> {
+        // SAFETY: napi-rs passes this method the env of the current JavaScript
+        // call and argument handles valid in it; the bytes are copied.
+        let prefix = unsafe { conv::bytes_vec(env.raw(), prefix.raw(), "prefix") }?;
+        let inner = lbmkv::blocking::Table::from_async(self.inner.clone())
+            .watch(&prefix, buffer as usize)
+            .js()?;
+        Ok(crate::watch::Watch {
+            inner,
+            _node: self._node.clone(),
+        })
     }
 
     /// Whether `key` has a live value on this node.
@@ -397,8 +449,9 @@ impl Table {
         ts_args_type = "key: BytesLike, fn: UpdateFn",
         ts_return_type = "Promise<[Buffer | null, Buffer | null]>"
     )]
-    pub fn update(&self, env: Env, key: Unknown, f: Unknown) -> Result<Raw> {
+    pub fn update(&self, env: Env, key: Unknown, f: Unknown, ttl_ms: Option<f64>) -> Result<Raw> {
         promise::run(&env, || {
+            let ttl = ttl_arg(ttl_ms)?;
             // SAFETY: napi-rs passes this method the env of the current
             // JavaScript call and argument handles valid in it; the bytes are
             // copied before the task is spawned.
@@ -413,14 +466,16 @@ impl Table {
                 async move {
                     let thrown = Arc::new(Mutex::new(None));
                     let slot = thrown.clone();
-                    let result = t
-                        .update_with(&key, move |k, v| {
-                            let f = f.clone();
-                            let slot = slot.clone();
-                            let k = k.to_vec();
-                            async move { outcome(callbacks::call2(&f, k, v).await, &slot) }
-                        })
-                        .await;
+                    let call = move |k: &[u8], v: Option<Vec<u8>>| {
+                        let f = f.clone();
+                        let slot = slot.clone();
+                        let k = k.to_vec();
+                        async move { outcome(callbacks::call2(&f, k, v).await, &slot) }
+                    };
+                    let result = match ttl {
+                        Some(ttl) => t.update_with_expiring(&key, ttl, call).await,
+                        None => t.update_with(&key, call).await,
+                    };
                     result.map_err(|e| update_failure(e, &thrown))
                 },
                 // SAFETY: `settle` runs this conversion on the JavaScript
