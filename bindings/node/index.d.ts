@@ -64,6 +64,94 @@ export interface CallOptions extends EncodingOptions {
   signal?: AbortSignal | null
 }
 
+/**
+ * Options of `put`, `putMany` and `update`: `ttl` makes the written value expire
+ * after that many milliseconds (at least 1): the key is then deleted on every
+ * node (a watch sees the cause `'expiry'`) and reads hide it from its deadline
+ * on. A later write without a ttl makes the key permanent; `update` without one
+ * keeps the key's deadline, with one it writes again with a new deadline (a
+ * refresh) even when `fn` returns the old value.
+ */
+export interface WriteOptions extends CallOptions {
+  ttl?: number | null
+}
+
+/**
+ * Why a watched key changed: `'write'` (this node ordered the write as the
+ * table's sequencer), `'replicated'` (a write applied from the sequencer),
+ * `'merge'` (a version that came in by a merge), `'resolve'` (a conflict
+ * handler's decision), `'expiry'` (the delete of an expired key).
+ */
+export type Cause = 'write' | 'replicated' | 'merge' | 'resolve' | 'expiry'
+
+/** One change seen by a watch; `V` is `Buffer`, or `string` with `encoding: 'utf8'`. */
+export interface Change<V = Buffer> {
+  type: 'change'
+  /** The table's name. */
+  table: string
+  key: V
+  /** The new value; `null`: the key was deleted (or expired). */
+  value: V | null
+  /** The value before; `null`: the key was absent. */
+  prev: V | null
+  cause: Cause
+  /** The node that wrote the new version (the sequencer that ordered it). */
+  node: string
+}
+
+/**
+ * The consumer fell behind the watch's buffer: `count` changes were dropped
+ * here, between the items before and after this one (re-read the table to
+ * catch up).
+ */
+export interface Lagged {
+  type: 'lagged'
+  count: number
+}
+
+/** What a watch yields. */
+export type WatchItem<V = Buffer> = Change<V> | Lagged
+
+/** Options of `table.watch`. */
+export interface WatchOptions extends EncodingOptions {
+  /** Changes kept for a slow consumer before it gets a `lagged` item (default 4096). */
+  buffer?: number | null
+  /** Closes the watch when it aborts. */
+  signal?: AbortSignal | null
+}
+
+/** The events of a watch, for `watch.on(...)`. */
+export interface WatchEvents<V = Buffer> {
+  change: [change: Change<V>]
+  lagged: [count: number]
+  end: []
+  error: [error: Error]
+}
+
+/**
+ * A watch of a table's changes on this node (from `table.watch()`), in the order
+ * this node applied them. Either iterate it (`for await (const item of watch)`;
+ * leaving the loop closes the watch) or listen to its `change` and `lagged`
+ * events (the first such listener starts the delivery), not both. It ends, after
+ * what it buffered, when closed or when its node closes (`end` event).
+ */
+export interface WatchOf<V> extends EventEmitter, AsyncIterable<WatchItem<V>> {
+  /**
+   * The next item, waiting at most `timeoutMs` (default: until one comes);
+   * `null` when none came in time, `undefined` once the watch ended.
+   */
+  next(timeoutMs?: number | null): Promise<WatchItem<V> | null | undefined>
+  /** Ends the watch; calling it again does nothing. */
+  close(): void
+  [Symbol.dispose](): void
+  on<E extends keyof WatchEvents<V>>(event: E, listener: (...args: WatchEvents<V>[E]) => void): this
+  once<E extends keyof WatchEvents<V>>(event: E, listener: (...args: WatchEvents<V>[E]) => void): this
+  off<E extends keyof WatchEvents<V>>(event: E, listener: (...args: WatchEvents<V>[E]) => void): this
+}
+
+/** A watch that yields Buffers (the class `Watch`). */
+export interface Watch extends WatchOf<Buffer> {}
+
 /** An update function of a call with `encoding: 'utf8'`. */
 export type Utf8UpdateFn = (key: string, value: string | null) => Returned
 
@@ -140,18 +228,24 @@ export interface Table extends Iterable<[Buffer, Buffer]>, AsyncIterable<[Buffer
   get(key: BytesLike, options: { strong: true; signal?: AbortSignal | null; encoding?: 'buffer' | null }): Promise<Buffer | null>
   get(key: BytesLike, options: { strong?: false | null } & Utf8): string | null
   get(key: BytesLike, options: { strong: boolean; signal?: AbortSignal | null } & EncodingOptions): Buffer | string | null | Promise<Buffer | string | null>
-  put(key: BytesLike, value: BytesLike, options: CallOptions & Utf8): Promise<string | null>
-  put(key: BytesLike, value: BytesLike, options?: CallOptions | null): Promise<Buffer | null>
-  putMany(entries: Array<[BytesLike, BytesLike]> | Record<string, BytesLike>, options: CallOptions & Utf8): Promise<Array<[string, string]>>
-  putMany(entries: Array<[BytesLike, BytesLike]> | Record<string, BytesLike>, options?: CallOptions | null): Promise<Array<[Buffer, Buffer]>>
+  put(key: BytesLike, value: BytesLike, options: WriteOptions & Utf8): Promise<string | null>
+  put(key: BytesLike, value: BytesLike, options?: WriteOptions | null): Promise<Buffer | null>
+  putMany(entries: Array<[BytesLike, BytesLike]> | Record<string, BytesLike>, options: WriteOptions & Utf8): Promise<Array<[string, string]>>
+  putMany(entries: Array<[BytesLike, BytesLike]> | Record<string, BytesLike>, options?: WriteOptions | null): Promise<Array<[Buffer, Buffer]>>
   delete(key: BytesLike, options: CallOptions & Utf8): Promise<string | null>
   delete(key: BytesLike, options?: CallOptions | null): Promise<Buffer | null>
   deleteMany(keys: BytesLike[], options: CallOptions & Utf8): Promise<Array<[string, string]>>
   deleteMany(keys: BytesLike[], options?: CallOptions | null): Promise<Array<[Buffer, Buffer]>>
   match(keyPattern: BytesLike | null | undefined, valuePattern: BytesLike | null | undefined, options: Utf8): Array<[string, string]>
   match(keyPattern?: BytesLike | null, valuePattern?: BytesLike | null, options?: EncodingOptions | null): Array<[Buffer, Buffer]>
-  update(key: BytesLike, fn: Utf8UpdateFn, options: CallOptions & Utf8): Promise<[string | null, string | null]>
-  update(key: BytesLike, fn: UpdateFn, options?: CallOptions | null): Promise<[Buffer | null, Buffer | null]>
+  update(key: BytesLike, fn: Utf8UpdateFn, options: WriteOptions & Utf8): Promise<[string | null, string | null]>
+  update(key: BytesLike, fn: UpdateFn, options?: WriteOptions | null): Promise<[Buffer | null, Buffer | null]>
+  /**
+   * Watches the changes of the keys that start with `prefix` (default: the whole
+   * table) on this node, from now on. See `Watch`.
+   */
+  watch(prefix: BytesLike | null | undefined, options: WatchOptions & Utf8): WatchOf<string>
+  watch(prefix?: BytesLike | null, options?: WatchOptions | null): Watch
   updateAll(fn: Utf8UpdateAllFn, options: CallOptions & Utf8): Promise<[Array<[string, string]>, Array<[string, string]>]>
   updateAll(fn: UpdateAllFn, options?: CallOptions | null): Promise<[Array<[Buffer, Buffer]>, Array<[Buffer, Buffer]>]>
   /** Live keys on this node, sorted (a snapshot). */
@@ -248,6 +342,11 @@ export declare class Table {
    * `{ strong: true }`, a Promise of the value as the table's sequencer has it.
    */
   get(key: BytesLike, options?: { strong?: false } | null): Buffer | null
+  /**
+   * Milliseconds `key` has left before it expires, by this node's clock;
+   * `null` when it is absent or never expires.
+   */
+  ttl(key: BytesLike): number | null
   /** Whether `key` has a live value on this node. */
   has(key: BytesLike): boolean
   /** Deletes `key` everywhere (a tombstone); resolves to the previous value. */
@@ -283,6 +382,16 @@ export declare class Table {
    * handler's decision), oldest first.
    */
   conflicts(): ConflictRecord[]
+}
+
+/** A watch of a table's changes on this node. Get one from `table.watch()`. */
+export declare class Watch {
+  /**
+   * Ends the watch: the iteration stops, a pending `next()` resolves
+   * with `undefined`, and the `end` event is emitted. Calling it again
+   * does nothing.
+   */
+  close(): void
 }
 
 /** A node's description, as `node.info()` returns it. */

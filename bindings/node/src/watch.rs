@@ -99,8 +99,8 @@ impl Watch {
         })
     }
 
-    /// Ends the watch: the iteration stops after nothing more, a pending
-    /// `next()` resolves, and the `end` event is emitted. Calling it again
+    /// Ends the watch: the iteration stops, a pending `next()` resolves
+    /// with `undefined`, and the `end` event is emitted. Calling it again
     /// does nothing.
     #[napi]
     pub fn close(&self) {
