@@ -485,6 +485,13 @@ export interface PeerStats {
   connectedMs: number
   /** Bytes queued for the peer and not yet handed to its socket. */
   sendQueueBytes: number
+  /** Milliseconds since the last frame from the peer. */
+  lastHeardMs: number
+  /**
+   * The last round trip of a probe to the peer, in microseconds; absent on
+   * a node that has not sequenced since the connection began.
+   */
+  roundTripUs?: number
 }
 
 /**

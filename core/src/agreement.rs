@@ -57,6 +57,8 @@ struct Peer {
     confirmed_until: Option<Instant>,
     /// The newest probe id received from the peer, echoed in each status.
     probe_seen: u64,
+    /// The newest of this node's probes whose answer timed a round trip.
+    echo_timed: u64,
     /// This node merged with the peer since it turned to this node (or the
     /// peer had nothing this node lacks).
     caught_up: bool,
@@ -183,6 +185,7 @@ impl Agreement {
                         applied_from: None,
                         confirmed_until: None,
                         probe_seen: 0,
+                        echo_timed: 0,
                         caught_up: false,
                         turn: 0,
                         view: Vec::new(),
@@ -256,6 +259,12 @@ impl Agreement {
         } else {
             if let Some(sent) = sent {
                 p.confirmed_until = Some(sent + lease);
+                // The first answer to a probe times its round trip; later
+                // statuses echo it again.
+                if echo > p.echo_timed {
+                    p.echo_timed = echo;
+                    p.conn.note_round_trip(now.saturating_duration_since(sent));
+                }
             }
             if turned_to_me {
                 p.turn += 1;

@@ -40,6 +40,8 @@ pub(crate) struct Stats {
     pub view_changes: AtomicU64,
     /// Merges of one table with one peer that finished.
     pub merges: AtomicU64,
+    /// How long those merges took, from their first message to their last.
+    pub merge_durations: Histogram,
     /// Conflicts settled by a conflict handler.
     pub conflicts_handled: AtomicU64,
     /// Conflicts settled by the fallback rule (no handler, or it failed).

@@ -50,4 +50,11 @@ pub struct PeerStats {
     pub connected_ms: u64,
     /// Bytes queued for the peer and not yet handed to its socket.
     pub send_queue_bytes: u64,
+    /// Milliseconds since the last frame from the peer (a heartbeat at least
+    /// every heartbeat interval).
+    pub last_heard_ms: u64,
+    /// The last round trip of a probe to the peer, in microseconds. Probes go
+    /// from a sequencer to its peers, so this is `None` on a node that has
+    /// not sequenced since the connection began.
+    pub round_trip_us: Option<u64>,
 }

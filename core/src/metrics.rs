@@ -5,7 +5,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::context::{Stats, LATENCY_BUCKETS};
+use crate::context::{HistogramSnapshot, Stats, LATENCY_BUCKETS};
 use crate::info::Info;
 
 /// Writes metric families into a string.
@@ -65,6 +65,18 @@ pub(crate) fn render(info: &Info, stats: &Stats) -> String {
     write_families(&mut e, stats);
     traffic_families(&mut e, info, stats);
     e.out
+}
+
+/// A histogram family with cumulative buckets, sum and count.
+fn histogram(e: &mut Exposition, name: &str, help: &str, h: &HistogramSnapshot) {
+    e.family(name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    for (bound, count) in LATENCY_BUCKETS.iter().zip(&h.cumulative) {
+        e.sample(&bucket, &[("le", &bound.to_string())], count);
+    }
+    e.sample(&bucket, &[("le", "+Inf")], h.count);
+    e.sample(&format!("{name}_sum"), &[], h.sum_seconds);
+    e.sample(&format!("{name}_count"), &[], h.count);
 }
 
 fn load(c: &AtomicU64) -> u64 {
@@ -175,26 +187,12 @@ fn write_families(e: &mut Exposition, stats: &Stats) {
         "Writes this node submitted that failed.",
         load(&stats.write_errors),
     );
-    let h = stats.writes.snapshot();
-    e.family(
+    histogram(
+        e,
         "lbmkv_write_duration_seconds",
-        "histogram",
         "Time from a write's submission to its acknowledgement (or failure).",
+        &stats.writes.snapshot(),
     );
-    for (bound, count) in LATENCY_BUCKETS.iter().zip(&h.cumulative) {
-        e.sample(
-            "lbmkv_write_duration_seconds_bucket",
-            &[("le", &bound.to_string())],
-            count,
-        );
-    }
-    e.sample(
-        "lbmkv_write_duration_seconds_bucket",
-        &[("le", "+Inf")],
-        h.count,
-    );
-    e.sample("lbmkv_write_duration_seconds_sum", &[], h.sum_seconds);
-    e.sample("lbmkv_write_duration_seconds_count", &[], h.count);
     e.single(
         "lbmkv_strong_reads_total",
         "counter",
@@ -210,6 +208,12 @@ fn traffic_families(e: &mut Exposition, info: &Info, stats: &Stats) {
         "counter",
         "Merges of one table with one peer that finished.",
         load(&stats.merges),
+    );
+    histogram(
+        e,
+        "lbmkv_merge_duration_seconds",
+        "How long merges of one table with one peer took.",
+        &stats.merge_durations.snapshot(),
     );
     e.single(
         "lbmkv_merge_bytes_sent_total",
@@ -262,6 +266,32 @@ fn traffic_families(e: &mut Exposition, info: &Info, stats: &Stats) {
             &[("peer", &p.name)],
             p.send_queue_bytes,
         );
+    }
+    e.family(
+        "lbmkv_peer_last_heard_seconds",
+        "gauge",
+        "Seconds since the last frame from a peer.",
+    );
+    for p in &info.peers {
+        e.sample(
+            "lbmkv_peer_last_heard_seconds",
+            &[("peer", &p.name)],
+            p.last_heard_ms as f64 / 1000.0,
+        );
+    }
+    e.family(
+        "lbmkv_peer_round_trip_seconds",
+        "gauge",
+        "The last round trip of a probe to a peer (measured where this node sequences).",
+    );
+    for p in &info.peers {
+        if let Some(us) = p.round_trip_us {
+            e.sample(
+                "lbmkv_peer_round_trip_seconds",
+                &[("peer", &p.name)],
+                us as f64 / 1e6,
+            );
+        }
     }
     e.single(
         "lbmkv_write_budget_in_use_bytes",

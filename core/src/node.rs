@@ -438,6 +438,8 @@ impl Node {
                         .get(&p.conn_id)
                         .map_or(0, |t| millis(now.saturating_duration_since(*t))),
                     send_queue_bytes: p.queued_bytes() as u64,
+                    last_heard_ms: millis(p.since_last_frame()),
+                    round_trip_us: p.round_trip_us(),
                 })
                 .collect()
         };

@@ -50,8 +50,10 @@ fn metrics_count_writes_strong_reads_members_and_tables() {
         assert_eq!(m["lbmkv_table_entries{table=\"users\"}"], 1.0, "{text}");
         assert_eq!(m["lbmkv_table_tombstones{table=\"users\"}"], 1.0, "{text}");
         assert_eq!(m["lbmkv_table_bytes{table=\"users\"}"], 10.0, "{text}");
-        assert!(m["lbmkv_merges_total"] >= 0.0);
         assert!(text.contains("# TYPE lbmkv_write_duration_seconds histogram"));
+        let peer = nodes[1].name();
+        let heard = format!("lbmkv_peer_last_heard_seconds{{peer=\"{peer}\"}}");
+        assert!(m[&heard] < 2.0, "{text}");
 
         // The sequencer of the table: the same member on both nodes.
         let seq = nodes[0].info().unwrap().sequencer.expect("a sequencer");
@@ -59,6 +61,29 @@ fn metrics_count_writes_strong_reads_members_and_tables() {
         assert_eq!(m[&series], 1.0, "{text}");
         let other = parse(&nodes[1].metrics().unwrap());
         assert_eq!(other[&series], 1.0);
+
+        // A split and its heal: the merge that follows is counted and timed.
+        nodes[0].disconnect(nodes[1].name()).await.unwrap();
+        nodes[1].disconnect(nodes[0].name()).await.unwrap();
+        wait_until(Duration::from_secs(5), || {
+            nodes[0].members().unwrap().len() == 1
+        })
+        .await;
+        t.put(b"carol", b"user").await.unwrap();
+        let _ = nodes[0].connect(nodes[1].address()).await;
+        nodes[1].connect(nodes[0].address()).await.unwrap();
+        let merges = |n: &lbmkv::Node| parse(&n.metrics().unwrap())["lbmkv_merges_total"];
+        wait_until(Duration::from_secs(10), || {
+            nodes.iter().any(|n| merges(n) >= 1.0)
+        })
+        .await;
+        for n in &nodes {
+            let m = parse(&n.metrics().unwrap());
+            assert_eq!(
+                m["lbmkv_merge_duration_seconds_count"], m["lbmkv_merges_total"],
+                "every merge timed"
+            );
+        }
         for n in nodes {
             n.close().await.unwrap();
         }
@@ -78,7 +103,17 @@ fn info_has_version_uptime_peers_and_table_sequencers() {
         assert_eq!(info.peers[0].name, nodes[1].name());
         assert_eq!(info.peers[0].address, nodes[1].address());
         assert!(info.peers[0].connected_ms >= 50, "{info:?}");
+        // Heartbeats every heartbeat interval: the peer was heard lately.
+        assert!(info.peers[0].last_heard_ms < 1000, "{info:?}");
         let seq = info.sequencer.clone().expect("a sequencer");
+        // Only the sequencer probes, and it timed its peer's answer.
+        let sequencer = if seq == nodes[0].name() { 0 } else { 1 };
+        wait_until(Duration::from_secs(5), || {
+            nodes[sequencer].info().unwrap().peers[0]
+                .round_trip_us
+                .is_some_and(|us| us < 1_000_000)
+        })
+        .await;
         assert_eq!(info.tables[0].sequencer.as_deref(), Some(seq.as_str()));
         let t = nodes[1].table("t").unwrap();
         assert_eq!(t.stats().unwrap().sequencer.as_deref(), Some(seq.as_str()));

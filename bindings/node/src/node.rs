@@ -102,6 +102,11 @@ pub struct PeerStats {
     pub connected_ms: f64,
     /// Bytes queued for the peer and not yet handed to its socket.
     pub send_queue_bytes: f64,
+    /// Milliseconds since the last frame from the peer.
+    pub last_heard_ms: f64,
+    /// The last round trip of a probe to the peer, in microseconds; absent on
+    /// a node that has not sequenced since the connection began.
+    pub round_trip_us: Option<f64>,
 }
 
 /// A node's description, as `node.info()` returns it.
@@ -529,6 +534,8 @@ impl Node {
                     address: p.address,
                     connected_ms: p.connected_ms as f64,
                     send_queue_bytes: p.send_queue_bytes as f64,
+                    last_heard_ms: p.last_heard_ms as f64,
+                    round_trip_us: p.round_trip_us.map(|us| us as f64),
                 })
                 .collect(),
             tables: i

@@ -61,6 +61,12 @@ pub(crate) struct PeerConn {
     pub rounds_asked_by_peer: AtomicU64,
     /// How many of this node's asked-for rounds are done.
     pub rounds_done: watch::Sender<u64>,
+    /// When the connection began; `last_frame_us` counts from it.
+    born: tokio::time::Instant,
+    /// Microseconds from `born` to the last frame read.
+    last_frame_us: AtomicU64,
+    /// The last probe round trip in microseconds (0: none measured).
+    round_trip_us: AtomicU64,
 }
 
 /// A connection whose reader and writer have not started yet.
@@ -101,6 +107,9 @@ impl PeerConn {
             rounds_asked: AtomicU64::new(0),
             rounds_asked_by_peer: AtomicU64::new(0),
             rounds_done: watch::channel(0).0,
+            born: tokio::time::Instant::now(),
+            last_frame_us: AtomicU64::new(0),
+            round_trip_us: AtomicU64::new(0),
         });
         (
             peer,
@@ -176,6 +185,25 @@ impl PeerConn {
             return false;
         }
         true
+    }
+
+    /// How long ago the last frame from the peer arrived (since the
+    /// connection began, when none has).
+    pub fn since_last_frame(&self) -> std::time::Duration {
+        let at = self.born
+            + std::time::Duration::from_micros(self.last_frame_us.load(Ordering::Relaxed));
+        tokio::time::Instant::now().saturating_duration_since(at)
+    }
+
+    /// A probe to the peer was answered after `rtt`.
+    pub fn note_round_trip(&self, rtt: std::time::Duration) {
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.round_trip_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The last probe round trip in microseconds, if one was measured.
+    pub fn round_trip_us(&self) -> Option<u64> {
+        Some(self.round_trip_us.load(Ordering::Relaxed)).filter(|us| *us > 0)
     }
 
     /// Bytes queued for this peer and not yet handed to the socket.
@@ -265,6 +293,11 @@ async fn run_reader(
             .stats
             .bytes_received
             .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+        let since_born = tokio::time::Instant::now().saturating_duration_since(peer.born);
+        peer.last_frame_us.store(
+            u64::try_from(since_born.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         match wire::decode(&body) {
             Ok(msg) => events.on_message(&peer, msg),
             Err(e) => {

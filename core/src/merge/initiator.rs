@@ -30,6 +30,7 @@ struct Session<'a> {
     id: u64,
     rx: mpsc::UnboundedReceiver<Message>,
     step: Duration,
+    began: tokio::time::Instant,
 }
 
 /// Where the digest descent ended: the differing buckets at the final level,
@@ -55,6 +56,7 @@ impl Merge {
             table,
             id,
             rx,
+            began: tokio::time::Instant::now(),
             // Generous: a peer that goes away ends the session at once, and
             // one step over a large table may take seconds.
             step: self.ctx.config.request_timeout * 12,
@@ -177,7 +179,7 @@ impl Merge {
             .filter(|h| want.contains(&h.key_hash))
             .map(to_wire);
         send_entries(&self.ctx, s.peer, s.id, wanted);
-        let mut tally = Tally::default();
+        let mut tally = Tally::since(s.began);
         loop {
             match recv_step(s).await? {
                 Message::SyncEntries { entries, last, .. } => {

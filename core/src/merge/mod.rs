@@ -42,11 +42,23 @@ struct Responding {
     tally: Tally,
 }
 
-/// What one merge of one table changed, reported in the `merged` event.
-#[derive(Default)]
+/// What one merge of one table changed, reported in the `merged` event, and
+/// when it began (for the merge duration metric).
 struct Tally {
     changed: usize,
     conflicts: usize,
+    began: tokio::time::Instant,
+}
+
+impl Tally {
+    /// A tally of a merge that began at `began`.
+    fn since(began: tokio::time::Instant) -> Tally {
+        Tally {
+            changed: 0,
+            conflicts: 0,
+            began,
+        }
+    }
 }
 
 /// The merge engine of one node and its sessions in flight.

@@ -45,7 +45,7 @@ impl Merge {
             bits: level,
             mine: Vec::new(),
             summary: Vec::new(),
-            tally: Tally::default(),
+            tally: Tally::since(tokio::time::Instant::now()),
         };
         self.put_responding((peer.conn_id, session), state);
         let leaves = Message::SyncLeaves {

@@ -96,6 +96,10 @@ impl Merge {
     }
 
     pub(super) fn report_merge(&self, peer: &PeerConn, table: &Replica, tally: &Tally) {
+        self.ctx
+            .stats
+            .merge_durations
+            .observe(tally.began.elapsed());
         self.ctx.emit(Event::Merged {
             table: table.name.to_string(),
             peer: peer.actor.name.to_string(),

@@ -60,6 +60,11 @@ class PeerInfo(TypedDict):
     connected_ms: int
     #: Bytes queued for the peer and not yet handed to its socket.
     send_queue_bytes: int
+    #: Milliseconds since the last frame from the peer.
+    last_heard_ms: int
+    #: The last round trip of a probe to the peer, in microseconds; ``None`` on
+    #: a node that has not sequenced since the connection began.
+    round_trip_us: Optional[int]
 
 
 class NodeInfo(TypedDict):
