@@ -803,7 +803,8 @@ lbmkv_status lbmkv_node_tables(const lbmkv_node *node,
 /**
  * A description of the node as JSON: `version`, `uptime_ms`, `name`,
  * `actor`, `address`, `members`, `sequencer`, `peers` (each with `name`,
- * `address`, `connected_ms`, `send_queue_bytes`), `tables` (each with `name`,
+ * `address`, `connected_ms`, `send_queue_bytes`, `last_heard_ms`,
+ * `round_trip_us`), `tables` (each with `name`,
  * `entries`, `bytes`, `tombstones`, `conflicts`, `digest`, `sequencer`) and
  * traffic counters. Free with `lbmkv_bytes_free`.
  */
