@@ -83,7 +83,7 @@ impl Listener for TcpListener {
         Box::pin(async move {
             let (stream, addr) = self.0.accept().await?;
             stream.set_nodelay(true)?;
-            Ok((Box::new(stream) as BoxStream, addr))
+            Ok((Box::new(NoSigPipe(stream)) as BoxStream, addr))
         })
     }
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -114,11 +114,44 @@ impl Net for TcpNet {
             }
             let s = socket.connect(addr).await?;
             s.set_nodelay(true)?;
-            Ok(Box::new(s) as BoxStream)
+            Ok(Box::new(NoSigPipe(s)) as BoxStream)
         })
     }
     fn resolve(&self, host_port: String) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
         Box::pin(async move { Ok(tokio::net::lookup_host(host_port).await?.collect()) })
+    }
+}
+
+/// A TCP stream whose writes never raise `SIGPIPE`. Plain writes go out with
+/// `send(MSG_NOSIGNAL)`, but vectored ones (which TLS uses) with `writev`,
+/// which raises `SIGPIPE` on a connection the peer closed: that kills a C
+/// host, which (unlike Rust, Python and Node.js programs) does not ignore the
+/// signal. So this stream has no vectored writes.
+struct NoSigPipe(tokio::net::TcpStream);
+
+impl AsyncRead for NoSigPipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NoSigPipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
