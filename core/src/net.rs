@@ -123,11 +123,31 @@ impl Net for TcpNet {
 }
 
 /// A TCP stream whose writes never raise `SIGPIPE`. Plain writes go out with
-/// `send(MSG_NOSIGNAL)`, but vectored ones (which TLS uses) with `writev`,
-/// which raises `SIGPIPE` on a connection the peer closed: that kills a C
-/// host, which (unlike Rust, Python and Node.js programs) does not ignore the
-/// signal. So this stream has no vectored writes.
+/// `send(MSG_NOSIGNAL)`, but tokio's vectored ones (which TLS uses) with
+/// `writev`, which raises `SIGPIPE` on a connection the peer closed: that
+/// kills a C host, which (unlike Rust, Python and Node.js programs) does not
+/// ignore the signal. Here vectored writes go out with
+/// `sendmsg(MSG_NOSIGNAL)` (on other systems than Linux, one buffer at a time).
 struct NoSigPipe(tokio::net::TcpStream);
+
+/// `writev` as `sendmsg` with `MSG_NOSIGNAL`.
+#[cfg(target_os = "linux")]
+fn send_vectored(fd: std::os::fd::RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    const IOV_MAX: usize = 1024;
+    // SAFETY: a zeroed msghdr is valid (no name, no control data); `IoSlice`
+    // is ABI-compatible with `iovec` on Unix, and the slices outlive the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len().min(IOV_MAX) as _;
+        libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
 
 impl AsyncRead for NoSigPipe {
     fn poll_read(
@@ -146,6 +166,27 @@ impl AsyncWrite for NoSigPipe {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    #[cfg(target_os = "linux")]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        let stream = &self.0;
+        loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            let fd = stream.as_raw_fd();
+            match stream.try_io(tokio::io::Interest::WRITABLE, || send_vectored(fd, bufs)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+    #[cfg(target_os = "linux")]
+    fn is_write_vectored(&self) -> bool {
+        true
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)

@@ -74,7 +74,9 @@ pub(crate) async fn dial(
         listen: ctx.announce.clone(),
         nonce,
     };
-    write_message(&mut stream, &hello).await?;
+    if let Err(e) = write_message(&mut stream, &hello).await {
+        return Err(why_write_failed(&mut stream, e).await);
+    }
     let theirs = read_challenge(&mut stream, addr).await?;
     // Before proving anything: a peer with this node's name may be this
     // node's own proof reflected back to it.
@@ -104,6 +106,17 @@ pub(crate) async fn dial(
         stream,
         session,
     })
+}
+
+/// A handshake write that failed: over TLS, the peer may have refused this
+/// node's certificate after the TLS handshake ended on this side (TLS 1.3
+/// checks the client's last), and its alert, read briefly, says why.
+async fn why_write_failed(stream: &mut BoxStream, e: Error) -> Error {
+    let limit = std::time::Duration::from_millis(500);
+    match tokio::time::timeout(limit, read(stream)).await {
+        Ok(Err(alert)) if alert.kind() == ErrorKind::Protocol => alert,
+        _ => e,
+    }
 }
 
 /// With TLS, the dialed connection's TLS handshake.
