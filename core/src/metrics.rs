@@ -64,7 +64,50 @@ pub(crate) fn render(info: &Info, stats: &Stats) -> String {
     table_families(&mut e, info);
     write_families(&mut e, stats);
     traffic_families(&mut e, info, stats);
+    peer_families(&mut e, info);
     e.out
+}
+
+/// Per peer: its send queue, when it was last heard, its probe round trip.
+fn peer_families(e: &mut Exposition, info: &Info) {
+    e.family(
+        "lbmkv_peer_send_queue_bytes",
+        "gauge",
+        "Bytes queued for one peer and not yet handed to its socket.",
+    );
+    for p in &info.peers {
+        e.sample(
+            "lbmkv_peer_send_queue_bytes",
+            &[("peer", &p.name)],
+            p.send_queue_bytes,
+        );
+    }
+    e.family(
+        "lbmkv_peer_last_heard_seconds",
+        "gauge",
+        "Seconds since the last frame from a peer.",
+    );
+    for p in &info.peers {
+        e.sample(
+            "lbmkv_peer_last_heard_seconds",
+            &[("peer", &p.name)],
+            p.last_heard_ms as f64 / 1000.0,
+        );
+    }
+    e.family(
+        "lbmkv_peer_round_trip_seconds",
+        "gauge",
+        "The last round trip of a probe to a peer (measured where this node sequences).",
+    );
+    for p in &info.peers {
+        if let Some(us) = p.round_trip_us {
+            e.sample(
+                "lbmkv_peer_round_trip_seconds",
+                &[("peer", &p.name)],
+                us as f64 / 1e6,
+            );
+        }
+    }
 }
 
 /// A histogram family with cumulative buckets, sum and count.
@@ -255,44 +298,6 @@ fn traffic_families(e: &mut Exposition, info: &Info, stats: &Stats) {
         "Bytes queued for peers and not yet handed to their sockets.",
         info.send_queue_bytes,
     );
-    e.family(
-        "lbmkv_peer_send_queue_bytes",
-        "gauge",
-        "Bytes queued for one peer and not yet handed to its socket.",
-    );
-    for p in &info.peers {
-        e.sample(
-            "lbmkv_peer_send_queue_bytes",
-            &[("peer", &p.name)],
-            p.send_queue_bytes,
-        );
-    }
-    e.family(
-        "lbmkv_peer_last_heard_seconds",
-        "gauge",
-        "Seconds since the last frame from a peer.",
-    );
-    for p in &info.peers {
-        e.sample(
-            "lbmkv_peer_last_heard_seconds",
-            &[("peer", &p.name)],
-            p.last_heard_ms as f64 / 1000.0,
-        );
-    }
-    e.family(
-        "lbmkv_peer_round_trip_seconds",
-        "gauge",
-        "The last round trip of a probe to a peer (measured where this node sequences).",
-    );
-    for p in &info.peers {
-        if let Some(us) = p.round_trip_us {
-            e.sample(
-                "lbmkv_peer_round_trip_seconds",
-                &[("peer", &p.name)],
-                us as f64 / 1e6,
-            );
-        }
-    }
     e.single(
         "lbmkv_write_budget_in_use_bytes",
         "gauge",
