@@ -26,7 +26,8 @@ test-rust:
 	timeout 600 $(CARGO) run -q --release -p lbmkv-cli -- demo > /dev/null
 	./target/release/lbmkv bench --json --entries 2000 --ops 200 --gets 10000 2>/dev/null \
 	  | python3 -c "import json, sys; ids = {r['id'] for r in json.load(sys.stdin)['results']}; \
-	    missing = {'local_get', 'write', 'hot_key', 'memory', 'join', 'heal'} - ids; \
+	    missing = {'local_get', 'write', 'hot_key', 'memory', 'join', 'join_process', \
+	      'heal', 'scale_write', 'scale_join'} - ids; \
 	    sys.exit('lbmkv bench --json lacks ' + str(missing) if missing else 0)"
 
 # `make soak SEEDS=N`: N fresh seeds of the cluster simulation, one summary line
