@@ -8,7 +8,10 @@
 #                            a temporary prefix: install layout and soname
 #                            (readelf), pkg-config --static, shared, static,
 #                            valgrind, ASan; and the C sequencer example
-#   make bench-c             cost of a local lbmkv_table_get from C
+#   make bench-c             cost of a local lbmkv_table_get from C, then replicated
+#                            puts on 3 nodes from 1 and 16 pthreads, next to Rust's
+#                            ($LBMKV_BENCH_OPS puts per row; RUST_BENCH_JSON, when it
+#                            exists, is the output of `lbmkv bench --json`)
 
 C_CBINDGEN_VERSION := 0.29.4
 C_CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
@@ -86,6 +89,9 @@ c-programs: c-tools
 	gcc $(C_WARN) -O2 $$($(C_PKG) --cflags lbmkv) tests/c/bench_get.c \
 	  $$($(C_PKG) --libs lbmkv) -Wl,-rpath,$$($(C_PKG) --variable=libdir lbmkv) \
 	  -o $(C_BIN)/bench_get
+	gcc $(C_WARN) -O2 $$($(C_PKG) --cflags lbmkv) tests/c/bench_put.c \
+	  $$($(C_PKG) --libs lbmkv) -Wl,-rpath,$$($(C_PKG) --variable=libdir lbmkv) -lpthread \
+	  -o $(C_BIN)/bench_put
 
 # The installed files, the soname of the library, what the programs linked
 # to it load, and the static link line of pkg-config.
@@ -121,5 +127,10 @@ test-c: check-header c-programs check-install
 	LBMKV_TEST_CERTS=$(C_BUILD)/certs $(C_VALGRIND) $(C_BIN)/test_shared
 	$(C_BIN)/sequencer
 
+RUST_BENCH_JSON ?= build/bench/rust.json
+
 bench-c: c-programs
 	$(C_BIN)/bench_get
+	$(CARGO) build --release -q -p lbmkv-cli
+	timeout -k 10 600 $(C_BIN)/bench_put --lbmkv $(C_RELEASE)/lbmkv \
+	  $$(test -f $(abspath $(RUST_BENCH_JSON)) && echo --rust-json $(abspath $(RUST_BENCH_JSON)))
