@@ -5,7 +5,11 @@
 #   make test-python    the wheel (tagged manylinux and confirmed so by
 #                       `auditwheel show`), then mypy.stubtest, the pytest suite
 #                       and the Python sequencer example
-#   make bench-python   local get calls per second from Python
+#   make bench-python   local get calls per second from Python, then replicated
+#                       puts on 3 nodes from 1 and 16 threads and 1 and 16 asyncio
+#                       tasks, next to Rust's ($LBMKV_BENCH_OPS puts per row;
+#                       RUST_BENCH_JSON, when it exists, is the output of
+#                       `lbmkv bench --json`)
 
 PY_PYTHON ?= python3
 PY_VENV := $(CURDIR)/build/venv-python
@@ -54,5 +58,10 @@ test-python: python-wheel
 	  -p no:cacheprovider bindings/python/tests
 	$(PY_TIMEOUT) 60 $(PY_BIN)/python examples/python/sequencer.py
 
+RUST_BENCH_JSON ?= build/bench/rust.json
+
 bench-python: python-wheel
 	$(PY_TIMEOUT) 300 $(PY_BIN)/python bindings/python/bench/get.py
+	$(CARGO) build --release -q -p lbmkv-cli
+	$(PY_TIMEOUT) 600 $(PY_BIN)/python bindings/python/bench/put.py --lbmkv $(PY_TARGET)/release/lbmkv \
+	  $$(test -f $(abspath $(RUST_BENCH_JSON)) && echo --rust-json $(abspath $(RUST_BENCH_JSON)))
