@@ -9,7 +9,10 @@
 #                     examples/node/typed.ts; the sequencer example; the README's
 #                     install in build/node/app used by require and import; npm pack
 #                     and an install of the tarball
-#   make bench-node   1,000,000 local gets from Node.js (16-byte key, 100-byte value)
+#   make bench-node   1,000,000 local gets from Node.js (16-byte key, 100-byte value),
+#                     then replicated puts on 3 nodes from 1 and 16 Promise chains,
+#                     next to Rust's ($LBMKV_BENCH_OPS puts per row; RUST_BENCH_JSON, when
+#                     it exists, is the output of `lbmkv bench --json`)
 
 NODE_DIR := $(CURDIR)/bindings/node
 NODE_EXAMPLES := $(CURDIR)/examples/node
@@ -79,5 +82,11 @@ test-node: node-deps
 	    const n = await Node.start({ cookie: 'pack' }); await n.close(); \
 	    console.log('import of the installed tarball: ok')"
 
+RUST_BENCH_JSON ?= build/bench/rust.json
+
 bench-node: node-build
 	cd $(NODE_DIR) && node bench/get.js
+	$(CARGO) build --release -q -p lbmkv-cli
+	cd $(NODE_DIR) && timeout -k 10 600 node bench/put.js \
+	  --lbmkv $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/lbmkv \
+	  $$(test -f $(abspath $(RUST_BENCH_JSON)) && echo --rust-json $(abspath $(RUST_BENCH_JSON)))
