@@ -47,11 +47,14 @@ include mk/*.mk
 
 test: lint test-rust $(SURFACE_TESTS)
 
-# The scenarios of the specification (lbmkv bench), then local reads from every
-# language, then the engine's micro-benchmarks. `make bench BENCH_ARGS=--quick`
-# takes under a minute.
+# The scenarios of the specification (lbmkv bench, its figures also kept in
+# build/bench/rust.json), then local reads and replicated puts from every
+# language (compared with Rust's puts of that file), then the engine's
+# micro-benchmarks. `make bench BENCH_ARGS=--quick LBMKV_BENCH_OPS=2000` is
+# the short run.
 BENCH_ARGS ?=
 bench: build
-	./target/release/lbmkv bench $(BENCH_ARGS)
+	mkdir -p build/bench
+	./target/release/lbmkv bench --json-out build/bench/rust.json $(BENCH_ARGS)
 	$(MAKE) --no-print-directory $(SURFACE_BENCHES)
 	$(CARGO) bench -p lbmkv --bench local

@@ -13,6 +13,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use crate::hash::stable_hash_bytes;
 use crate::vclock::{stable_hash_of_dots, ActorId, Dot, VClock};
 use crate::watch::{Cause, Change, Watch, Watchers};
+use crate::wire::{PackedEntries, WireEntry};
 
 /// Seeds of the stable hashes; changing them changes the wire meaning of digests.
 const KEY_HASH_SEED: u64 = 0x6c62_6d6b_765f_6b65;
@@ -131,6 +132,20 @@ impl Packed {
         Packed { ptr }
     }
 
+    /// A block holding a copy of `bytes` (a whole block, checked).
+    fn copy_of(bytes: &[u8]) -> Packed {
+        let layout = block_layout(bytes.len());
+        // SAFETY: the layout has a non-zero size (every block has a header).
+        let raw = unsafe { alloc(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            handle_alloc_error(layout)
+        };
+        // SAFETY: `ptr` points to `bytes.len()` freshly allocated bytes that
+        // nothing else refers to, and `bytes` cannot overlap them.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr.as_ptr(), bytes.len()) };
+        Packed { ptr }
+    }
+
     fn raw_header(&self) -> &[u8] {
         // SAFETY: every block starts with HEADER initialized bytes.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), HEADER) }
@@ -184,6 +199,14 @@ impl Packed {
     fn bytes(&self) -> &[u8] {
         // SAFETY: the block holds exactly `len()` initialized bytes, owned by self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
+    }
+
+    /// The block, to write to before it is stored (a copy being adapted).
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.len();
+        // SAFETY: the block holds exactly `len()` initialized bytes, owned by
+        // self, and `&mut self` is the only access to them.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
     }
 
     fn key(&self) -> &[u8] {
@@ -275,17 +298,132 @@ pub fn bucket_of(key_hash: u64, bits: u8) -> usize {
     }
 }
 
-/// A stored entry with the hashes a merge compares.
-#[derive(Clone, Debug)]
-pub struct HashedEntry {
+/// A stored entry copied out of a table with the hashes a merge compares:
+/// later writes to the table leave it as it was.
+pub struct SnapshotEntry {
     /// [`key_hash`] of the key.
     pub key_hash: u64,
     /// The entry's contribution to the digest.
     pub entry_hash: u64,
+    block: Packed,
+}
+
+impl SnapshotEntry {
     /// The key.
-    pub key: Box<[u8]>,
-    /// The entry.
-    pub entry: Entry,
+    #[cfg(test)]
+    pub fn key(&self) -> &[u8] {
+        self.block.key()
+    }
+
+    /// The entry's block, as [`PackedEntries`] carries it.
+    pub fn block(&self) -> &[u8] {
+        self.block.bytes()
+    }
+}
+
+/// One block of a peer's [`PackedEntries`], checked to be whole and to name
+/// only actors the message lists.
+pub struct IncomingBlock<'a> {
+    bytes: &'a [u8],
+    key_len: usize,
+    value_len: Option<usize>,
+    dots: usize,
+    /// Where the dots start (after the header and the deadline, if any).
+    start: usize,
+}
+
+impl<'a> IncomingBlock<'a> {
+    /// The key.
+    pub fn key(&self) -> &'a [u8] {
+        let at = self.start + self.dots * DOT_SIZE;
+        &self.bytes[at..at + self.key_len]
+    }
+
+    fn value(&self) -> Option<&'a [u8]> {
+        let at = self.start + self.dots * DOT_SIZE + self.key_len;
+        self.value_len.map(|v| &self.bytes[at..at + v])
+    }
+
+    fn deadline(&self) -> Option<u64> {
+        (self.start > HEADER).then(|| u64_at(self.bytes, HEADER))
+    }
+
+    /// The dots, their actors as indexes into the message's list.
+    fn dots(&self) -> impl Iterator<Item = (u32, Dot)> + 'a {
+        let (bytes, start) = (self.bytes, self.start);
+        (0..self.dots).map(move |i| {
+            let at = start + i * DOT_SIZE;
+            (
+                u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]),
+                Dot {
+                    counter: u64_at(bytes, at + 4),
+                    timestamp_ms: u64_at(bytes, at + 12),
+                },
+            )
+        })
+    }
+
+    /// The entry as a merge compares it, its actors taken from `actors`.
+    pub fn to_wire(&self, actors: &[ActorId]) -> WireEntry {
+        let dots = self
+            .dots()
+            .filter_map(|(a, d)| actors.get(a as usize).map(|actor| (actor.clone(), d)));
+        WireEntry {
+            key: self.key().to_vec(),
+            value: self.value().map(<[u8]>::to_vec),
+            clock: VClock::from_dots(dots),
+            deadline_ms: self.deadline(),
+        }
+    }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Cuts `entries` into its blocks; fails when one is cut short, claims more
+/// dots than a block may hold, or names an actor the message does not list.
+pub fn incoming_blocks(entries: &PackedEntries) -> Result<Vec<IncomingBlock<'_>>, &'static str> {
+    let mut out = Vec::new();
+    let mut rest = &entries.blocks[..];
+    while !rest.is_empty() {
+        if rest.len() < HEADER {
+            return Err("a block is cut short");
+        }
+        let word =
+            |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
+        let key_len = word(0) as usize;
+        let value_len = (word(4) != TOMBSTONE_LEN).then_some(word(4) as usize);
+        let count = u16::from_le_bytes([rest[8], rest[9]]);
+        let dots = usize::from(count & !HAS_DEADLINE);
+        let start = if count & HAS_DEADLINE != 0 {
+            HEADER + DEADLINE_SIZE
+        } else {
+            HEADER
+        };
+        let len = start + dots * DOT_SIZE + key_len + value_len.unwrap_or(0);
+        if dots > MAX_DOTS || rest.len() < len {
+            return Err("a block is cut short");
+        }
+        let block = IncomingBlock {
+            bytes: &rest[..len],
+            key_len,
+            value_len,
+            dots,
+            start,
+        };
+        if block
+            .dots()
+            .any(|(a, _)| a as usize >= entries.actors.len())
+        {
+            return Err("a dot names an actor the message does not list");
+        }
+        out.push(block);
+        rest = &rest[len..];
+    }
+    Ok(out)
 }
 
 /// Counters reported by `info`.
@@ -602,6 +740,16 @@ impl TableStore {
         self.grow_digest_for(self.slots.len() + additional);
     }
 
+    /// Makes room for a peer's `count` entries, when this table is empty (a
+    /// join: all of them are coming), as their first chunk arrives. Bounded,
+    /// so that a count that lies costs no more than a large table would.
+    pub fn make_room_when_empty(&mut self, count: u64) {
+        const MOST: u64 = 1 << 22;
+        if self.slots.is_empty() && count > 0 {
+            self.reserve(count.min(MOST) as usize);
+        }
+    }
+
     fn maybe_grow_digest(&mut self) {
         self.grow_digest_for(self.slots.len());
     }
@@ -679,35 +827,110 @@ impl TableStore {
             .collect()
     }
 
-    /// Every entry whose key falls in one of `buckets` (sorted) at level
-    /// `bits`, with its key hash and its digest contribution (left 0 in the
-    /// buckets for which `hash_wanted` says no: entries sent whole need none).
-    pub fn hashed_entries_in_buckets(
+    /// The table's actors, which the dots of its blocks name by index (the
+    /// list only grows, so an index stays valid).
+    pub fn actors(&self) -> &[ActorId] {
+        &self.actors
+    }
+
+    /// Every entry whose key falls in one of `buckets` at level `bits`: the
+    /// blocks of the buckets `whole` picks go to `send` (entries sent whole
+    /// need no hash); the others come back as snapshots with their hashes.
+    pub fn entries_in_buckets(
         &self,
         bits: u8,
         buckets: &[u32],
-        hash_wanted: impl Fn(u32) -> bool,
-    ) -> Vec<HashedEntry> {
+        whole: impl Fn(u32) -> bool,
+        mut send: impl FnMut(&[u8]),
+    ) -> Vec<SnapshotEntry> {
         if buckets.is_empty() {
             return Vec::new();
         }
-        self.slots
-            .iter()
-            .filter_map(|p| {
-                let kh = key_hash(p.key());
-                let b = bucket_of(kh, bits) as u32;
-                buckets.binary_search(&b).is_ok().then(|| HashedEntry {
+        if buckets.len() == 1 << bits && (0..buckets.len() as u32).all(&whole) {
+            // Everything goes whole (the peer's table is empty: a join), so no
+            // key needs hashing to find its bucket.
+            self.slots.iter().for_each(|p| send(p.bytes()));
+            return Vec::new();
+        }
+        // One bit per bucket of the level: a test per entry instead of a search.
+        let mut wanted = vec![0u64; ((1usize << bits) / 64).max(1)];
+        for &b in buckets {
+            if let Some(w) = wanted.get_mut(b as usize / 64) {
+                *w |= 1 << (b % 64);
+            }
+        }
+        let mut out = Vec::new();
+        for p in self.slots.iter() {
+            let kh = key_hash(p.key());
+            let b = bucket_of(kh, bits);
+            if wanted.get(b / 64).is_none_or(|w| w & (1 << (b % 64)) == 0) {
+                continue;
+            }
+            if whole(b as u32) {
+                send(p.bytes());
+            } else {
+                out.push(SnapshotEntry {
                     key_hash: kh,
-                    entry_hash: if hash_wanted(b) {
-                        self.packed_hash(kh, p)
-                    } else {
-                        0
-                    },
-                    key: Box::from(p.key()),
-                    entry: self.decode(p),
-                })
-            })
-            .collect()
+                    entry_hash: self.packed_hash(kh, p),
+                    block: Packed::copy_of(p.bytes()),
+                });
+            }
+        }
+        out
+    }
+
+    /// Stores a peer's block as it is when this table has no entry of its
+    /// key, nothing else needs to see it (no watch is open) and it is a
+    /// plain value (no deadline, dots in order); returns whether it did.
+    /// `actor_map` maps the message's actor indexes to this table's (see
+    /// [`TableStore::intern_all`]). The others go through the merge rule.
+    pub fn insert_new_block(&mut self, block: &IncomingBlock<'_>, actor_map: &[u32]) -> bool {
+        let plain = block.value_len.is_some() && block.deadline().is_none() && block.dots > 0;
+        if !plain || !self.watchers.is_empty() {
+            return false;
+        }
+        let key = block.key();
+        let h = self.hasher.hash_one(key);
+        if self.slots.find(h, |p| p.key() == key).is_some() {
+            return false;
+        }
+        let mut packed = Packed::copy_of(block.bytes);
+        let mut previous: Option<&ActorId> = None;
+        for (i, (a, _)) in block.dots().enumerate() {
+            let Some(&local) = actor_map.get(a as usize) else {
+                return false;
+            };
+            let Some(actor) = self.actors.get(local as usize) else {
+                return false;
+            };
+            // Clocks keep one dot per actor, in actor order: anything else
+            // goes through the merge rule, which builds the clock anew.
+            if previous.is_some_and(|p| crate::vclock::cmp_actor(p, actor).is_ge()) {
+                return false;
+            }
+            previous = Some(actor);
+            let at = block.start + i * DOT_SIZE;
+            packed.bytes_mut()[at..at + 4].copy_from_slice(&local.to_le_bytes());
+        }
+        let kh = key_hash(key);
+        let hash = self.packed_hash(kh, &packed);
+        self.count(block.value(), key.len(), true);
+        self.digest.toggle(kh, hash);
+        let hasher = &self.hasher;
+        self.slots
+            .insert_unique(h, packed, |p| hasher.hash_one(p.key()));
+        self.maybe_grow_digest();
+        true
+    }
+
+    /// This table's index of each of `actors`, added when missing.
+    pub fn intern_all(&mut self, actors: &[ActorId]) -> Vec<u32> {
+        actors.iter().map(|a| self.intern(a)).collect()
+    }
+
+    /// How many entries the table holds, tombstones included.
+    pub fn stored(&self) -> usize {
+        self.slots.len()
     }
 
     /// Drops tombstones whose newest dot is older than `cutoff_ms`; returns how many.
@@ -893,10 +1116,99 @@ mod tests {
         let (l1, l2) = (s1.digest_leaves(bits), s2.digest_leaves(bits));
         let differing: Vec<usize> = (0..l1.len()).filter(|&i| l1[i] != l2[i]).collect();
         assert_eq!(differing, vec![bucket_of(key_hash(&key), bits)]);
-        let found = s2.hashed_entries_in_buckets(bits, &[differing[0] as u32], |_| true);
+        let found = s2.entries_in_buckets(bits, &[differing[0] as u32], |_| false, |_| {});
         assert!(found
             .iter()
-            .any(|h| h.key == key && h.key_hash == key_hash(&key)));
+            .any(|h| h.key() == &key[..] && h.key_hash == key_hash(&key)));
+    }
+
+    /// The blocks of `from` in every bucket, as a merge sends them whole.
+    fn packed_copy(from: &TableStore) -> PackedEntries {
+        let bits = from.digest_bits();
+        let all: Vec<u32> = (0..1u32 << bits).collect();
+        let mut blocks = Vec::new();
+        let rest = from.entries_in_buckets(bits, &all, |_| true, |b| blocks.extend_from_slice(b));
+        assert!(rest.is_empty());
+        PackedEntries {
+            actors: from.actors().to_vec(),
+            blocks,
+        }
+    }
+
+    #[test]
+    fn blocks_copied_whole_make_an_equal_replica() {
+        let (a, b) = (ActorId::new("a", 1), ActorId::new("b", 2));
+        let mut from = TableStore::new();
+        for i in 0..500u32 {
+            let mut e = entry(Some(b"value"), &a, u64::from(i) + 1);
+            if i % 3 == 0 {
+                e.clock.increment(&b, 7);
+            }
+            put(&mut from, &i.to_be_bytes(), e);
+        }
+        put(&mut from, b"gone", entry(None, &a, 1));
+        // The receiving table lists its actors in another order.
+        let mut to = TableStore::new();
+        put(&mut to, b"other", entry(Some(b"x"), &b, 1));
+        put(&mut from, b"other", entry(Some(b"x"), &b, 1));
+        let packed = packed_copy(&from);
+        let map = to.intern_all(&packed.actors);
+        let blocks = incoming_blocks(&packed).unwrap();
+        assert_eq!(blocks.len(), 502);
+        let mut stored = 0;
+        for block in &blocks {
+            if to.insert_new_block(block, &map) {
+                stored += 1;
+            } else {
+                // What the fast path leaves (a tombstone, a key held here) goes
+                // through the merge rule, as the merge engine does.
+                let w = block.to_wire(&packed.actors);
+                if to.entry(&w.key).is_none() {
+                    to.insert(
+                        &w.key,
+                        w.value.as_deref(),
+                        &w.clock,
+                        w.deadline_ms,
+                        Cause::Merge,
+                    );
+                }
+            }
+        }
+        assert_eq!(stored, 500);
+        assert_eq!(to.digest_total(), from.digest_total());
+        assert_eq!(to.stats(), from.stats());
+        assert_eq!(
+            to.entry(&7u32.to_be_bytes()),
+            from.entry(&7u32.to_be_bytes())
+        );
+        assert_eq!(to.entry(b"other"), from.entry(b"other"));
+    }
+
+    #[test]
+    fn blocks_cut_short_or_naming_unknown_actors_are_refused() {
+        let a = ActorId::new("a", 1);
+        let mut from = TableStore::new();
+        put(&mut from, b"k", entry(Some(b"value"), &a, 1));
+        let packed = packed_copy(&from);
+        for cut in 1..packed.blocks.len() {
+            let short = PackedEntries {
+                actors: packed.actors.clone(),
+                blocks: packed.blocks[..cut].to_vec(),
+            };
+            assert!(incoming_blocks(&short).is_err(), "cut at {cut}");
+        }
+        let no_actors = PackedEntries {
+            actors: Vec::new(),
+            blocks: packed.blocks.clone(),
+        };
+        assert!(incoming_blocks(&no_actors).is_err());
+        let mut huge = packed.blocks.clone();
+        huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let huge = PackedEntries {
+            actors: packed.actors.clone(),
+            blocks: huge,
+        };
+        assert!(incoming_blocks(&huge).is_err());
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl fmt::Display for ActorId {
 /// ids share the same name allocation, which is the common case for clocks
 /// built on one node.
 #[inline]
-fn cmp_actor(a: &ActorId, b: &ActorId) -> Ordering {
+pub(crate) fn cmp_actor(a: &ActorId, b: &ActorId) -> Ordering {
     if Arc::ptr_eq(&a.name, &b.name) {
         a.incarnation.cmp(&b.incarnation)
     } else {

@@ -11,7 +11,7 @@ use crate::vclock::{ActorId, Dot, VClock};
 /// First field of every handshake message: "LBKV".
 pub const MAGIC: u32 = 0x4c42_4b56;
 /// Version of this protocol; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Bound on any frame before the peer is authenticated.
 pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
@@ -123,6 +123,21 @@ impl<'de> Deserialize<'de> for Entries {
         }
         Ok(Entries(entries))
     }
+}
+
+/// Entries in the form a replica stores them, as a merge sends them: the
+/// blocks one after another, each `key_len: u32 | value_len: u32 (u32::MAX:
+/// tombstone) | dots: u16 (top bit: a deadline follows) | [deadline: u64] |
+/// dots × (actor: u32, counter: u64, timestamp: u64) | key | value`, integers
+/// little-endian, actors as indexes into `actors`. Copied out of one store
+/// and into another without decoding each entry (see [`crate::store`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedEntries {
+    /// The actors the dots name.
+    pub actors: Vec<ActorId>,
+    /// The blocks.
+    #[serde(with = "serde_bytes")]
+    pub blocks: Vec<u8>,
 }
 
 /// A peer as told to other peers for transitive connect.
@@ -424,6 +439,9 @@ pub enum Message {
         bits: u8,
         /// The initiator's whole-table digest.
         total: u64,
+        /// How many entries (tombstones included) the initiator holds: an
+        /// empty responder makes room for them at once.
+        count: u64,
     },
     /// Merge, step 2: the responder's bucket digests. First all buckets of a
     /// coarse level, then (after each [`Message::SyncDescend`]) the children of
@@ -437,6 +455,10 @@ pub enum Message {
         final_bits: u8,
         /// Bucket digests.
         leaves: Vec<u64>,
+        /// How many entries (tombstones included) the responder holds (in the
+        /// first answer; 0 after a descent): an empty initiator makes room
+        /// for them at once.
+        count: u64,
     },
     /// Merge, step 2 again: the initiator asks for the children, at level
     /// `bits`, of the `buckets` (at level `parent_bits`) whose digests differ.
@@ -461,7 +483,7 @@ pub enum Message {
         /// (key hash, entry hash) of initiator entries.
         summary: Vec<(u64, u64)>,
         /// Whole initiator entries, for buckets the responder has nothing in.
-        entries: Entries,
+        entries: PackedEntries,
         /// Whether this is the last chunk.
         last: bool,
     },
@@ -479,7 +501,7 @@ pub enum Message {
         /// Merge session id.
         session: u64,
         /// The entries.
-        entries: Entries,
+        entries: PackedEntries,
         /// Whether this is the last chunk.
         last: bool,
     },

@@ -21,8 +21,8 @@ use common::raw_peer::{self, read_msg, send, send_msg, Sealer, Transcript};
 use lbmkv::net::{BoxStream, MemNet, Net};
 use lbmkv::vclock::{ActorId, Dot, VClock};
 use lbmkv::wire::{
-    decode, encode_frame, Entries, Message, PeerInfo, TableInfo, WireEntry, WriteOp, WriteOutcome,
-    WriteRefusal, MAGIC, PROTOCOL_VERSION,
+    decode, encode_frame, Entries, Message, PackedEntries, PeerInfo, TableInfo, WireEntry, WriteOp,
+    WriteOutcome, WriteRefusal, MAGIC, PROTOCOL_VERSION,
 };
 use lbmkv::{Config, ErrorKind, Node};
 use rand::rngs::StdRng;
@@ -161,6 +161,52 @@ fn entries(rng: &mut StdRng) -> Entries {
             })
             .collect(),
     )
+}
+
+/// Entries in their stored form: mostly well-formed blocks, some naming
+/// actors the message does not list, some cut short or followed by garbage.
+fn packed_entries(rng: &mut StdRng) -> PackedEntries {
+    let actors: Vec<ActorId> = (0..rng.random_range(0..3))
+        .map(|i| ActorId::new(&format!("n{i}"), rng.random_range(0..3)))
+        .collect();
+    let mut blocks = Vec::new();
+    for _ in 0..rng.random_range(0..4) {
+        let key = bytes(rng, 3);
+        let value = rng.random_bool(0.7).then(|| bytes(rng, 5));
+        let deadline = rng.random_bool(0.2).then(|| rng.random::<u64>());
+        let dots = rng.random_range(0..3u16);
+        blocks.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        let vlen = value.as_ref().map_or(u32::MAX, |v| v.len() as u32);
+        blocks.extend_from_slice(&vlen.to_le_bytes());
+        let flag = if deadline.is_some() { 0x8000 } else { 0 };
+        blocks.extend_from_slice(&(dots | flag).to_le_bytes());
+        if let Some(d) = deadline {
+            blocks.extend_from_slice(&d.to_le_bytes());
+        }
+        for _ in 0..dots {
+            let actor = rng.random_range(0..actors.len() as u32 + 1);
+            blocks.extend_from_slice(&actor.to_le_bytes());
+            blocks.extend_from_slice(&rng.random_range(1..5u64).to_le_bytes());
+            blocks.extend_from_slice(&rng.random_range(0..5u64).to_le_bytes());
+        }
+        blocks.extend_from_slice(&key);
+        blocks.extend_from_slice(value.as_deref().unwrap_or_default());
+    }
+    match rng.random_range(0..6) {
+        0 => blocks.truncate(rng.random_range(0..blocks.len() + 1)),
+        1 => blocks.extend(bytes(rng, 12)),
+        _ => {}
+    }
+    PackedEntries { actors, blocks }
+}
+
+/// An entry count as a merge announces it: mostly small, now and then absurd.
+fn entry_count(rng: &mut StdRng) -> u64 {
+    if rng.random_bool(0.1) {
+        rng.random()
+    } else {
+        rng.random_range(0..100)
+    }
 }
 
 fn table_name(rng: &mut StdRng) -> String {
@@ -310,6 +356,7 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
             table: table_name(rng),
             bits: rng.random_range(0..40),
             total: rng.random(),
+            count: entry_count(rng),
         },
         14 => Message::SyncLeaves {
             session: session(rng),
@@ -318,6 +365,7 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
             leaves: (0..rng.random_range(0..300))
                 .map(|_| rng.random())
                 .collect(),
+            count: entry_count(rng),
         },
         15 => Message::SyncDescend {
             session: session(rng),
@@ -331,7 +379,7 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
             summary: (0..rng.random_range(0..5))
                 .map(|_| (rng.random(), rng.random()))
                 .collect(),
-            entries: entries(rng),
+            entries: packed_entries(rng),
             last: rng.random(),
         },
         17 => Message::SyncWant {
@@ -340,7 +388,7 @@ fn message(rng: &mut StdRng, node: &ActorId) -> (Message, bool) {
         },
         18 => Message::SyncEntries {
             session: session(rng),
-            entries: entries(rng),
+            entries: packed_entries(rng),
             last: rng.random(),
         },
         19 => Message::SyncDone {

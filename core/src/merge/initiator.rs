@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::frames::{send_entries, send_merge, send_summary, to_wire};
+use super::frames::{send_entries, send_merge, Chunks};
 use super::{Merge, Tally};
 use crate::cluster::PeerConn;
 use crate::error::{Error, Result};
@@ -39,6 +39,8 @@ struct Differing {
     bits: u8,
     buckets: Vec<u32>,
     theirs: Vec<u64>,
+    /// How many entries the peer said it holds.
+    their_count: u64,
 }
 
 impl Merge {
@@ -81,31 +83,44 @@ impl Merge {
     /// so the bytes exchanged follow the differences rather than the table
     /// size. `None`: the peer found the whole tables equal.
     async fn descend(&self, s: &mut Session<'_>) -> Result<Option<Differing>> {
-        let (bits, total) = {
+        let (bits, total, count) = {
             let store = s.table.read()?;
-            (store.digest_bits(), store.digest_total())
+            (store.digest_bits(), store.digest_total(), store.stored())
         };
         let digest = Message::SyncDigest {
             session: s.id,
             table: s.table.name.to_string(),
             bits,
             total,
+            count: count as u64,
         };
         send_merge(&self.ctx, s.peer, &digest);
-        let (mut level, final_bits, mut theirs) = match recv_step(s).await? {
+        let (mut level, final_bits, mut theirs, their_count) = match recv_step(s).await? {
             Message::SyncDone { .. } => return Ok(None),
             Message::SyncLeaves {
                 bits: level,
                 final_bits,
                 leaves,
+                count,
                 ..
-            } => (level, final_bits, leaves),
+            } => (level, final_bits, leaves, count),
             other => return Err(unexpected(&other)),
         };
         if final_bits > bits || level > final_bits {
             return Err(Error::protocol(
                 "the peer sent digests of an impossible level",
             ));
+        }
+        if their_count == 0 && theirs.iter().all(|l| *l == 0) {
+            // The peer's table is empty (a join): every bucket differs, with
+            // no need to descend to find out.
+            let all = 1u32 << final_bits;
+            return Ok(Some(Differing {
+                bits: final_bits,
+                buckets: (0..all).collect(),
+                theirs: vec![0; all as usize],
+                their_count,
+            }));
         }
         let mut candidates: Vec<u32> = (0..theirs.len() as u32).collect();
         loop {
@@ -126,6 +141,7 @@ impl Merge {
                     bits: final_bits,
                     buckets: differing,
                     theirs: their_digests,
+                    their_count,
                 }));
             }
             let next = (level + DESCENT_STEP).min(final_bits);
@@ -146,7 +162,8 @@ impl Merge {
     }
 
     /// Where the peer's bucket is empty, whole entries go at once; elsewhere
-    /// summaries first, then only the entries that differ, both ways.
+    /// summaries first, then only the entries that differ, both ways. The
+    /// buckets go first, so that both sides go through their tables at once.
     async fn exchange(&self, s: &mut Session<'_>, d: Differing) -> Result<()> {
         let peer_empty: HashSet<u32> = d
             .buckets
@@ -155,35 +172,36 @@ impl Merge {
             .filter(|(_, digest)| **digest == 0)
             .map(|(b, _)| *b)
             .collect();
-        let mine = s
-            .table
-            .read()?
-            .hashed_entries_in_buckets(d.bits, &d.buckets, |b| !peer_empty.contains(&b));
-        let mine = send_summary(
-            &self.ctx,
-            s.peer,
-            s.id,
-            d.bits,
-            d.buckets,
-            &peer_empty,
-            mine,
-        );
+        let (mine, actors) = {
+            let store = s.table.read()?;
+            let mut chunks = Chunks::new(&self.ctx, s.peer, s.id, store.actors().to_vec());
+            chunks.announce_buckets(d.buckets.clone());
+            let mine = store.entries_in_buckets(
+                d.bits,
+                &d.buckets,
+                |b| peer_empty.contains(&b),
+                |block| chunks.summary_entry(block),
+            );
+            for e in &mine {
+                chunks.summary_pair((e.key_hash, e.entry_hash));
+            }
+            chunks.send_summary(true);
+            (mine, store.actors().to_vec())
+        };
         let want: HashSet<u64> = match recv_step(s).await? {
             Message::SyncWant { want, .. } => want.into_iter().collect(),
             other => return Err(unexpected(&other)),
         };
         // Sent before anything of the peer's is merged: this side's versions as
         // they were when the merge compared them.
-        let wanted = mine
-            .into_iter()
-            .filter(|h| want.contains(&h.key_hash))
-            .map(to_wire);
-        send_entries(&self.ctx, s.peer, s.id, wanted);
+        let wanted = mine.iter().filter(|e| want.contains(&e.key_hash));
+        send_entries(&self.ctx, s.peer, s.id, actors, wanted);
         let mut tally = Tally::since(s.began);
         loop {
             match recv_step(s).await? {
                 Message::SyncEntries { entries, last, .. } => {
-                    self.merge_remote(s.peer, s.table, entries.0, &mut tally);
+                    self.merge_remote(s.peer, s.table, &entries, d.their_count, &mut tally)
+                        .map_err(Error::protocol)?;
                     if last {
                         break;
                     }

@@ -27,7 +27,8 @@ use crate::context::{Context, SETTLE_PAUSE};
 use crate::locks::lock;
 use crate::replica::Replica;
 use crate::replication::Replication;
-use crate::store::HashedEntry;
+use crate::store::SnapshotEntry;
+use crate::vclock::ActorId;
 use crate::wire::Message;
 
 /// A session this node answers.
@@ -36,7 +37,11 @@ struct Responding {
     bits: u8,
     /// This side's entries of the differing buckets, taken at the first
     /// summary chunk, before anything of the peer's was merged.
-    mine: Vec<HashedEntry>,
+    mine: Vec<SnapshotEntry>,
+    /// The table's actors when `mine` was taken.
+    actors: Vec<ActorId>,
+    /// How many entries the initiator said it holds.
+    peer_count: u64,
     /// The initiator's (key hash, entry hash) pairs so far.
     summary: Vec<(u64, u64)>,
     tally: Tally,
@@ -204,7 +209,8 @@ impl Merge {
                 table,
                 bits,
                 total,
-            } => self.on_digest(peer, session, &table, bits, total),
+                count,
+            } => self.on_digest(peer, session, &table, bits, total, count),
             Message::SyncDescend {
                 session,
                 parent_bits,
@@ -217,7 +223,7 @@ impl Merge {
                 summary,
                 entries,
                 last,
-            } if !leading => self.on_summary(peer, session, buckets, summary, entries.0, last),
+            } if !leading => self.on_summary(peer, session, buckets, summary, entries, last),
             Message::SyncDone { session } if !leading => {
                 // The initiator gave the session up.
                 self.take_responding((peer.conn_id, session));
@@ -226,7 +232,7 @@ impl Merge {
                 session,
                 entries,
                 last,
-            } if !leading => self.on_entries(peer, session, entries.0, last),
+            } if !leading => self.on_entries(peer, session, entries, last),
             other => self.to_initiator(other),
         }
     }

@@ -4,11 +4,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::frames::{send_entries, send_merge, to_wire};
+use super::frames::{send_entries, send_merge};
 use super::initiator::{children, FIRST_LEVEL};
 use super::{Merge, Responding, Tally};
 use crate::cluster::PeerConn;
-use crate::wire::{Message, WireEntry};
+use crate::wire::{Message, PackedEntries};
 
 impl Merge {
     /// Step 1: the initiator's digest of a table. Equal tables end the session
@@ -20,6 +20,7 @@ impl Merge {
         table: &str,
         bits: u8,
         total: u64,
+        count: u64,
     ) {
         let done = Message::SyncDone { session };
         let replica = match self.replication.ensure_table(table) {
@@ -33,17 +34,19 @@ impl Merge {
             Ok(s) if s.digest_total() != total => {
                 let level = bits.min(s.digest_bits());
                 let first = level.min(FIRST_LEVEL);
-                Some((level, first, s.digest_leaves(first)))
+                Some((level, first, s.digest_leaves(first), s.stored()))
             }
             _ => None,
         };
-        let Some((level, first, leaves)) = answer else {
+        let Some((level, first, leaves, stored)) = answer else {
             return send_merge(&self.ctx, peer, &done);
         };
         let state = Responding {
             table: replica,
             bits: level,
             mine: Vec::new(),
+            actors: Vec::new(),
+            peer_count: count,
             summary: Vec::new(),
             tally: Tally::since(tokio::time::Instant::now()),
         };
@@ -53,6 +56,7 @@ impl Merge {
             bits: first,
             final_bits: level,
             leaves,
+            count: stored as u64,
         };
         send_merge(&self.ctx, peer, &leaves);
     }
@@ -91,6 +95,7 @@ impl Merge {
             bits,
             final_bits,
             leaves,
+            count: 0,
         };
         send_merge(&self.ctx, peer, &msg);
     }
@@ -104,7 +109,7 @@ impl Merge {
         session: u64,
         buckets: Vec<u32>,
         summary: Vec<(u64, u64)>,
-        entries: Vec<WireEntry>,
+        entries: PackedEntries,
         last: bool,
     ) {
         let key = (peer.conn_id, session);
@@ -115,13 +120,23 @@ impl Merge {
         if !buckets.is_empty() {
             // The snapshot this side compares and sends: taken before the
             // peer's whole entries (for buckets empty here) are merged.
-            state.mine = match table.read() {
-                Ok(s) => s.hashed_entries_in_buckets(state.bits, &buckets, |_| true),
+            let snapshot = table.read().map(|s| {
+                let mine = s.entries_in_buckets(state.bits, &buckets, |_| false, |_| {});
+                (mine, s.actors().to_vec())
+            });
+            (state.mine, state.actors) = match snapshot {
+                Ok(snapshot) => snapshot,
                 Err(_) => return,
             };
         }
         state.summary.extend(summary);
-        self.merge_remote(peer, &table, entries, &mut state.tally);
+        if let Err(reason) =
+            self.merge_remote(peer, &table, &entries, state.peer_count, &mut state.tally)
+        {
+            return self
+                .members
+                .drop_peer(&peer.actor, Some(peer.conn_id), reason);
+        }
         if last {
             self.answer_summary(peer, session, &mut state);
         }
@@ -143,11 +158,12 @@ impl Merge {
         want.sort_unstable();
         want.dedup();
         send_merge(&self.ctx, peer, &Message::SyncWant { session, want });
-        let differing = std::mem::take(&mut state.mine)
-            .into_iter()
-            .filter(|h| !theirs.contains(&(h.key_hash, h.entry_hash)))
-            .map(to_wire);
-        send_entries(&self.ctx, peer, session, differing);
+        let mine = std::mem::take(&mut state.mine);
+        let differing = mine
+            .iter()
+            .filter(|h| !theirs.contains(&(h.key_hash, h.entry_hash)));
+        let actors = std::mem::take(&mut state.actors);
+        send_entries(&self.ctx, peer, session, actors, differing);
     }
 
     /// Step 5, in chunks: the initiator's entries this side asked for.
@@ -155,7 +171,7 @@ impl Merge {
         &self,
         peer: &Arc<PeerConn>,
         session: u64,
-        entries: Vec<WireEntry>,
+        entries: PackedEntries,
         last: bool,
     ) {
         let key = (peer.conn_id, session);
@@ -163,7 +179,13 @@ impl Merge {
             return;
         };
         let table = state.table.clone();
-        self.merge_remote(peer, &table, entries, &mut state.tally);
+        if let Err(reason) =
+            self.merge_remote(peer, &table, &entries, state.peer_count, &mut state.tally)
+        {
+            return self
+                .members
+                .drop_peer(&peer.actor, Some(peer.conn_id), reason);
+        }
         if last {
             self.report_merge(peer, &table, &state.tally);
         } else {

@@ -10,10 +10,10 @@ use crate::events::{Event, ResolutionKind};
 use crate::replica::{ConflictRecord, Replica};
 use crate::replication::Replication;
 use crate::resolve::{joint_deadline, merge_versions, Conflict, Resolution};
-use crate::store::{Entry, TableStore};
+use crate::store::{incoming_blocks, Entry, TableStore};
 use crate::vclock::VClock;
 use crate::watch::Cause;
-use crate::wire::{WireEntry, WriteOp, WriteOutcome};
+use crate::wire::{PackedEntries, WireEntry, WriteOp, WriteOutcome};
 
 /// A conflict this node settles.
 struct Found {
@@ -48,7 +48,8 @@ impl Found {
 
 impl Merge {
     /// Merges a chunk of the peer's versions into the local table, then settles
-    /// the conflicts found in it.
+    /// the conflicts found in it; fails, merging nothing, when the chunk is
+    /// malformed.
     ///
     /// When a member of the view has a conflict handler for the table, only
     /// that member (the smallest such actor id) settles a conflict: it stores
@@ -60,16 +61,32 @@ impl Merge {
         &self,
         peer: &PeerConn,
         table: &Arc<Replica>,
-        remote: Vec<WireEntry>,
+        remote: &PackedEntries,
+        peer_count: u64,
         tally: &mut Tally,
-    ) {
+    ) -> std::result::Result<(), &'static str> {
+        let blocks = incoming_blocks(remote)?;
+        if blocks.is_empty() {
+            return Ok(());
+        }
         let handler_node = self.members.handler_node(&table.name);
         let settles_here = handler_node.as_ref().is_none_or(|h| *h == self.ctx.actor);
         let mut found = Vec::new();
         let cutoff = self.ctx.tombstone_cutoff_ms();
         if let Ok(mut store) = table.write() {
-            store.reserve(remote.len());
-            for w in remote {
+            // Into an empty table (a join), every entry the peer holds is
+            // coming: room for all of them at once, not chunk by chunk.
+            store.make_room_when_empty(peer_count.max(blocks.len() as u64));
+            store.reserve(blocks.len());
+            let actor_map = store.intern_all(&remote.actors);
+            for block in &blocks {
+                // A key this replica lacks is stored as it came; the rest
+                // goes through the merge rule.
+                if store.insert_new_block(block, &actor_map) {
+                    tally.changed += 1;
+                    continue;
+                }
+                let w = block.to_wire(&remote.actors);
                 if let Some(f) = merge_one(&mut store, w, cutoff, settles_here, tally) {
                     found.push(Found {
                         peer: peer.actor.name.to_string(),
@@ -93,6 +110,7 @@ impl Merge {
                 );
             }
         }
+        Ok(())
     }
 
     pub(super) fn report_merge(&self, peer: &PeerConn, table: &Replica, tally: &Tally) {
