@@ -77,8 +77,57 @@ fn entry_hash(key_hash: u64, value: Option<&[u8]>, clock_hash: u64) -> u64 {
 /// value`, integers little-endian, actors as indexes into the table's actor
 /// list. The top bit of `dots` says whether the deadline is there, so an
 /// entry without one costs nothing more.
+///
+/// The pointer carries the top [`TAG_BITS`] bits of the key's hash in its
+/// unused bits (the top ones: user-space addresses fit in 48 bits; the low
+/// ones: blocks are aligned), so that a merge finds the entries of a digest
+/// bucket by going through the hash table alone, touching only the blocks
+/// whose tag matches.
 struct Packed {
-    ptr: NonNull<u8>,
+    tagged: NonNull<u8>,
+}
+
+/// Bits of the key hash a block pointer carries in its top bits: where
+/// user-space addresses are known to fit in 48 bits (Linux gives a process
+/// addresses above that only when it asks for them by a hint, which
+/// allocators do not), else none.
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+const HIGH_TAG_BITS: u32 = 16;
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+const HIGH_TAG_BITS: u32 = 0;
+/// Bits of the key hash a block pointer carries in its low bits, which
+/// the blocks' alignment keeps free.
+const LOW_TAG_BITS: u32 = 4;
+const BLOCK_ALIGN: usize = 1 << LOW_TAG_BITS;
+/// Bits of the key hash a block pointer carries.
+const TAG_BITS: u8 = (HIGH_TAG_BITS + LOW_TAG_BITS) as u8;
+/// The address bits of a tagged pointer.
+const ADDRESS_BITS: u32 = usize::BITS - HIGH_TAG_BITS;
+const ADDRESS_MASK: usize = (usize::MAX >> HIGH_TAG_BITS) & !(BLOCK_ALIGN - 1);
+
+/// Puts the top bits of `key_hash` into the unused bits of `block`.
+fn tag(block: NonNull<u8>, key_hash: u64, layout: Layout) -> Packed {
+    if block.as_ptr().addr() & !ADDRESS_MASK != 0 {
+        // Cannot happen with the allocators of the targets that use the top
+        // bits, nor with an aligned block; storing the block would lose part
+        // of its address.
+        tracing::error!("the allocator returned an address above 48 bits or unaligned");
+        handle_alloc_error(layout)
+    }
+    let tag = (key_hash >> 1 >> (63 - u32::from(TAG_BITS))) as usize;
+    let high = (tag >> LOW_TAG_BITS).checked_shl(ADDRESS_BITS).unwrap_or(0);
+    let tagged = block
+        .as_ptr()
+        .map_addr(|a| a | high | (tag & (BLOCK_ALIGN - 1)));
+    Packed {
+        tagged: NonNull::new(tagged).unwrap_or(block),
+    }
 }
 
 // SAFETY: a Packed owns its block exclusively, like a Box<[u8]>: nothing else
@@ -129,11 +178,12 @@ impl Packed {
         if let Some(v) = value {
             buf[at + key.len()..].copy_from_slice(v);
         }
-        Packed { ptr }
+        tag(ptr, key_hash(key), layout)
     }
 
-    /// A block holding a copy of `bytes` (a whole block, checked).
-    fn copy_of(bytes: &[u8]) -> Packed {
+    /// A block holding a copy of `bytes` (a whole block, checked) of a key
+    /// whose hash is `key_hash`.
+    fn copy_of(bytes: &[u8], key_hash: u64) -> Packed {
         let layout = block_layout(bytes.len());
         // SAFETY: the layout has a non-zero size (every block has a header).
         let raw = unsafe { alloc(layout) };
@@ -143,12 +193,24 @@ impl Packed {
         // SAFETY: `ptr` points to `bytes.len()` freshly allocated bytes that
         // nothing else refers to, and `bytes` cannot overlap them.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr.as_ptr(), bytes.len()) };
-        Packed { ptr }
+        tag(ptr, key_hash, layout)
+    }
+
+    /// The block's address, without the tag.
+    fn ptr(&self) -> *mut u8 {
+        self.tagged.as_ptr().map_addr(|a| a & ADDRESS_MASK)
+    }
+
+    /// The top [`TAG_BITS`] bits of the key's hash.
+    fn key_hash_prefix(&self) -> usize {
+        let a = self.tagged.as_ptr().addr();
+        let high = a.checked_shr(ADDRESS_BITS).unwrap_or(0);
+        high << LOW_TAG_BITS | (a & (BLOCK_ALIGN - 1))
     }
 
     fn raw_header(&self) -> &[u8] {
         // SAFETY: every block starts with HEADER initialized bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), HEADER) }
+        unsafe { std::slice::from_raw_parts(self.ptr(), HEADER) }
     }
 
     /// Key length, value length (`None`: tombstone), dot count, and where
@@ -180,7 +242,7 @@ impl Packed {
             return None;
         }
         // SAFETY: a block with the flag holds the deadline right after the header.
-        let d = unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(HEADER), DEADLINE_SIZE) };
+        let d = unsafe { std::slice::from_raw_parts(self.ptr().add(HEADER), DEADLINE_SIZE) };
         let mut x = [0u8; 8];
         x.copy_from_slice(d);
         Some(u64::from_le_bytes(x))
@@ -198,7 +260,7 @@ impl Packed {
 
     fn bytes(&self) -> &[u8] {
         // SAFETY: the block holds exactly `len()` initialized bytes, owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len()) }
     }
 
     /// The block, to write to before it is stored (a copy being adapted).
@@ -206,7 +268,7 @@ impl Packed {
         let len = self.len();
         // SAFETY: the block holds exactly `len()` initialized bytes, owned by
         // self, and `&mut self` is the only access to them.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), len) }
     }
 
     fn key(&self) -> &[u8] {
@@ -248,7 +310,7 @@ impl Packed {
 }
 
 fn block_layout(len: usize) -> Layout {
-    match Layout::from_size_align(len, 1) {
+    match Layout::from_size_align(len, BLOCK_ALIGN) {
         Ok(l) => l,
         // Only sizes above isize::MAX fail, which no key or value limit allows.
         Err(_) => handle_alloc_error(Layout::new::<u8>()),
@@ -259,7 +321,7 @@ impl Drop for Packed {
     fn drop(&mut self) {
         let layout = block_layout(self.len());
         // SAFETY: allocated in `Packed::new` with this very layout.
-        unsafe { dealloc(self.ptr.as_ptr(), layout) }
+        unsafe { dealloc(self.ptr(), layout) }
     }
 }
 
@@ -859,8 +921,31 @@ impl TableStore {
                 *w |= 1 << (b % 64);
             }
         }
+        // The same for the key-hash prefixes the block pointers carry: a
+        // block whose prefix is in no wanted bucket is not looked at.
+        let mut prefixes = vec![0u64; ((1usize << TAG_BITS) / 64).max(1)];
+        let shift = u32::from(TAG_BITS.abs_diff(bits));
+        for &b in buckets {
+            let (first, last) = if bits >= TAG_BITS {
+                (b >> shift, b >> shift)
+            } else {
+                (b << shift, ((b + 1) << shift) - 1)
+            };
+            for x in first..=last {
+                if let Some(w) = prefixes.get_mut(x as usize / 64) {
+                    *w |= 1 << (x % 64);
+                }
+            }
+        }
         let mut out = Vec::new();
         for p in self.slots.iter() {
+            let x = p.key_hash_prefix();
+            if prefixes
+                .get(x / 64)
+                .is_none_or(|w| w & (1 << (x % 64)) == 0)
+            {
+                continue;
+            }
             let kh = key_hash(p.key());
             let b = bucket_of(kh, bits);
             if wanted.get(b / 64).is_none_or(|w| w & (1 << (b % 64)) == 0) {
@@ -872,7 +957,7 @@ impl TableStore {
                 out.push(SnapshotEntry {
                     key_hash: kh,
                     entry_hash: self.packed_hash(kh, p),
-                    block: Packed::copy_of(p.bytes()),
+                    block: Packed::copy_of(p.bytes(), kh),
                 });
             }
         }
@@ -894,7 +979,8 @@ impl TableStore {
         if self.slots.find(h, |p| p.key() == key).is_some() {
             return false;
         }
-        let mut packed = Packed::copy_of(block.bytes);
+        let kh = key_hash(key);
+        let mut packed = Packed::copy_of(block.bytes, kh);
         let mut previous: Option<&ActorId> = None;
         for (i, (a, _)) in block.dots().enumerate() {
             let Some(&local) = actor_map.get(a as usize) else {
@@ -912,7 +998,6 @@ impl TableStore {
             let at = block.start + i * DOT_SIZE;
             packed.bytes_mut()[at..at + 4].copy_from_slice(&local.to_le_bytes());
         }
-        let kh = key_hash(key);
         let hash = self.packed_hash(kh, &packed);
         self.count(block.value(), key.len(), true);
         self.digest.toggle(kh, hash);
@@ -1120,6 +1205,35 @@ mod tests {
         assert!(found
             .iter()
             .any(|h| h.key() == &key[..] && h.key_hash == key_hash(&key)));
+    }
+
+    #[test]
+    fn a_scan_finds_exactly_the_entries_of_the_buckets_at_every_level() {
+        let a = ActorId::new("a", 1);
+        let mut s = TableStore::new();
+        for i in 0..3000u32 {
+            put(&mut s, &i.to_be_bytes(), entry(Some(b"v"), &a, 1));
+        }
+        for bits in [0u8, 6, 15, 16, 17, 20] {
+            let buckets: Vec<u32> = (0..3000u32)
+                .step_by(7)
+                .map(|i| bucket_of(key_hash(&i.to_be_bytes()), bits) as u32)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut expected: Vec<Vec<u8>> = (0..3000u32)
+                .map(|i| i.to_be_bytes().to_vec())
+                .filter(|k| buckets.contains(&(bucket_of(key_hash(k), bits) as u32)))
+                .collect();
+            let mut found: Vec<Vec<u8>> = s
+                .entries_in_buckets(bits, &buckets, |_| false, |_| {})
+                .iter()
+                .map(|e| e.key().to_vec())
+                .collect();
+            expected.sort();
+            found.sort();
+            assert_eq!(found, expected, "at {bits} bits");
+        }
     }
 
     /// The blocks of `from` in every bucket, as a merge sends them whole.
