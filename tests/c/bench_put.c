@@ -245,10 +245,13 @@ static int json_row(json_in *in, rust_row *r) {
       if (!eat(in, '{')) return -1;
       if (eat(in, '}')) continue;
       do {
-        int st;
+        int st, text;
         if (json_string(in, k, sizeof k) != 0 || !eat(in, ':')) return -1;
-        if (strcmp(k, "nodes") == 0) st = json_string(in, r->nodes, sizeof r->nodes);
-        else if (strcmp(k, "op") == 0) st = json_string(in, r->op, sizeof r->op);
+        ws(in);
+        /* Other rows may give these as numbers (`scale_write`: nodes 3, 5, 7). */
+        text = in->p < in->end && *in->p == '"';
+        if (strcmp(k, "nodes") == 0 && text) st = json_string(in, r->nodes, sizeof r->nodes);
+        else if (strcmp(k, "op") == 0 && text) st = json_string(in, r->op, sizeof r->op);
         else if (strcmp(k, "clients") == 0) st = json_number(in, &r->clients);
         else if (strcmp(k, "ops_per_s") == 0) st = json_number(in, &r->ops_per_s);
         else st = json_skip(in, 2);
