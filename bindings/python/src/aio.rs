@@ -1,7 +1,15 @@
 //! The native bridge under `lbmkv.aio`: an operation runs as a task on the
 //! core's shared tokio runtime and completes an asyncio future of the caller's
-//! event loop through `loop.call_soon_threadsafe`. The event loop never waits
-//! for the network and no executor thread is taken.
+//! event loop. The event loop never waits for the network and no executor
+//! thread is taken.
+//!
+//! A finished operation goes into the loop's [`Completions`] queue, and a
+//! byte on a socket the loop watches (`loop.add_reader`) wakes the loop,
+//! which sets the futures' outcomes on its own thread. The runtime's threads
+//! thus never wait for the GIL: a busy event loop (which holds it) cannot
+//! stall the node's network. Where a loop cannot watch a socket, the outcome
+//! goes through `loop.call_soon_threadsafe`, which takes the GIL on the
+//! runtime's thread.
 //!
 //! Cancelling the asyncio task that awaits the future cancels the future;
 //! `Pending.cancel` then ends the runtime task too when the operation only
@@ -15,7 +23,11 @@
 //! caller's asyncio code.
 
 use std::future::Future;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
@@ -65,6 +77,88 @@ impl Pending {
             }
         }
     }
+}
+
+/// The operations of one event loop that finished and wait for the loop to
+/// set their futures' outcomes, and the socket pair that wakes it.
+#[pyclass(frozen, module = "lbmkv._lbmkv", name = "Completions")]
+pub(crate) struct Completions {
+    done: Mutex<Vec<(Py<PyAny>, Settle)>>,
+    /// A byte is on its way to the loop (or in the socket) since the last take.
+    signalled: AtomicBool,
+    loop_end: UnixStream,
+    runtime_end: UnixStream,
+}
+
+impl Completions {
+    /// Queues a finished operation and wakes the loop unless a wake-up is
+    /// on its way; takes no GIL.
+    fn push(&self, fut: Py<PyAny>, outcome: Settle) {
+        if let Ok(mut done) = self.done.lock() {
+            done.push((fut, outcome));
+        }
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            // Non-blocking: with a byte already unread the loop wakes anyway.
+            let _ = (&self.runtime_end).write(&[1]);
+        }
+    }
+}
+
+#[pymethods]
+impl Completions {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (loop_end, runtime_end) = UnixStream::pair()?;
+        loop_end.set_nonblocking(true)?;
+        runtime_end.set_nonblocking(true)?;
+        Ok(Completions {
+            done: Mutex::new(Vec::new()),
+            signalled: AtomicBool::new(false),
+            loop_end,
+            runtime_end,
+        })
+    }
+
+    /// The socket the loop watches for wake-ups.
+    fn fileno(&self) -> i32 {
+        self.loop_end.as_raw_fd()
+    }
+
+    /// The finished operations so far, as `(future, exception, value)`.
+    fn take(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+        // The wake-up bytes first, then the flag, then the queue: an
+        // operation queued after the flag is cleared writes a byte of its own.
+        let mut bytes = [0u8; 64];
+        while matches!((&self.loop_end).read(&mut bytes), Ok(n) if n > 0) {}
+        self.signalled.store(false, Ordering::Release);
+        let done = match self.done.lock() {
+            Ok(mut done) => std::mem::take(&mut *done),
+            Err(_) => Vec::new(),
+        };
+        done.into_iter()
+            .map(|(fut, outcome)| match outcome(py) {
+                Ok(v) => (fut, py.None(), v),
+                Err(e) => (fut, e.into_value(py).into_any(), py.None()),
+            })
+            .collect()
+    }
+}
+
+/// The completion queue of `event_loop` (`lbmkv.aio._channel`), or `None`
+/// when the loop cannot watch a socket.
+fn channel_of(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Py<Completions>>> {
+    static CHANNEL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = event_loop.py();
+    let channel = CHANNEL.get_or_try_init(py, || {
+        py.import("lbmkv.aio")
+            .and_then(|m| m.getattr("_channel"))
+            .map(Bound::unbind)
+    })?;
+    let found = channel.bind(py).call1((event_loop,))?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(found.cast_into::<Completions>()?.unbind()))
 }
 
 /// `lbmkv.aio._complete(fut, exc, value)`, which sets the future's outcome
@@ -123,6 +217,7 @@ where
     let py = event_loop.py();
     let rt = lbmkv::runtime::shared().map_err(|e| to_py_err(py, e))?;
     let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let channel = channel_of(&event_loop)?;
     let (event_loop, fut) = (event_loop.unbind(), fut.unbind());
     rt.spawn(async move {
         let mut work = pin!(work);
@@ -152,7 +247,15 @@ where
                 ))
             }),
         };
-        complete(event_loop, fut, outcome);
+        match channel {
+            Some(channel) => {
+                channel.get().push(fut, outcome);
+                // Dropped without the GIL: pyo3 releases it later, on a
+                // thread that holds it.
+                drop((channel, event_loop));
+            }
+            None => complete(event_loop, fut, outcome),
+        }
     });
     Ok(Pending {
         cancel: Mutex::new(Some(cancel_tx)),

@@ -1311,6 +1311,7 @@ fn _lbmkv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyWatch>()?;
     m.add_class::<aio::Pending>()?;
     m.add_class::<aio::Reply>()?;
+    m.add_class::<aio::Completions>()?;
     m.add_function(wrap_pyfunction!(logs::set_log_handler, m)?)?;
     m.add("__version__", lbmkv::VERSION)?;
     Ok(())

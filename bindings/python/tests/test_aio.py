@@ -87,6 +87,30 @@ def test_every_table_operation() -> None:
     run(main())
 
 
+def test_operations_complete_through_one_watched_queue_per_loop() -> None:
+    """Finished operations reach the loop through its completion queue (a
+    socket the loop watches), not by taking the GIL on lbmkv's threads: many at
+    once all arrive, each with its own outcome."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with start() as node:
+            t = await node.create_table("t")
+            channel = lbmkv.aio._channel(loop)
+            assert channel is not None and lbmkv.aio._channel(loop) is channel
+            puts = [t.put(f"k{i}", f"v{i}") for i in range(500)]
+            assert await asyncio.gather(*puts) == [None] * 500
+            gets = [t.get(f"k{i}", strong=True) for i in range(500)]
+            assert await asyncio.gather(*gets) == [f"v{i}".encode() for i in range(500)]
+            with pytest.raises(lbmkv.InvalidArgument):
+                await t.put("k" * (1 << 20), "a key over the size limit")
+            assert channel.take() == []
+
+    run(main())
+    # Another loop gets a queue of its own.
+    run(main())
+
+
 def test_update_function_runs_on_the_event_loop_thread_and_may_be_async() -> None:
     async def main() -> None:
         async with start() as node:

@@ -4,7 +4,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
 
 _BytesLike = Union[bytes, bytearray, memoryview, str]
 
-__all__ = ["Node", "Table", "Watch", "Pending", "Reply", "__version__", "set_log_handler"]
+__all__ = ["Node", "Table", "Watch", "Pending", "Reply", "Completions", "__version__", "set_log_handler"]
 
 __version__: str
 
@@ -105,6 +105,12 @@ class Watch:
 @final
 class Pending:
     def cancel(self) -> None: ...
+
+@final
+class Completions:
+    def __init__(self) -> None: ...
+    def fileno(self) -> int: ...
+    def take(self) -> List[Tuple[Any, Optional[BaseException], Any]]: ...
 
 @final
 class Reply:

@@ -29,6 +29,7 @@ import asyncio
 import functools
 import inspect
 import json
+import weakref
 from types import TracebackType
 from typing import (
     Any,
@@ -72,6 +73,37 @@ _EVENT_SLICE = 60.0
 # Tasks of update functions that returned awaitables: asyncio keeps only weak
 # references to tasks.
 _fn_tasks: Set["asyncio.Future[Any]"] = set()
+
+
+# Each event loop's queue of finished operations (see ``_channel``).
+_channels: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+
+
+def _channel(loop: asyncio.AbstractEventLoop) -> Any:
+    """The native completion queue of ``loop``, watched by the loop: finished
+    operations wake it through a socket, so lbmkv's runtime threads never wait
+    for the GIL. ``None`` where the loop cannot watch a socket (the native side
+    then uses ``call_soon_threadsafe``), or that cannot be weakly referenced
+    (its queue would outlive it)."""
+    try:
+        found = _channels.get(loop)
+    except TypeError:
+        return None
+    if found is not None:
+        return found
+    channel = _lbmkv.Completions()
+    try:
+        loop.add_reader(channel.fileno(), _drain, channel)
+    except NotImplementedError:
+        return None
+    _channels[loop] = channel
+    return channel
+
+
+def _drain(channel: Any) -> None:
+    """Sets the outcome of every operation ``channel`` holds (on the loop)."""
+    for fut, exc, value in channel.take():
+        _complete(fut, exc, value)
 
 
 def _complete(fut: "asyncio.Future[Any]", exc: Optional[BaseException], value: Any) -> None:
