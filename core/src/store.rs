@@ -216,18 +216,7 @@ impl Packed {
     /// Key length, value length (`None`: tombstone), dot count, and where
     /// the dots start.
     fn header(&self) -> (usize, Option<usize>, usize, usize) {
-        let h = self.raw_header();
-        let key_len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-        let vlen = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        let count = u16::from_le_bytes([h[8], h[9]]);
-        let dots = usize::from(count & !HAS_DEADLINE);
-        let start = if count & HAS_DEADLINE != 0 {
-            HEADER + DEADLINE_SIZE
-        } else {
-            HEADER
-        };
-        let value_len = (vlen != TOMBSTONE_LEN).then_some(vlen as usize);
-        (key_len, value_len, dots, start)
+        parse_header(self.raw_header())
     }
 
     fn len(&self) -> usize {
@@ -286,22 +275,7 @@ impl Packed {
     fn dots(&self) -> impl ExactSizeIterator<Item = (u32, Dot)> + '_ {
         let (_, _, d, start) = self.header();
         let bytes = self.bytes();
-        (0..d).map(move |i| {
-            let at = start + i * DOT_SIZE;
-            let b = &bytes[at..at + DOT_SIZE];
-            let word = |r: std::ops::Range<usize>| {
-                let mut x = [0u8; 8];
-                x.copy_from_slice(&b[r]);
-                u64::from_le_bytes(x)
-            };
-            (
-                u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                Dot {
-                    counter: word(4..12),
-                    timestamp_ms: word(12..20),
-                },
-            )
-        })
+        (0..d).map(move |i| dot_at(bytes, start + i * DOT_SIZE))
     }
 
     fn newest_timestamp(&self) -> Option<u64> {
@@ -413,16 +387,7 @@ impl<'a> IncomingBlock<'a> {
     /// The dots, their actors as indexes into the message's list.
     fn dots(&self) -> impl Iterator<Item = (u32, Dot)> + 'a {
         let (bytes, start) = (self.bytes, self.start);
-        (0..self.dots).map(move |i| {
-            let at = start + i * DOT_SIZE;
-            (
-                u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]),
-                Dot {
-                    counter: u64_at(bytes, at + 4),
-                    timestamp_ms: u64_at(bytes, at + 12),
-                },
-            )
-        })
+        (0..self.dots).map(move |i| dot_at(bytes, start + i * DOT_SIZE))
     }
 
     /// The entry as a merge compares it, its actors taken from `actors`.
@@ -445,6 +410,33 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
+/// Key length, value length (`None`: tombstone), dot count, and where the
+/// dots start, from a block's first [`HEADER`] bytes.
+fn parse_header(h: &[u8]) -> (usize, Option<usize>, usize, usize) {
+    let key_len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let vlen = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    let count = u16::from_le_bytes([h[8], h[9]]);
+    let dots = usize::from(count & !HAS_DEADLINE);
+    let start = if count & HAS_DEADLINE != 0 {
+        HEADER + DEADLINE_SIZE
+    } else {
+        HEADER
+    };
+    let value_len = (vlen != TOMBSTONE_LEN).then_some(vlen as usize);
+    (key_len, value_len, dots, start)
+}
+
+/// The dot at `at`: its actor index and the dot.
+fn dot_at(bytes: &[u8], at: usize) -> (u32, Dot) {
+    (
+        u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]),
+        Dot {
+            counter: u64_at(bytes, at + 4),
+            timestamp_ms: u64_at(bytes, at + 12),
+        },
+    )
+}
+
 /// Cuts `entries` into its blocks; fails when one is cut short, claims more
 /// dots than a block may hold, or names an actor the message does not list.
 pub fn incoming_blocks(entries: &PackedEntries) -> Result<Vec<IncomingBlock<'_>>, &'static str> {
@@ -454,17 +446,7 @@ pub fn incoming_blocks(entries: &PackedEntries) -> Result<Vec<IncomingBlock<'_>>
         if rest.len() < HEADER {
             return Err("a block is cut short");
         }
-        let word =
-            |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
-        let key_len = word(0) as usize;
-        let value_len = (word(4) != TOMBSTONE_LEN).then_some(word(4) as usize);
-        let count = u16::from_le_bytes([rest[8], rest[9]]);
-        let dots = usize::from(count & !HAS_DEADLINE);
-        let start = if count & HAS_DEADLINE != 0 {
-            HEADER + DEADLINE_SIZE
-        } else {
-            HEADER
-        };
+        let (key_len, value_len, dots, start) = parse_header(rest);
         let len = start + dots * DOT_SIZE + key_len + value_len.unwrap_or(0);
         if dots > MAX_DOTS || rest.len() < len {
             return Err("a block is cut short");
