@@ -97,6 +97,25 @@ fn a_joining_node_receives_every_table_and_entry() {
         let mut all = nodes.clone();
         all.push(late);
         assert!(digests_equal(&all, "big").await);
+
+        // A joiner whose name sorts first leads its merges: the others send
+        // it their tables whole, tombstones and deadlines included.
+        t.delete(b"k7").await.unwrap();
+        t.put_expiring(b"k8", b"soon", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let early = Node::start(lbmkv::Config {
+            seeds: vec![nodes[0].address().to_string()],
+            ..config("a-early")
+        })
+        .await
+        .unwrap();
+        let et = early.create_table("big").await.unwrap();
+        assert_eq!(et.len().unwrap(), 4999);
+        assert_eq!(et.get(b"k7").unwrap(), None);
+        assert!(et.ttl(b"k8").unwrap().is_some());
+        all.push(early);
+        assert!(digests_equal(&all, "big").await);
     });
 }
 

@@ -42,6 +42,9 @@ struct Responding {
     actors: Vec<ActorId>,
     /// How many entries the initiator said it holds.
     peer_count: u64,
+    /// The differing buckets, while their snapshot is not taken (see
+    /// `on_summary`).
+    unsnapshotted: Option<Vec<u32>>,
     /// The initiator's (key hash, entry hash) pairs so far.
     summary: Vec<(u64, u64)>,
     tally: Tally,

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::frames::{send_entries, send_merge};
+use super::frames::{send_entries, send_merge, Chunks};
 use super::initiator::{children, FIRST_LEVEL};
 use super::{Merge, Responding, Tally};
 use crate::cluster::PeerConn;
@@ -47,6 +47,7 @@ impl Merge {
             mine: Vec::new(),
             actors: Vec::new(),
             peer_count: count,
+            unsnapshotted: None,
             summary: Vec::new(),
             tally: Tally::since(tokio::time::Instant::now()),
         };
@@ -118,16 +119,23 @@ impl Merge {
         };
         let table = state.table.clone();
         if !buckets.is_empty() {
-            // The snapshot this side compares and sends: taken before the
-            // peer's whole entries (for buckets empty here) are merged.
-            let snapshot = table.read().map(|s| {
-                let mine = s.entries_in_buckets(state.bits, &buckets, |_| false, |_| {});
-                (mine, s.actors().to_vec())
-            });
-            (state.mine, state.actors) = match snapshot {
-                Ok(snapshot) => snapshot,
-                Err(_) => return,
-            };
+            state.unsnapshotted = Some(buckets);
+        }
+        // The snapshot this side compares and sends is taken before anything
+        // of the peer's is merged. From a peer that holds nothing (a joiner
+        // that leads) nothing may come: then none is needed at all.
+        let peer_sends = !summary.is_empty() || !entries.blocks.is_empty();
+        if state.peer_count > 0 || peer_sends {
+            if let Some(buckets) = state.unsnapshotted.take() {
+                let snapshot = table.read().map(|s| {
+                    let mine = s.entries_in_buckets(state.bits, &buckets, |_| false, |_| {});
+                    (mine, s.actors().to_vec())
+                });
+                (state.mine, state.actors) = match snapshot {
+                    Ok(snapshot) => snapshot,
+                    Err(_) => return,
+                };
+            }
         }
         state.summary.extend(summary);
         if let Err(reason) =
@@ -138,9 +146,33 @@ impl Merge {
                 .drop_peer(&peer.actor, Some(peer.conn_id), reason);
         }
         if last {
-            self.answer_summary(peer, session, &mut state);
+            match state.unsnapshotted.take() {
+                Some(buckets) => self.answer_empty_peer(peer, session, &state, &buckets),
+                None => self.answer_summary(peer, session, &mut state),
+            }
         }
         self.put_responding(key, state);
+    }
+
+    /// The peer has nothing in the differing buckets and sent nothing: this
+    /// side wants nothing and sends all of its entries there, straight from
+    /// its table (no snapshot, no hashes).
+    fn answer_empty_peer(
+        &self,
+        peer: &Arc<PeerConn>,
+        session: u64,
+        state: &Responding,
+        buckets: &[u32],
+    ) {
+        let want = Vec::new();
+        send_merge(&self.ctx, peer, &Message::SyncWant { session, want });
+        let Ok(store) = state.table.read() else {
+            // The peer's step times out and it gives the session up.
+            return;
+        };
+        let mut chunks = Chunks::new(&self.ctx, peer, session, store.actors().to_vec());
+        store.entries_in_buckets(state.bits, buckets, |_| true, |b| chunks.entry(b));
+        chunks.send_entries(true);
     }
 
     fn answer_summary(&self, peer: &Arc<PeerConn>, session: u64, state: &mut Responding) {
