@@ -18,9 +18,8 @@
 //! lost would be.
 //!
 //! Functions given to `update_key`/`update_all` run on the event loop's
-//! thread (scheduled with `call_soon_threadsafe`, and awaited when they return
-//! an awaitable), so that they see the same thread as the rest of the
-//! caller's asyncio code.
+//! thread (queued the same way, and awaited when they return an awaitable),
+//! so that they see the same thread as the rest of the caller's asyncio code.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -79,11 +78,16 @@ impl Pending {
     }
 }
 
-/// The operations of one event loop that finished and wait for the loop to
-/// set their futures' outcomes, and the socket pair that wakes it.
+/// Builds a call for the event loop to make, once attached: the function
+/// and its arguments, as one tuple.
+type LoopCall = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
+/// What the runtime hands to one event loop (finished operations, calls of
+/// update functions) until the loop takes it, and the socket pair that wakes
+/// the loop.
 #[pyclass(frozen, module = "lbmkv._lbmkv", name = "Completions")]
 pub(crate) struct Completions {
-    done: Mutex<Vec<(Py<PyAny>, Settle)>>,
+    queued: Mutex<Vec<LoopCall>>,
     /// A byte is on its way to the loop (or in the socket) since the last take.
     signalled: AtomicBool,
     loop_end: UnixStream,
@@ -91,16 +95,28 @@ pub(crate) struct Completions {
 }
 
 impl Completions {
-    /// Queues a finished operation and wakes the loop unless a wake-up is
-    /// on its way; takes no GIL.
-    fn push(&self, fut: Py<PyAny>, outcome: Settle) {
-        if let Ok(mut done) = self.done.lock() {
-            done.push((fut, outcome));
+    /// Queues a call for the loop and wakes it unless a wake-up is on its
+    /// way; takes no GIL.
+    fn push(&self, call: LoopCall) {
+        if let Ok(mut queued) = self.queued.lock() {
+            queued.push(call);
         }
         if !self.signalled.swap(true, Ordering::AcqRel) {
             // Non-blocking: with a byte already unread the loop wakes anyway.
             let _ = (&self.runtime_end).write(&[1]);
         }
+    }
+
+    /// Queues the outcome of a finished operation for `fut`.
+    fn complete(&self, fut: Py<PyAny>, outcome: Settle) {
+        self.push(Box::new(move |py| {
+            let (exc, value) = match outcome(py) {
+                Ok(v) => (py.None(), v),
+                Err(e) => (e.into_value(py).into_any(), py.None()),
+            };
+            let call = (completer(py)?.clone(), fut, exc, value);
+            Ok(call.into_pyobject(py)?.into_any().unbind())
+        }));
     }
 }
 
@@ -112,7 +128,7 @@ impl Completions {
         loop_end.set_nonblocking(true)?;
         runtime_end.set_nonblocking(true)?;
         Ok(Completions {
-            done: Mutex::new(Vec::new()),
+            queued: Mutex::new(Vec::new()),
             signalled: AtomicBool::new(false),
             loop_end,
             runtime_end,
@@ -124,29 +140,41 @@ impl Completions {
         self.loop_end.as_raw_fd()
     }
 
-    /// The finished operations so far, as `(future, exception, value)`.
-    fn take(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
-        // The wake-up bytes first, then the flag, then the queue: an
-        // operation queued after the flag is cleared writes a byte of its own.
+    /// The calls to make so far, each a tuple `(function, *arguments)`.
+    fn take(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        // The wake-up bytes first, then the flag, then the queue: a call
+        // queued after the flag is cleared writes a byte of its own.
         let mut bytes = [0u8; 64];
         while matches!((&self.loop_end).read(&mut bytes), Ok(n) if n > 0) {}
         self.signalled.store(false, Ordering::Release);
-        let done = match self.done.lock() {
-            Ok(mut done) => std::mem::take(&mut *done),
+        let queued = match self.queued.lock() {
+            Ok(mut queued) => std::mem::take(&mut *queued),
             Err(_) => Vec::new(),
         };
-        done.into_iter()
-            .map(|(fut, outcome)| match outcome(py) {
-                Ok(v) => (fut, py.None(), v),
-                Err(e) => (fut, e.into_value(py).into_any(), py.None()),
-            })
-            .collect()
+        // One call that cannot be built does not hold up the others (its
+        // future or reply is dropped, which its waiter sees).
+        Ok(queued
+            .into_iter()
+            .filter_map(|call| call(py).map_err(|e| e.write_unraisable(py, None)).ok())
+            .collect())
     }
+}
+
+/// `lbmkv.aio._run_update_fn(fn, key, value, reply)`, which runs an update
+/// function on the loop and answers through `reply`.
+fn run_update_fn(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static RUN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    RUN.get_or_try_init(py, || {
+        py.import("lbmkv.aio")
+            .and_then(|m| m.getattr("_run_update_fn"))
+            .map(Bound::unbind)
+    })
+    .map(|f| f.bind(py))
 }
 
 /// The completion queue of `event_loop` (`lbmkv.aio._channel`), or `None`
 /// when the loop cannot watch a socket.
-fn channel_of(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Py<Completions>>> {
+pub(crate) fn channel_of(event_loop: &Bound<'_, PyAny>) -> PyResult<Option<Py<Completions>>> {
     static CHANNEL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = event_loop.py();
     let channel = CHANNEL.get_or_try_init(py, || {
@@ -249,7 +277,7 @@ where
         };
         match channel {
             Some(channel) => {
-                channel.get().push(fut, outcome);
+                channel.get().complete(fut, outcome);
                 // Dropped without the GIL: pyo3 releases it later, on a
                 // thread that holds it.
                 drop((channel, event_loop));
@@ -297,6 +325,9 @@ impl Reply {
 /// `raised`, to be raised as it is by the operation.
 pub(crate) struct LoopFn {
     pub(crate) event_loop: Py<PyAny>,
+    /// The loop's queue, through which calls reach it without the GIL
+    /// (`None`: through `call_soon_threadsafe`).
+    pub(crate) channel: Option<Py<Completions>>,
     pub(crate) func: Py<PyAny>,
     pub(crate) raised: Arc<Mutex<Option<PyErr>>>,
 }
@@ -304,36 +335,53 @@ pub(crate) struct LoopFn {
 impl LoopFn {
     /// Schedules `func(key, value)` on the loop; the future gives its result.
     pub(crate) fn call(
-        &self,
+        self: &Arc<Self>,
         key: &[u8],
         value: Option<&[u8]>,
     ) -> impl Future<Output = lbmkv::Result<Option<Vec<u8>>>> + Send + 'static {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let scheduled = Python::try_attach(|py| -> PyResult<()> {
-            static RUN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            let run = RUN.get_or_try_init(py, || {
-                py.import("lbmkv.aio")
-                    .and_then(|m| m.getattr("_run_update_fn"))
-                    .map(Bound::unbind)
-            })?;
-            let reply = Py::new(
-                py,
-                Reply {
-                    tx: Mutex::new(Some(tx)),
-                },
-            )?;
-            self.event_loop.bind(py).call_method1(
-                "call_soon_threadsafe",
-                (
-                    run,
-                    &self.func,
-                    PyBytes::new(py, key),
-                    value.map(|v| PyBytes::new(py, v)),
-                    reply,
-                ),
-            )?;
-            Ok(())
-        });
+        let scheduled = match &self.channel {
+            Some(channel) => {
+                let (me, key, value) = (self.clone(), key.to_vec(), value.map(<[u8]>::to_vec));
+                channel.get().push(Box::new(move |py| {
+                    let reply = Py::new(
+                        py,
+                        Reply {
+                            tx: Mutex::new(Some(tx)),
+                        },
+                    )?;
+                    let value = value.map(|v| PyBytes::new(py, &v));
+                    let call = (
+                        run_update_fn(py)?.clone(),
+                        me.func.clone_ref(py),
+                        PyBytes::new(py, &key),
+                        value,
+                        reply,
+                    );
+                    Ok(call.into_pyobject(py)?.into_any().unbind())
+                }));
+                Some(Ok(()))
+            }
+            None => Python::try_attach(|py| -> PyResult<()> {
+                let reply = Py::new(
+                    py,
+                    Reply {
+                        tx: Mutex::new(Some(tx)),
+                    },
+                )?;
+                self.event_loop.bind(py).call_method1(
+                    "call_soon_threadsafe",
+                    (
+                        run_update_fn(py)?,
+                        &self.func,
+                        PyBytes::new(py, key),
+                        value.map(|v| PyBytes::new(py, v)),
+                        reply,
+                    ),
+                )?;
+                Ok(())
+            }),
+        };
         let raised = self.raised.clone();
         async move {
             let failed = |e: PyErr| {

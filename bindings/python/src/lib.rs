@@ -469,6 +469,7 @@ fn key_list(keys: &Bound<'_, PyList>) -> PyResult<Vec<Vec<u8>>> {
 fn loop_fn(event_loop: &Bound<'_, PyAny>, func: Bound<'_, PyAny>) -> PyResult<Arc<aio::LoopFn>> {
     Ok(Arc::new(aio::LoopFn {
         event_loop: event_loop.clone().unbind(),
+        channel: aio::channel_of(event_loop)?,
         func: function(func, "the update function")?,
         raised: Arc::default(),
     }))

@@ -15,8 +15,10 @@ with coroutines for everything that waits.
                 print(ev["type"])
 
 Each operation runs as a task on lbmkv's own runtime and completes an asyncio
-future through ``loop.call_soon_threadsafe``: the event loop never waits for the
-network and no executor thread is used. Cancelling the awaiting task stops the
+future through a queue the event loop watches (one per loop; finished
+operations wake it with a byte on a socket): the event loop never waits for the
+network, no executor thread is used, and lbmkv's threads never wait for the
+GIL. Cancelling the awaiting task stops the
 waiting at once; an operation that only waits (a strong read, events,
 ``wait_for_members``, ``connect``) ends with it, while a write already handed to
 the engine still completes (or fails) on the cluster, as a write whose reply was
@@ -101,9 +103,15 @@ def _channel(loop: asyncio.AbstractEventLoop) -> Any:
 
 
 def _drain(channel: Any) -> None:
-    """Sets the outcome of every operation ``channel`` holds (on the loop)."""
-    for fut, exc, value in channel.take():
-        _complete(fut, exc, value)
+    """Makes the calls ``channel`` holds, on the loop: the outcomes of finished
+    operations, and update functions the engine runs."""
+    for call in channel.take():
+        try:
+            call[0](*call[1:])
+        except BaseException as e:  # noqa: BLE001 - one failure must not drop the rest
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "lbmkv: a completion failed", "exception": e}
+            )
 
 
 def _complete(fut: "asyncio.Future[Any]", exc: Optional[BaseException], value: Any) -> None:
