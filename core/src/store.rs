@@ -147,7 +147,13 @@ const MAX_DOTS: usize = 0x7fff;
 const DEADLINE_SIZE: usize = 8;
 
 impl Packed {
-    fn new(key: &[u8], value: Option<&[u8]>, dots: &[(u32, Dot)], deadline: Option<u64>) -> Packed {
+    /// A block of `key` (whose hash is `key_hash`) and the rest.
+    fn new(
+        (key, key_hash): (&[u8], u64),
+        value: Option<&[u8]>,
+        dots: &[(u32, Dot)],
+        deadline: Option<u64>,
+    ) -> Packed {
         let extra = if deadline.is_some() { DEADLINE_SIZE } else { 0 };
         let len = HEADER + extra + dots.len() * DOT_SIZE + key.len() + value.map_or(0, <[u8]>::len);
         let layout = block_layout(len);
@@ -178,7 +184,7 @@ impl Packed {
         if let Some(v) = value {
             buf[at + key.len()..].copy_from_slice(v);
         }
-        tag(ptr, key_hash(key), layout)
+        tag(ptr, key_hash, layout)
     }
 
     /// A block holding a copy of `bytes` (a whole block, checked) of a key
@@ -697,7 +703,7 @@ impl TableStore {
         let deadline = deadline.filter(|_| value.is_some());
         let kh = key_hash(key);
         let hash = entry_hash(kh, value, clock.stable_hash());
-        let packed = Packed::new(key, value, &dots, deadline);
+        let packed = Packed::new((key, kh), value, &dots, deadline);
         self.count(value, key.len(), true);
         self.digest.toggle(kh, hash);
         let h = self.hasher.hash_one(key);

@@ -100,10 +100,24 @@ fn a_joining_node_receives_every_table_and_entry() {
 
         // A joiner whose name sorts first leads its merges: the others send
         // it their tables whole, tombstones and deadlines included.
-        t.delete(b"k7").await.unwrap();
-        t.put_expiring(b"k8", b"soon", Duration::from_secs(600))
-            .await
-            .unwrap();
+        // "late" sorts before "n1" and took the ordering over: a write right
+        // after may fail with Unavailable while it hands over (documented).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = async {
+                t.delete(b"k7").await?;
+                t.put_expiring(b"k8", b"soon", Duration::from_secs(600))
+                    .await
+            };
+            match written.await {
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::Unavailable => {
+                    assert!(tokio::time::Instant::now() < deadline, "{e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         let early = Node::start(lbmkv::Config {
             seeds: vec![nodes[0].address().to_string()],
             ..config("a-early")
