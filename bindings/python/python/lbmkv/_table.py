@@ -126,7 +126,69 @@ class _Values(ValuesView):  # type: ignore[type-arg]
         return iter(self._mapping.match().values())
 
 
-class Table(MutableMapping[bytes, bytes]):
+class _TableReads:
+    """What a table handle does on its own node, without the network: local
+    reads, the ttl of a key, the conflict handler and log. Shared by
+    :class:`lbmkv.Table` and :class:`lbmkv.aio.Table`, whose writes differ."""
+
+    __slots__ = ("_t", "_node")
+
+    #: How ``repr`` names the handle's class.
+    _KIND = "lbmkv.Table"
+
+    def __init__(self, node: Any, native: _lbmkv.Table) -> None:
+        self._t = native
+        self._node = node
+
+    @property
+    def name(self) -> str:
+        """The table's name."""
+        return self._t.name
+
+    def __repr__(self) -> str:
+        return f"<{self._KIND} {self._t.name!r} on node {self._node.name!r}>"
+
+    def __getitem__(self, key: BytesLike) -> bytes:
+        value = self._t.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._t.keys())
+
+    def __len__(self) -> int:
+        return self._t.len()
+
+    def __contains__(self, key: object) -> bool:
+        return self._t.contains(key)  # type: ignore[arg-type]
+
+    def match(self, key_pattern: BytesLike = "*", value_pattern: BytesLike = "*") -> Dict[bytes, bytes]:
+        """Local entries whose key and value match the glob patterns (``*``, ``?``,
+        ``[...]``, ``\\`` escapes, on bytes), in key order."""
+        return self._t.match_entries(key_pattern, value_pattern)
+
+    def ttl(self, key: BytesLike) -> Optional[float]:
+        """Seconds ``key`` has left before it expires, by this node's clock;
+        ``None`` when it is absent or never expires."""
+        return self._t.ttl(key)
+
+    def on_conflict(self, handler: Optional[Callable[[bytes, Optional[bytes], Optional[bytes]], Optional[BytesLike]]]) -> None:
+        """Sets (or with ``None`` removes) this node's conflict handler for the table.
+
+        ``handler(key, local, remote)`` gets both versions (``None``: deleted) and
+        returns the value to keep, or ``None`` to delete. It runs on an lbmkv
+        thread; an exception counts as unresolved (the fallback applies) and is
+        logged to the ``lbmkv`` logger.
+        """
+        self._t.set_conflict_handler(handler)
+
+    def conflicts(self) -> List[ConflictRecord]:
+        """The table's conflict log (versions that lost a merge), oldest first."""
+        return [ConflictRecord(*r) for r in self._t.conflicts()]
+
+
+class Table(_TableReads, MutableMapping[bytes, bytes]):
     """A handle to a replicated table, obtained from :meth:`lbmkv.Node.create_table`
     or :meth:`lbmkv.Node.table`.
 
@@ -141,32 +203,14 @@ class Table(MutableMapping[bytes, bytes]):
     reachable as ``lbmkv.update(table, key, fn)``, lbm_kv's spelling).
     """
 
-    __slots__ = ("_t", "_node")
-
-    def __init__(self, node: Node, native: _lbmkv.Table) -> None:
-        self._t = native
-        self._node = node
-
-    @property
-    def name(self) -> str:
-        """The table's name."""
-        return self._t.name
+    __slots__ = ()
 
     @property
     def node(self) -> Node:
         """The node this handle belongs to."""
-        return self._node
+        return cast("Node", self._node)
 
-    def __repr__(self) -> str:
-        return f"<lbmkv.Table {self._t.name!r} on node {self._node.name!r}>"
-
-    # Mapping protocol.
-
-    def __getitem__(self, key: BytesLike) -> bytes:
-        value = self._t.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
+    # Mapping protocol (reads: see _TableReads).
 
     def __setitem__(self, key: BytesLike, value: BytesLike) -> None:
         self._t.put(key, value)
@@ -174,15 +218,6 @@ class Table(MutableMapping[bytes, bytes]):
     def __delitem__(self, key: BytesLike) -> None:
         if self._t.delete(key) is None:
             raise KeyError(key)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._t.keys())
-
-    def __len__(self) -> int:
-        return self._t.len()
-
-    def __contains__(self, key: object) -> bool:
-        return self._t.contains(key)  # type: ignore[arg-type]
 
     def items(self) -> ItemsView[bytes, bytes]:
         return _Items(self)
@@ -255,11 +290,6 @@ class Table(MutableMapping[bytes, bytes]):
         previous values of the keys that had one."""
         return self._t.put_many(_pairs(entries, "put_many"), ttl)
 
-    def ttl(self, key: BytesLike) -> Optional[float]:
-        """Seconds ``key`` has left before it expires, by this node's clock;
-        ``None`` when it is absent or never expires."""
-        return self._t.ttl(key)
-
     def watch(self, prefix: BytesLike = b"", *, buffer: Optional[int] = None) -> Watch:
         """Watches the changes of the keys that start with ``prefix`` (empty: the
         whole table) on this node, from now on; see :class:`Watch`. ``buffer``
@@ -275,11 +305,6 @@ class Table(MutableMapping[bytes, bytes]):
         """Deletes all ``keys`` atomically; returns the previous entries of those
         that existed."""
         return self._t.delete_many(_keys(keys, "delete_many"))
-
-    def match(self, key_pattern: BytesLike = "*", value_pattern: BytesLike = "*") -> Dict[bytes, bytes]:
-        """Local entries whose key and value match the glob patterns (``*``, ``?``,
-        ``[...]``, ``\\`` escapes, on bytes), in key order."""
-        return self._t.match_entries(key_pattern, value_pattern)
 
     def update(self, *args: Any, **kwds: BytesLike) -> None:
         """``MutableMapping.update([other], **kwds)``: sets the entries of
@@ -337,20 +362,6 @@ class Table(MutableMapping[bytes, bytes]):
         with the rule of :meth:`update_key`. Returns ``(old, new)``: the old entries
         that changed and the new values of those not deleted."""
         return self._t.update_all(fn)
-
-    def on_conflict(self, handler: Optional[Callable[[bytes, Optional[bytes], Optional[bytes]], Optional[BytesLike]]]) -> None:
-        """Sets (or with ``None`` removes) this node's conflict handler for the table.
-
-        ``handler(key, local, remote)`` gets both versions (``None``: deleted) and
-        returns the value to keep, or ``None`` to delete. It runs on an lbmkv
-        thread; an exception counts as unresolved (the fallback applies) and is
-        logged to the ``lbmkv`` logger.
-        """
-        self._t.set_conflict_handler(handler)
-
-    def conflicts(self) -> List[ConflictRecord]:
-        """The table's conflict log (versions that lost a merge), oldest first."""
-        return [ConflictRecord(*r) for r in self._t.conflicts()]
 
 
 def _pairs(entries: object, what: str) -> List[Tuple[BytesLike, BytesLike]]:

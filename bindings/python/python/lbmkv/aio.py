@@ -57,7 +57,7 @@ from typing import (
 from . import _lbmkv
 from ._logs import sync_log_level
 from ._node import ConflictHandler, _seed_list
-from ._table import BytesLike, ConflictRecord, _keys, _pairs
+from ._table import BytesLike, ConflictRecord, _keys, _pairs, _TableReads
 from ._types import Event, NodeInfo, WatchItem
 
 __all__ = ["Node", "Table", "Watch", "AsyncUpdateFn", "update"]
@@ -354,7 +354,7 @@ class Node:
         await _call(self._n.close_async)
 
 
-class Table:
+class Table(_TableReads):
     """A replicated table driven from asyncio (from :meth:`Node.create_table`).
 
     Writes and strong reads are coroutines. Local reads need no ``await``:
@@ -363,47 +363,18 @@ class Table:
     also reads locally, and with ``strong=True`` asks the sequencer.
     """
 
-    __slots__ = ("_t", "_node")
+    __slots__ = ()
 
-    def __init__(self, node: Node, native: _lbmkv.Table) -> None:
-        self._t = native
-        self._node = node
-
-    @property
-    def name(self) -> str:
-        """The table's name."""
-        return self._t.name
+    _KIND = "lbmkv.aio.Table"
 
     @property
     def node(self) -> Node:
         """The node this handle belongs to."""
-        return self._node
-
-    def __repr__(self) -> str:
-        return f"<lbmkv.aio.Table {self._t.name!r} on node {self._node.name!r}>"
-
-    def __getitem__(self, key: BytesLike) -> bytes:
-        value = self._t.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return self._t.contains(key)  # type: ignore[arg-type]
-
-    def __len__(self) -> int:
-        return self._t.len()
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._t.keys())
+        return cast(Node, self._node)
 
     def keys(self) -> List[bytes]:
         """Live keys on this node, sorted."""
         return self._t.keys()
-
-    def match(self, key_pattern: BytesLike = "*", value_pattern: BytesLike = "*") -> Dict[bytes, bytes]:
-        """Local entries whose key and value match the glob patterns, in key order."""
-        return self._t.match_entries(key_pattern, value_pattern)
 
     @overload
     async def get(self, key: BytesLike, default: None = None, *, strong: bool = False) -> Optional[bytes]: ...
@@ -434,11 +405,6 @@ class Table:
         given; returns the previous values."""
         pairs = _pairs(entries, "put_many")
         return cast(Dict[bytes, bytes], await _call(self._t.put_many_async, pairs, ttl))
-
-    def ttl(self, key: BytesLike) -> Optional[float]:
-        """Seconds ``key`` has left before it expires (local, no ``await``);
-        ``None`` when it is absent or never expires."""
-        return self._t.ttl(key)
 
     def watch(self, prefix: BytesLike = b"", *, buffer: Optional[int] = None) -> Watch:
         """Watches the changes of the keys under ``prefix`` on this node, from
@@ -472,17 +438,6 @@ class Table:
         """Atomic update of the whole table with ``fn(key, value)`` per entry,
         run as :meth:`update_key` runs it; returns the old and new entries that changed."""
         return cast(Tuple[Dict[bytes, bytes], Dict[bytes, bytes]], await _call(self._t.update_all_async, fn))
-
-    def on_conflict(
-        self, handler: Optional[Callable[[bytes, Optional[bytes], Optional[bytes]], Optional[BytesLike]]]
-    ) -> None:
-        """Sets (or with ``None`` removes) this node's conflict handler; it runs
-        on an lbmkv thread, as :meth:`lbmkv.Table.on_conflict`."""
-        self._t.set_conflict_handler(handler)
-
-    def conflicts(self) -> List[ConflictRecord]:
-        """The table's conflict log, oldest first."""
-        return [ConflictRecord(*r) for r in self._t.conflicts()]
 
 
 class Watch:
