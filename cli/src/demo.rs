@@ -113,11 +113,22 @@ pub async fn run() -> Result<(), String> {
     for m in merged {
         say(&format!("   {} saw: {m}", nodes[0].name()));
     }
-    let digests: Vec<String> = tables
-        .iter()
-        .map(|t| t.stats().map(|s| s.digest).unwrap_or_default())
-        .collect();
-    if digests.iter().any(|d| *d != digests[0]) {
+    // Every node reads the winner as soon as it holds the resolution or a
+    // version with that value; the resolution's clock reaches every replica
+    // a moment later (a member may apply it after another already reads it).
+    let digests = |tables: &[Table]| -> Vec<String> {
+        tables
+            .iter()
+            .map(|t| t.stats().map(|s| s.digest).unwrap_or_default())
+            .collect()
+    };
+    let agreed = wait_for("the replicas to agree", Duration::from_secs(5), || {
+        let d = digests(&tables);
+        d.iter().all(|x| *x == d[0])
+    })
+    .await;
+    let digests = digests(&tables);
+    if agreed.is_err() {
         return Err(format!(
             "replicas differ after the heal: digests {digests:?}"
         ));

@@ -508,10 +508,12 @@ fn min_members_that_do_not_come_make_the_node_say_why_and_exit_1() {
 #[test]
 fn the_demo_finishes_and_its_process_exits_every_time() {
     for run in 1..=20 {
+        let err_path = std::env::temp_dir().join(format!("lbmkv-demo-{}.err", std::process::id()));
+        let err_file = std::fs::File::create(&err_path).expect("a file for the demo's stderr");
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lbmkv"))
             .arg("demo")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(err_file)
             .spawn()
             .expect("lbmkv demo runs");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -526,9 +528,11 @@ fn the_demo_finishes_and_its_process_exits_every_time() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
         assert!(
             status.is_some_and(|s| s.success()),
-            "run {run}: the demo {}",
+            "run {run}: the demo {}; its stderr:\n{stderr}",
             match status {
                 Some(s) => format!("failed with {s}"),
                 None => "did not exit within 30 s".to_string(),
