@@ -41,9 +41,15 @@ def sequencer(node: Any, table: str) -> Optional[str]:
 
 
 def settle(a: lbmkv.Node, b: lbmkv.Node, table: str) -> str:
-    """Waits until both nodes follow the same sequencer for ``table``; its name."""
-    seq = wait_for(lambda: sequencer(a, table), what=f"a sequencer for {table}")
-    wait_for(lambda: sequencer(b, table) == seq, what="both nodes on the same sequencer")
+    """Waits until both nodes follow the same sequencer for ``table``; its name.
+    (Not the first one ``a`` names: when ``b`` is ready it may take over, and
+    both then follow ``b``.)"""
+
+    def same() -> Optional[str]:
+        sa, sb = sequencer(a, table), sequencer(b, table)
+        return sa if sa is not None and sa == sb else None
+
+    seq = wait_for(same, what="both nodes on the same sequencer")
     assert seq is not None
     return seq
 
