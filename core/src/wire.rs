@@ -601,12 +601,6 @@ pub fn decode(body: &[u8]) -> Result<Message> {
     postcard::from_bytes(body).map_err(|e| Error::protocol(format!("malformed frame: {e}")))
 }
 
-/// The encoded size of a message, to cut streams into chunks.
-pub fn encoded_len(entry: &WireEntry) -> usize {
-    // Exact size is not needed: this bounds chunks, with room for clock dots.
-    entry.key.len() + entry.value.as_ref().map_or(0, Vec::len) + 16 + entry.clock.len() * 48
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
